@@ -1,0 +1,152 @@
+//! Wiring: builds the store and the registration service from the configuration, and
+//! takes them down in order.
+//!
+//! Start order: store (migrated) → TLS acceptor → listener bound → accept loop. Stop
+//! order: set the flag → wake the accept loop → wait for requests in flight → close
+//! the store, so every answered request is committed and the WAL is checkpointed.
+//!
+//! Threads: runs on `main`; owns every `JoinHandle`.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::registration::codec::Rules;
+use crate::registration::conn::ConnContext;
+use crate::registration::handler::Handler;
+use crate::registration::{RegistrationServer, Running};
+use crate::shutdown::Shutdown;
+use crate::store::{Store, StoreError};
+
+/// Why the server could not start. `main` prints it and exits 1.
+#[derive(Debug)]
+pub enum StartError {
+    /// The database could not be opened or migrated.
+    Store(StoreError),
+    /// The TLS identity was refused by the TLS library.
+    Tls(native_tls::Error),
+    /// The listener could not be bound (port in use, permission).
+    Bind(SocketAddr, std::io::Error),
+    /// A thread could not be started.
+    Thread(std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Store(e) => write!(f, "cannot open the database: {e}"),
+            Self::Tls(e) => write!(f, "cannot set up TLS: {e}"),
+            Self::Bind(addr, e) => write!(f, "cannot listen on {addr}: {e}"),
+            Self::Thread(e) => write!(f, "cannot start a thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The running server.
+pub struct App {
+    store: Arc<Store>,
+    registration: Running,
+    addr: SocketAddr,
+    shutdown: Shutdown,
+    grace: Duration,
+}
+
+impl App {
+    /// Opens the store, binds the listener and starts accepting.
+    pub fn start(config: &Config, shutdown: Shutdown) -> Result<App, StartError> {
+        let store = Arc::new(
+            Store::open(&config.db.path, config.db.synchronous).map_err(StartError::Store)?,
+        );
+        let counts = store.counts().map_err(StartError::Store)?;
+        log::info!(
+            "store: {} ({} devices, {} accounts)",
+            config.db.path.display(),
+            counts.devices,
+            counts.accounts
+        );
+        let tls = match &config.tcp.tls {
+            None => None,
+            Some(t) => Some(
+                native_tls::TlsAcceptor::builder(t.identity.clone())
+                    .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
+                    .build()
+                    .map_err(StartError::Tls)?,
+            ),
+        };
+        let server = RegistrationServer::bind(config.tcp.addr, config.tcp.max_connections)
+            .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
+        let addr = server.local_addr();
+        if tls.is_none() {
+            log::warn!(
+                "registration: plain TCP without TLS; real UWPX clients only connect over TLS 1.2 (set tcp.tls)"
+            );
+        }
+        log::info!(
+            "registration: listening on {addr} ({})",
+            if tls.is_some() { "tls" } else { "plain" }
+        );
+        let ctx = Arc::new(ConnContext {
+            handler: Handler::new(store.clone(), config.push_jid().to_owned()),
+            rules: Rules {
+                max_accounts: config.limits.max_accounts,
+                channel_hosts: config.wns.channel_hosts.clone(),
+            },
+            tls,
+            read_timeout: config.tcp.read_timeout,
+            max_request_bytes: config.limits.max_request_bytes,
+            shutdown: shutdown.clone(),
+        });
+        let registration = server.start(ctx).map_err(StartError::Thread)?;
+        Ok(App {
+            store,
+            registration,
+            addr,
+            shutdown,
+            grace: config.tcp.read_timeout + Duration::from_secs(1),
+        })
+    }
+
+    /// The registration listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops in order: no new connections, requests in flight finish (each commits
+    /// before it answers), then the store is checkpointed and closed.
+    pub fn stop(self) {
+        log::info!("shutting down");
+        self.shutdown.trigger();
+        // Wake the blocking accept(); the loop sees the flag and exits.
+        let _ = TcpStream::connect_timeout(&wake_addr(self.addr), Duration::from_secs(1));
+        let left = self.registration.join(self.grace);
+        if left > 0 {
+            log::warn!("registration: {left} connections still open at exit");
+        }
+        match Arc::try_unwrap(self.store) {
+            Ok(store) => match store.close() {
+                Ok(()) => log::info!("store: closed cleanly"),
+                Err(e) => log::error!("store: close failed: {e}"),
+            },
+            // A connection thread outlived the grace period; SQLite still has every
+            // committed transaction in its WAL, which the next start replays.
+            Err(_) => {
+                log::warn!("store: still in use at exit; the WAL will be replayed at next start")
+            }
+        }
+    }
+}
+
+/// The loopback address that reaches a listener bound to `addr` (a wildcard bind is
+/// reached through loopback).
+fn wake_addr(addr: SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port())
+}

@@ -1,0 +1,142 @@
+//! The one list of configuration keys: path, accepted spellings, default and meaning.
+//!
+//! The loader rejects any key not listed here (naming it), `check-config` and the README
+//! key table are checked against it by tests, so a key cannot be added in one place and
+//! forgotten in another.
+//!
+//! Threads: read-only data.
+
+/// One configuration key (a leaf) or section (an object).
+#[derive(Debug)]
+pub struct Key {
+    /// Dotted path with the canonical spelling, e.g. `tcp.tls.cert_path`.
+    pub path: &'static str,
+    /// Older spellings accepted in the same place (the seed's Python and C++ configs).
+    pub aliases: &'static [&'static str],
+    /// The default as shown to operators; empty when the key is required or a section.
+    pub default: &'static str,
+    /// What it does, for the README and `check-config`.
+    pub doc: &'static str,
+}
+
+const fn key(path: &'static str, default: &'static str, doc: &'static str) -> Key {
+    Key {
+        path,
+        aliases: &[],
+        default,
+        doc,
+    }
+}
+
+/// Every key the server understands. Sections (JSON objects) have an empty default and
+/// a doc starting with "Section".
+pub const KEYS: &[Key] = &[
+    key(
+        "wns",
+        "",
+        "Section: Windows Push Notification Services credentials and sending.",
+    ),
+    key(
+        "wns.packet_id",
+        "(none)",
+        "Package SID `ms-app://s-1-15-2-…` from the Partner Center; the WNS client_id. Without it and `wns.client_secret`, WNS delivery is off.",
+    ),
+    key(
+        "wns.client_secret",
+        "(none)",
+        "WNS client secret from the Partner Center. Never logged; masked by `check-config`.",
+    ),
+    key(
+        "wns.channel_hosts",
+        "[\"notify.windows.com\"]",
+        "Host suffixes a device's channel_uri may point at, matched at a dot boundary. Security boundary: the WNS bearer token is sent to that host.",
+    ),
+    key(
+        "xmpp",
+        "",
+        "Section: the XMPP identity users' servers publish to.",
+    ),
+    key(
+        "xmpp.bare_jid",
+        "(required)",
+        "The push service's JID, returned to clients as `push_bare_jid`.",
+    ),
+    key(
+        "xmpp.password",
+        "(none)",
+        "Password of `xmpp.bare_jid` (client mode). Masked by `check-config`.",
+    ),
+    key(
+        "tcp",
+        "",
+        "Section: the registration listener UWPX clients connect to.",
+    ),
+    key("tcp.host", "\"0.0.0.0\"", "Address to listen on."),
+    key(
+        "tcp.port",
+        "1997",
+        "Port to listen on (UWPX clients use 1997; 0 picks a free port, logged at start).",
+    ),
+    key(
+        "tcp.tls",
+        "(none: plain TCP)",
+        "Section: TLS for the listener. Real UWPX clients only speak TLS 1.2, so production needs it.",
+    ),
+    Key {
+        path: "tcp.tls.cert_path",
+        aliases: &["tcp.tls.server_cert_path", "tcp.tls.serverCertPath"],
+        default: "(required in tcp.tls)",
+        doc: "PEM certificate chain, leaf first. Relative paths are relative to the configuration file.",
+    },
+    Key {
+        path: "tcp.tls.key_path",
+        aliases: &["tcp.tls.server_key_path", "tcp.tls.serverKeyPath"],
+        default: "(required in tcp.tls)",
+        doc: "PEM private key in PKCS#8 form (`BEGIN PRIVATE KEY`).",
+    },
+    key(
+        "tcp.read_timeout_ms",
+        "10000",
+        "A connection that has not sent a whole request within this time is closed (idle and slow clients).",
+    ),
+    key(
+        "tcp.max_connections",
+        "1024",
+        "Connections served at once; one more is answered with a busy error and closed.",
+    ),
+    key("db", "", "Section: storage."),
+    key(
+        "db.path",
+        "\"pushServer.db\"",
+        "SQLite database file (WAL mode). Relative paths are relative to the configuration file.",
+    ),
+    key(
+        "db.synchronous",
+        "\"full\"",
+        "SQLite `synchronous` mode: \"full\" (a commit survives power loss) or \"normal\" (a commit survives a process crash; faster).",
+    ),
+    key("limits", "", "Section: input limits."),
+    key(
+        "limits.max_accounts",
+        "32",
+        "Most accounts one set_push_accounts may carry.",
+    ),
+    key(
+        "limits.max_request_bytes",
+        "65536",
+        "Largest request accepted, NUL included; a larger one is answered with an error and the connection closed.",
+    ),
+    key("log", "", "Section: logging."),
+    key(
+        "log.level",
+        "\"info\"",
+        "One of error, warn, info, debug, trace.",
+    ),
+    key("log.file", "(none)", "Also append the log to this file."),
+];
+
+/// Finds the key for a dotted path in any accepted spelling.
+pub fn lookup(path: &str) -> Option<&'static Key> {
+    KEYS.iter()
+        .find(|k| k.path == path || k.aliases.contains(&path))
+}

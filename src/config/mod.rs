@@ -1,0 +1,591 @@
+//! Configuration: `configuration.json` in the seed's format, validated into typed values.
+//!
+//! Loading is two steps. First every key in the file is checked against [`keys::KEYS`],
+//! so an unknown or misspelled key is an error that names it. Then each key is read with
+//! its own validator into [`Config`], where durations are `Duration`s, addresses are
+//! resolved and paths are made absolute. Components get their own sub-struct, never the
+//! whole `Config`.
+//!
+//! Threads: runs once on `main` before anything starts. Reads files; no network.
+
+pub mod keys;
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::types::{BareJid, ChannelHosts};
+
+/// Why the configuration could not be used. `main` prints it as one line and exits 2.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read (missing, permissions).
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not JSON; serde_json's message carries line and column.
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        source: serde_json::Error,
+    },
+    /// A key that the server does not know, with its full dotted path.
+    UnknownKey(String),
+    /// A key is present but its value is wrong, or a required key is missing.
+    Invalid {
+        /// The dotted path.
+        key: String,
+        /// What is wrong, in words an operator can act on.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read { path, source } => {
+                write!(f, "cannot read configuration {}: {source}", path.display())
+            }
+            Self::Parse { path, source } => {
+                write!(
+                    f,
+                    "configuration {} is not valid JSON: {source}",
+                    path.display()
+                )
+            }
+            Self::UnknownKey(k) => write!(f, "configuration: unknown key `{k}`"),
+            Self::Invalid { key, reason } => write!(f, "configuration: `{key}` {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// A value that must never be printed: passwords and client secrets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Masked(String);
+
+impl Masked {
+    /// The secret text, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Masked {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"********\"")
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The registration listener.
+    pub tcp: TcpConfig,
+    /// Storage.
+    pub db: DbConfig,
+    /// XMPP identity.
+    pub xmpp: XmppConfig,
+    /// WNS credentials and sending.
+    pub wns: WnsConfig,
+    /// Input limits.
+    pub limits: Limits,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `tcp.*`: where clients connect and how long they may take.
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    /// Resolved `tcp.host`:`tcp.port`.
+    pub addr: SocketAddr,
+    /// `tcp.tls`, absent for plain TCP.
+    pub tls: Option<TlsConfig>,
+    /// `tcp.read_timeout_ms`.
+    pub read_timeout: Duration,
+    /// `tcp.max_connections`.
+    pub max_connections: usize,
+}
+
+/// `tcp.tls.*`: PEM files, already checked to be readable and usable.
+#[derive(Clone)]
+pub struct TlsConfig {
+    /// Absolute path of the certificate chain.
+    pub cert_path: PathBuf,
+    /// Absolute path of the PKCS#8 key.
+    pub key_path: PathBuf,
+    /// The loaded identity, built at load time so a bad file fails before start.
+    pub identity: native_tls::Identity,
+}
+
+impl fmt::Debug for TlsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConfig")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .finish()
+    }
+}
+
+/// `db.*`.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// Absolute path of the SQLite file.
+    pub path: PathBuf,
+    /// `db.synchronous`.
+    pub synchronous: Synchronous,
+}
+
+/// SQLite's durability setting, see the `db.synchronous` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Synchronous {
+    /// fsync at every commit: an acknowledged registration survives power loss.
+    Full,
+    /// fsync at checkpoints only: survives a process crash (`kill -9`), not power loss.
+    Normal,
+}
+
+impl Synchronous {
+    /// The pragma value.
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "FULL",
+            Self::Normal => "NORMAL",
+        }
+    }
+}
+
+/// `xmpp.*`.
+#[derive(Debug, Clone)]
+pub struct XmppConfig {
+    /// `xmpp.bare_jid`, validated.
+    pub bare_jid: String,
+    /// `xmpp.password`.
+    pub password: Option<Masked>,
+}
+
+/// `wns.*`.
+#[derive(Debug, Clone)]
+pub struct WnsConfig {
+    /// `wns.packet_id` and `wns.client_secret`, present only together.
+    pub credentials: Option<WnsCredentials>,
+    /// `wns.channel_hosts`.
+    pub channel_hosts: ChannelHosts,
+}
+
+/// The WNS client credentials from the Partner Center.
+#[derive(Debug, Clone)]
+pub struct WnsCredentials {
+    /// The package SID (client_id).
+    pub packet_id: String,
+    /// The client secret.
+    pub client_secret: Masked,
+}
+
+/// `limits.*`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `limits.max_accounts`.
+    pub max_accounts: usize,
+    /// `limits.max_request_bytes`.
+    pub max_request_bytes: usize,
+}
+
+/// `log.*`.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// `log.level`.
+    pub level: log::LevelFilter,
+    /// `log.file`, absolute.
+    pub file: Option<PathBuf>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let root: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        Self::from_value(&root, &base)
+    }
+
+    /// Validates an already parsed document; relative paths are resolved against `base`.
+    pub fn from_value(root: &Value, base: &Path) -> Result<Config, ConfigError> {
+        let Value::Object(map) = root else {
+            return Err(invalid("(top level)", "must be a JSON object"));
+        };
+        check_known_keys(map, "")?;
+        let doc = Doc { root: map, base };
+
+        let host = doc.string("tcp.host")?.unwrap_or_else(|| "0.0.0.0".into());
+        let port = doc.integer("tcp.port", 0, 65535)?.unwrap_or(1997) as u16;
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| {
+                invalid(
+                    "tcp.host",
+                    format!("`{host}` is not an address this machine can listen on"),
+                )
+            })?;
+        let tls = match doc.get("tcp.tls") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(_)) => Some(load_tls(&doc)?),
+            Some(_) => return Err(invalid("tcp.tls", "must be an object")),
+        };
+        let tcp = TcpConfig {
+            addr,
+            tls,
+            read_timeout: Duration::from_millis(
+                doc.integer("tcp.read_timeout_ms", 100, 3_600_000)?
+                    .unwrap_or(10_000),
+            ),
+            max_connections: doc
+                .integer("tcp.max_connections", 1, 100_000)?
+                .unwrap_or(1024) as usize,
+        };
+
+        let synchronous = match doc.string("db.synchronous")?.as_deref() {
+            None | Some("full") => Synchronous::Full,
+            Some("normal") => Synchronous::Normal,
+            Some(other) => {
+                return Err(invalid(
+                    "db.synchronous",
+                    format!("must be \"full\" or \"normal\", not \"{other}\""),
+                ));
+            }
+        };
+        let db = DbConfig {
+            path: doc
+                .path("db.path")?
+                .unwrap_or_else(|| base.join("pushServer.db")),
+            synchronous,
+        };
+
+        let bare_jid = doc
+            .string("xmpp.bare_jid")?
+            .ok_or_else(|| invalid("xmpp.bare_jid", "is required"))?;
+        BareJid::parse(&bare_jid).map_err(|e| invalid("xmpp.bare_jid", e.0))?;
+        let xmpp = XmppConfig {
+            bare_jid,
+            password: doc.string("xmpp.password")?.map(Masked),
+        };
+
+        let credentials = match (
+            doc.string("wns.packet_id")?,
+            doc.string("wns.client_secret")?,
+        ) {
+            (Some(packet_id), Some(secret)) => Some(WnsCredentials {
+                packet_id,
+                client_secret: Masked(secret),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "wns.client_secret",
+                    "is required when `wns.packet_id` is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "wns.packet_id",
+                    "is required when `wns.client_secret` is set",
+                ));
+            }
+        };
+        let channel_hosts = match doc.get("wns.channel_hosts") {
+            None => vec!["notify.windows.com".to_owned()],
+            Some(Value::Array(items)) if !items.is_empty() => items
+                .iter()
+                .map(|v| match v.as_str() {
+                    Some(s) if !s.is_empty() && !s.contains(['/', ':', '@', ' ']) => {
+                        Ok(s.to_owned())
+                    }
+                    _ => Err(invalid(
+                        "wns.channel_hosts",
+                        "must list host names like \"notify.windows.com\"",
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(invalid(
+                    "wns.channel_hosts",
+                    "must be a non-empty array of host names",
+                ));
+            }
+        };
+        let wns = WnsConfig {
+            credentials,
+            channel_hosts: ChannelHosts::new(channel_hosts),
+        };
+
+        let limits = Limits {
+            max_accounts: doc.integer("limits.max_accounts", 1, 10_000)?.unwrap_or(32) as usize,
+            max_request_bytes: doc
+                .integer("limits.max_request_bytes", 1024, 16 * 1024 * 1024)?
+                .unwrap_or(65536) as usize,
+        };
+
+        let level = match doc.string("log.level")?.as_deref() {
+            None => log::LevelFilter::Info,
+            Some(s) => s.parse().map_err(|_| {
+                invalid(
+                    "log.level",
+                    format!("must be one of error, warn, info, debug, trace, not \"{s}\""),
+                )
+            })?,
+        };
+        let log = LogConfig {
+            level,
+            file: doc.path("log.file")?,
+        };
+
+        Ok(Config {
+            tcp,
+            db,
+            xmpp,
+            wns,
+            limits,
+            log,
+        })
+    }
+
+    /// The JID users' servers publish to, returned as `push_bare_jid`.
+    pub fn push_jid(&self) -> &str {
+        &self.xmpp.bare_jid
+    }
+}
+
+fn load_tls(doc: &Doc<'_>) -> Result<TlsConfig, ConfigError> {
+    let cert_path = doc
+        .path("tcp.tls.cert_path")?
+        .ok_or_else(|| invalid("tcp.tls.cert_path", "is required when `tcp.tls` is set"))?;
+    let key_path = doc
+        .path("tcp.tls.key_path")?
+        .ok_or_else(|| invalid("tcp.tls.key_path", "is required when `tcp.tls` is set"))?;
+    let cert = std::fs::read(&cert_path).map_err(|e| {
+        invalid(
+            "tcp.tls.cert_path",
+            format!("cannot read {}: {e}", cert_path.display()),
+        )
+    })?;
+    let key = std::fs::read(&key_path).map_err(|e| {
+        invalid(
+            "tcp.tls.key_path",
+            format!("cannot read {}: {e}", key_path.display()),
+        )
+    })?;
+    let has = |needle: &[u8]| key.windows(needle.len()).any(|w| w == needle);
+    if has(b"BEGIN RSA PRIVATE KEY") || has(b"BEGIN EC PRIVATE KEY") {
+        return Err(invalid(
+            "tcp.tls.key_path",
+            "holds a PKCS#1/SEC1 key; convert it with `openssl pkcs8 -topk8 -nocrypt -in old.key -out new.key`",
+        ));
+    }
+    let identity = native_tls::Identity::from_pkcs8(&cert, &key)
+        .map_err(|e| invalid("tcp.tls", format!("certificate or key is not usable: {e}")))?;
+    Ok(TlsConfig {
+        cert_path,
+        key_path,
+        identity,
+    })
+}
+
+/// Rejects any key that is not in [`keys::KEYS`], naming its full path.
+fn check_known_keys(map: &Map<String, Value>, prefix: &str) -> Result<(), ConfigError> {
+    for (k, v) in map {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let Some(key) = keys::lookup(&path) else {
+            return Err(ConfigError::UnknownKey(path));
+        };
+        if let Value::Object(inner) = v
+            && key.doc.starts_with("Section")
+        {
+            check_known_keys(inner, key.path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Typed access to the parsed document by dotted path, honouring aliases.
+struct Doc<'a> {
+    root: &'a Map<String, Value>,
+    base: &'a Path,
+}
+
+impl Doc<'_> {
+    /// The value at `path` in any accepted spelling; an error if two spellings are both set.
+    fn get(&self, path: &str) -> Option<&Value> {
+        let key = keys::lookup(path)?;
+        std::iter::once(key.path)
+            .chain(key.aliases.iter().copied())
+            .find_map(|p| self.raw(p))
+    }
+
+    fn raw(&self, path: &str) -> Option<&Value> {
+        let mut parts = path.split('.');
+        let mut cur = self.root.get(parts.next()?)?;
+        for p in parts {
+            cur = cur.as_object()?.get(p)?;
+        }
+        Some(cur)
+    }
+
+    fn string(&self, path: &str) -> Result<Option<String>, ConfigError> {
+        match self.get(path) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(Value::String(_)) => Err(invalid(path, "must not be empty")),
+            Some(_) => Err(invalid(path, "must be a string")),
+        }
+    }
+
+    fn integer(&self, path: &str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
+        match self.get(path) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(invalid(
+                    path,
+                    format!("must be an integer from {min} to {max}"),
+                )),
+            },
+        }
+    }
+
+    fn path(&self, path: &str) -> Result<Option<PathBuf>, ConfigError> {
+        Ok(self.string(path)?.map(|s| self.base.join(s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn load(v: Value) -> Result<Config, ConfigError> {
+        Config::from_value(&v, Path::new("/etc/uwpx"))
+    }
+
+    #[test]
+    fn the_seed_format_loads_with_defaults() {
+        let c = load(json!({
+            "wns": {"packet_id": "ms-app://s-1-15-2-1", "client_secret": "cs"},
+            "xmpp": {"bare_jid": "push@xmpp.example.org", "password": "pw"},
+            "tcp": {"port": 1997, "host": "127.0.0.1"},
+            "db": {"path": "pushServer.db"}
+        }))
+        .unwrap();
+        assert_eq!(c.tcp.addr, "127.0.0.1:1997".parse().unwrap());
+        assert_eq!(c.db.path, PathBuf::from("/etc/uwpx/pushServer.db"));
+        assert_eq!(c.tcp.read_timeout, Duration::from_secs(10));
+        assert_eq!(c.tcp.max_connections, 1024);
+        assert_eq!(c.limits.max_accounts, 32);
+        assert!(c.wns.channel_hosts.allows("db5p.notify.windows.com"));
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("\"cs\"") && !shown.contains("\"pw\""),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e =
+            load(json!({"xmpp": {"bare_jid": "a@b"}, "tcp": {"tls": {"cert": "x"}}})).unwrap_err();
+        assert_eq!(e.to_string(), "configuration: unknown key `tcp.tls.cert`");
+        let e = load(json!({"xmpp": {"bare_jid": "a@b"}, "nope": 1})).unwrap_err();
+        assert_eq!(e.to_string(), "configuration: unknown key `nope`");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (doc, key) in [
+            (json!({"xmpp": {}}), "xmpp.bare_jid"),
+            (json!({"xmpp": {"bare_jid": "nojid"}}), "xmpp.bare_jid"),
+            (
+                json!({"xmpp": {"bare_jid": "a@b"}, "tcp": {"port": "1997"}}),
+                "tcp.port",
+            ),
+            (
+                json!({"xmpp": {"bare_jid": "a@b"}, "tcp": {"port": 70000}}),
+                "tcp.port",
+            ),
+            (
+                json!({"xmpp": {"bare_jid": "a@b"}, "db": {"synchronous": "off"}}),
+                "db.synchronous",
+            ),
+            (
+                json!({"xmpp": {"bare_jid": "a@b"}, "log": {"level": "loud"}}),
+                "log.level",
+            ),
+            (
+                json!({"xmpp": {"bare_jid": "a@b"}, "wns": {"packet_id": "x"}}),
+                "wns.client_secret",
+            ),
+            (
+                json!({"xmpp": {"bare_jid": "a@b"}, "wns": {"channel_hosts": []}}),
+                "wns.channel_hosts",
+            ),
+            (
+                json!({"xmpp": {"bare_jid": "a@b"}, "tcp": {"tls": {}}}),
+                "tcp.tls.cert_path",
+            ),
+            (
+                json!({"xmpp": {"bare_jid": "a@b"}, "tcp": {"tls": {"serverCertPath": "/nonexistent", "serverKeyPath": "/nonexistent"}}}),
+                "tcp.tls.cert_path",
+            ),
+        ] {
+            match load(doc) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_key_is_in_the_readme_and_the_example() {
+        let readme = include_str!("../../README.md");
+        let example: Value =
+            serde_json::from_str(include_str!("../../configuration.json.example")).unwrap();
+        check_known_keys(example.as_object().unwrap(), "").unwrap();
+        for k in keys::KEYS {
+            assert!(
+                readme.contains(&format!("`{}`", k.path)),
+                "README lacks `{}`",
+                k.path
+            );
+        }
+    }
+}

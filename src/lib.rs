@@ -1,0 +1,36 @@
+//! uwpx-push-server: the XEP-0357 app server for UWPX.
+//!
+//! A UWPX device registers its WNS channel and its XMPP accounts over a NUL-framed JSON
+//! protocol on TCP/TLS; it gets a node and a secret per account and hands them to its
+//! own XMPP server, which publishes to us when the device sleeps.
+//!
+//! Data flow (registration): socket → [`registration::codec`] (frame, decode,
+//! validate into [`types`]) → [`registration::handler`] → [`store`] (commit) →
+//! [`registration::wire`] (answer) → socket.
+//!
+//! Thread map:
+//! ```text
+//! main ─┬─ reg-accept ─┬─ reg-conn (one per client, up to tcp.max_connections)
+//!       │              └─ reg-reject (≤ 64, answer "busy" over the cap, then close)
+//!       └─ (ctrlc handler thread: only signals main)
+//! Shared: Arc<Store> (Mutex held for one statement or one transaction, never across
+//!         I/O), Arc<ConnContext> (read-only), Shutdown (AtomicBool).
+//! ```
+//!
+//! Modules:
+//! - [`config`]: `configuration.json` → typed, validated [`config::Config`].
+//! - [`types`]: DeviceId, AccountKey, Node, Secret, ChannelUri and friends.
+//! - [`store`]: SQLite (WAL) behind a mutex; the only place with SQL.
+//! - [`registration`]: the TCP/TLS protocol UWPX clients speak.
+//! - [`app`]: wiring and ordered shutdown.
+//! - [`shutdown`]: the stop flag.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod app;
+pub mod config;
+pub mod registration;
+pub mod shutdown;
+pub mod store;
+pub mod types;

@@ -1,0 +1,149 @@
+//! The `uwpx-push-server` command line.
+//!
+//! ```text
+//! uwpx-push-server [--config PATH]                 run the server (default ./configuration.json)
+//! uwpx-push-server check-config [--config PATH]    validate and print the effective configuration
+//! ```
+//! Exit codes: 0 clean stop, 1 could not start, 2 bad usage or bad configuration.
+//!
+//! Threads: `main` parses, starts the app, then sleeps until Ctrl+C/SIGTERM; the
+//! `ctrlc` thread only forwards the signal. A second signal exits at once.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use uwpx_push_server::app::App;
+use uwpx_push_server::config::Config;
+use uwpx_push_server::shutdown::Shutdown;
+
+const USAGE: &str = "usage: uwpx-push-server [check-config] [--config PATH]";
+
+enum Command {
+    Run(PathBuf),
+    CheckConfig(PathBuf),
+}
+
+fn parse_args() -> Result<Command, String> {
+    let mut args = std::env::args().skip(1);
+    let mut check = false;
+    let mut path = PathBuf::from("configuration.json");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "check-config" if !check => check = true,
+            "--config" | "-c" => {
+                path = args
+                    .next()
+                    .map(PathBuf::from)
+                    .ok_or("--config needs a path")?;
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--version" | "-V" => {
+                println!("uwpx-push-server {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            other => return Err(format!("unexpected argument `{other}`")),
+        }
+    }
+    Ok(if check {
+        Command::CheckConfig(path)
+    } else {
+        Command::Run(path)
+    })
+}
+
+fn main() -> ExitCode {
+    let command = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("uwpx-push-server: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let (path, check_only) = match command {
+        Command::Run(p) => (p, false),
+        Command::CheckConfig(p) => (p, true),
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("uwpx-push-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if check_only {
+        println!("{}: OK\n{config:#?}", path.display());
+        return ExitCode::SUCCESS;
+    }
+    if let Err(e) = init_logging(&config) {
+        eprintln!("uwpx-push-server: {e}");
+        return ExitCode::from(2);
+    }
+    run(&config)
+}
+
+fn run(config: &Config) -> ExitCode {
+    let shutdown = Shutdown::new();
+    let app = match App::start(config, shutdown) {
+        Ok(app) => app,
+        Err(e) => {
+            log::error!("{e}");
+            eprintln!("uwpx-push-server: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+    static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+    let handler = ctrlc::set_handler(move || {
+        if SIGNALS.fetch_add(1, Ordering::SeqCst) > 0 {
+            eprintln!("uwpx-push-server: second signal, exiting now");
+            std::process::exit(130);
+        }
+        let _ = tx.try_send(());
+    });
+    if let Err(e) = handler {
+        log::error!("cannot install the signal handler: {e}");
+        app.stop();
+        return ExitCode::from(1);
+    }
+    let _ = rx.recv();
+    app.stop();
+    ExitCode::SUCCESS
+}
+
+fn init_logging(config: &Config) -> Result<(), String> {
+    use simplelog::{
+        ColorChoice, CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, TermLogger,
+        TerminalMode, WriteLogger,
+    };
+    let mut builder = ConfigBuilder::new();
+    builder
+        .set_target_level(LevelFilter::Off)
+        .set_thread_level(LevelFilter::Off)
+        .set_time_format_rfc3339();
+    let _ = builder.set_time_offset_to_local();
+    let log_config = builder.build();
+    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![TermLogger::new(
+        config.log.level,
+        log_config.clone(),
+        TerminalMode::Stderr,
+        ColorChoice::Auto,
+    )];
+    if let Some(path) = &config.log.file {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                format!(
+                    "configuration: `log.file` cannot open {}: {e}",
+                    path.display()
+                )
+            })?;
+        loggers.push(WriteLogger::new(config.log.level, log_config, file));
+    }
+    CombinedLogger::init(loggers).map_err(|e| format!("cannot start logging: {e}"))
+}

@@ -1,0 +1,120 @@
+//! Request → store → answer. No sockets here: the connection code hands in a decoded
+//! [`Request`] and writes back whatever [`Handler::handle`] returns.
+//!
+//! The answer is built only after the store call returned, and every store call commits
+//! before it returns, so a success answer always describes committed data.
+//!
+//! Threads: `reg-conn-*`; takes the store lock through [`Store`] methods only.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::codec::{Action, Request};
+use super::wire::{AccountAnswer, Answer, RegError};
+use crate::store::Store;
+
+/// Shared, read-only state of the registration service.
+pub struct Handler {
+    store: Arc<Store>,
+    push_jid: String,
+}
+
+impl Handler {
+    /// `push_jid` is what clients put in `<enable jid=…/>`: the configured bare JID, or
+    /// the component JID once component mode exists.
+    pub fn new(store: Arc<Store>, push_jid: String) -> Self {
+        Self { store, push_jid }
+    }
+
+    /// Handles one request. Errors are values; the caller encodes and logs them.
+    pub fn handle(&self, req: Request) -> Result<Answer, RegError> {
+        let now = unix_now();
+        match req.action {
+            Action::SetChannelUri(uri) => {
+                self.store
+                    .set_channel(&req.device_id, &uri, req.version, now)?;
+                Ok(Answer::Done)
+            }
+            Action::SetPushAccounts(list) => {
+                let specs: Vec<_> = list.entries.iter().map(|e| e.spec.clone()).collect();
+                let records = self
+                    .store
+                    .set_accounts(&req.device_id, req.version, list.form, &specs, now)?
+                    .ok_or(RegError::DeviceUnknown)?;
+                let accounts = list
+                    .entries
+                    .into_iter()
+                    .zip(records)
+                    .map(|(entry, rec)| AccountAnswer {
+                        form: list.form.unwrap_or(crate::types::AccountForm::AccountId),
+                        echo: entry.echo,
+                        node: rec.node,
+                        secret: rec.secret,
+                    })
+                    .collect();
+                Ok(Answer::Accounts {
+                    push_jid: self.push_jid.clone(),
+                    accounts,
+                })
+            }
+            Action::RequestTestPush => match self.store.device(&req.device_id)? {
+                None => Err(RegError::DeviceUnknown),
+                Some(_) => Err(RegError::TestPushUnavailable),
+            },
+        }
+    }
+}
+
+/// Seconds since the Unix epoch (UTC); 0 if the clock is before 1970.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::codec::{Rules, decode};
+    use super::*;
+    use crate::types::ChannelHosts;
+
+    fn run(h: &Handler, json: &str) -> Result<Answer, RegError> {
+        let rules = Rules {
+            max_accounts: 32,
+            channel_hosts: ChannelHosts::new(vec!["notify.windows.com".into()]),
+        };
+        h.handle(decode(json.as_bytes(), &rules).unwrap())
+    }
+
+    #[test]
+    fn unknown_device_changes_nothing() {
+        let store = Arc::new(Store::open_in_memory().unwrap());
+        let h = Handler::new(store.clone(), "push@example.org".into());
+        let r = run(
+            &h,
+            r#"{"version":2,"action":"set_push_accounts","device_id":"ab","accounts":[{"account_id":"x"}]}"#,
+        );
+        assert!(matches!(r, Err(RegError::DeviceUnknown)));
+        let r = run(
+            &h,
+            r#"{"version":2,"action":"request_test_push","device_id":"ab"}"#,
+        );
+        assert!(matches!(r, Err(RegError::DeviceUnknown)));
+        assert_eq!(store.counts().unwrap().devices, 0);
+        run(&h, r#"{"version":2,"action":"set_channel_uri","device_id":"ab","channel_uri":"https://a.notify.windows.com/?t=1"}"#).unwrap();
+        let r = run(
+            &h,
+            r#"{"version":2,"action":"request_test_push","device_id":"ab"}"#,
+        );
+        assert!(matches!(r, Err(RegError::TestPushUnavailable)));
+        let Ok(Answer::Accounts { push_jid, accounts }) = run(
+            &h,
+            r#"{"version":2,"action":"set_push_accounts","device_id":"ab","accounts":[{"account_id":"x"}]}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(push_jid, "push@example.org");
+        assert_eq!(accounts[0].echo, "x");
+    }
+}

@@ -1,0 +1,481 @@
+//! Durable state in SQLite: devices, their push accounts (node + secret), the WNS token.
+//!
+//! One `rusqlite::Connection` behind a `Mutex`. Each public method takes the lock for one
+//! statement or one transaction and returns only after `COMMIT`, which is what lets the
+//! registration code answer "success" knowing the data is on disk. The lock is never held
+//! across network I/O.
+//!
+//! Threads: called from `reg-conn-*` threads (and later `xmpp-io` and `wns-worker-*`).
+//! This is the only file with SQL in it; it never touches a socket.
+
+mod schema;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use crate::config::Synchronous;
+use crate::types::{AccountForm, AccountKey, ChannelUri, DeviceId, Node, ProtocolVersion, Secret};
+
+/// A storage failure. Callers decide what the wire sees; nothing here is shown to a
+/// client verbatim.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database stayed locked past the busy timeout (another process holds it).
+    Busy,
+    /// Any other SQLite error: disk full, I/O error, corruption, a schema mismatch.
+    Sql(rusqlite::Error),
+    /// The operating system's random source failed, so no node or secret could be drawn.
+    Random(getrandom::Error),
+    /// The database was written by a newer version of this server; it is left untouched.
+    NewerSchema(i64),
+}
+
+impl StoreError {
+    /// True for failures that may succeed on a retry (a lock held elsewhere).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Busy)
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Busy => f.write_str("database is busy"),
+            Self::Sql(e) => write!(f, "database error: {e}"),
+            Self::Random(e) => write!(f, "random source failed: {e}"),
+            Self::NewerSchema(v) => write!(
+                f,
+                "schema version {v} is newer than this server's ({}); refusing to touch it",
+                schema::CURRENT
+            ),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Sql(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Self::Busy,
+            _ => Self::Sql(e),
+        }
+    }
+}
+
+/// An account as a registration asks for it: its key, and for bare_jid clients the
+/// domain of the JID (used later to check the `from` of a publish).
+#[derive(Debug, Clone)]
+pub struct AccountSpec {
+    /// The account key.
+    pub key: AccountKey,
+    /// Lowercased domain of the bare JID, `None` for account_id clients.
+    pub domain: Option<String>,
+}
+
+/// A stored account with the node and secret handed to the client.
+#[derive(Debug, Clone)]
+pub struct AccountRecord {
+    /// The account key.
+    pub key: AccountKey,
+    /// Its XEP-0357 node, stable while the account stays registered.
+    pub node: Node,
+    /// Its publish-options secret, stable likewise.
+    pub secret: Secret,
+}
+
+/// A stored device.
+#[derive(Debug, Clone)]
+pub struct DeviceRecord {
+    /// The device id.
+    pub device_id: DeviceId,
+    /// Where WNS notifications for it go.
+    pub channel_uri: ChannelUri,
+    /// The protocol version of its last request.
+    pub version: ProtocolVersion,
+    /// How its accounts are named; `None` until it sent a non-empty account list.
+    pub account_form: Option<AccountForm>,
+    /// Unix seconds (UTC) of the last registration request.
+    pub updated_at: i64,
+    /// Unix seconds (UTC) of the last registration or successful delivery.
+    pub last_seen_at: i64,
+}
+
+/// Counts for `stats` and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Devices stored.
+    pub devices: u64,
+    /// Accounts stored.
+    pub accounts: u64,
+}
+
+/// The database handle. Cheap to share as `Arc<Store>`.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` in WAL mode and migrates it.
+    pub fn open(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
+        let conn = Connection::open(path)?;
+        Self::setup(conn, sync)
+    }
+
+    /// An in-memory database with the same schema, for unit tests.
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        Self::setup(Connection::open_in_memory()?, Synchronous::Normal)
+    }
+
+    fn setup(mut conn: Connection, sync: Synchronous) -> Result<Self, StoreError> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if mode != "wal" && mode != "memory" {
+            log::warn!("store: journal_mode is {mode}, not wal");
+        }
+        conn.pragma_update(None, "synchronous", sync.pragma())?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        schema::migrate(&mut conn)?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Takes the lock. A panic in another thread while it held the lock cannot leave a
+    /// transaction half-applied (rusqlite rolls back on drop), so poisoning is ignored.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Creates the device or updates its channel and version, keeping its accounts,
+    /// nodes and secrets (clients never resend accounts when only the URI changes).
+    pub fn set_channel(
+        &self,
+        device: &DeviceId,
+        uri: &ChannelUri,
+        version: ProtocolVersion,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let conn = self.lock();
+        conn.prepare_cached(
+            "INSERT INTO devices (device_id, channel_uri, version, created_at, updated_at, last_seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?4, ?4)
+             ON CONFLICT (device_id) DO UPDATE SET
+               channel_uri = excluded.channel_uri, version = excluded.version,
+               updated_at = excluded.updated_at, last_seen_at = excluded.last_seen_at",
+        )?
+        .execute(params![device.as_str(), uri.as_str(), version.number(), now])?;
+        Ok(())
+    }
+
+    /// Replaces the device's account set in one transaction: accounts that stay keep their
+    /// node and secret, new ones get fresh values, missing ones are deleted. Returns the
+    /// records in the order asked, or `None` if the device is unknown (nothing changed).
+    pub fn set_accounts(
+        &self,
+        device: &DeviceId,
+        version: ProtocolVersion,
+        form: Option<AccountForm>,
+        accounts: &[AccountSpec],
+        now: i64,
+    ) -> Result<Option<Vec<AccountRecord>>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let updated = tx
+            .prepare_cached(
+                "UPDATE devices SET version = ?2, account_form = coalesce(?3, account_form),
+                   updated_at = ?4, last_seen_at = ?4
+                 WHERE device_id = ?1",
+            )?
+            .execute(params![
+                device.as_str(),
+                version.number(),
+                form.map(AccountForm::json_key),
+                now
+            ])?;
+        if updated == 0 {
+            return Ok(None);
+        }
+        let mut existing: HashMap<String, (String, String)> = tx
+            .prepare_cached("SELECT account_key, node, secret FROM accounts WHERE device_id = ?1")?
+            .query_map([device.as_str()], |r| {
+                Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut out = Vec::with_capacity(accounts.len());
+        for spec in accounts {
+            let (node, secret) = match existing.remove(spec.key.as_str()) {
+                Some((node, secret)) => (Node::from_stored(node), Secret::from_stored(secret)),
+                None => insert_account(&tx, device, spec, now)?,
+            };
+            out.push(AccountRecord {
+                key: spec.key.clone(),
+                node,
+                secret,
+            });
+        }
+        {
+            let mut delete = tx
+                .prepare_cached("DELETE FROM accounts WHERE device_id = ?1 AND account_key = ?2")?;
+            for key in existing.keys() {
+                delete.execute(params![device.as_str(), key])?;
+            }
+        }
+        tx.commit()?;
+        Ok(Some(out))
+    }
+
+    /// Loads one device.
+    pub fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        let conn = self.lock();
+        let row = conn
+            .prepare_cached(
+                "SELECT channel_uri, version, account_form, updated_at, last_seen_at
+                 FROM devices WHERE device_id = ?1",
+            )?
+            .query_row([device.as_str()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })
+            .optional()?;
+        Ok(row.map(
+            |(uri, version, form, updated_at, last_seen_at)| DeviceRecord {
+                device_id: device.clone(),
+                channel_uri: ChannelUri::from_stored(uri),
+                version: if version == 2 {
+                    ProtocolVersion::V2
+                } else {
+                    ProtocolVersion::V1
+                },
+                account_form: form.as_deref().and_then(AccountForm::from_json_key),
+                updated_at,
+                last_seen_at,
+            },
+        ))
+    }
+
+    /// The accounts of one device, ordered by key.
+    pub fn accounts(&self, device: &DeviceId) -> Result<Vec<AccountRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT account_key, node, secret FROM accounts WHERE device_id = ?1 ORDER BY account_key",
+        )?;
+        let rows = stmt
+            .query_map([device.as_str()], |r| {
+                Ok(AccountRecord {
+                    key: AccountKey::from_stored(r.get(0)?),
+                    node: Node::from_stored(r.get(1)?),
+                    secret: Secret::from_stored(r.get(2)?),
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// How many devices and accounts are stored.
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        let conn = self.lock();
+        let (devices, accounts) = conn.query_row(
+            "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM accounts)",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+        )?;
+        Ok(Counts {
+            devices: devices as u64,
+            accounts: accounts as u64,
+        })
+    }
+
+    /// Checkpoints the WAL into the main file and closes the connection, so the file is
+    /// complete on its own after a clean shutdown.
+    pub fn close(self) -> Result<(), StoreError> {
+        let conn = self.conn.into_inner().unwrap_or_else(|p| p.into_inner());
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        conn.close().map_err(|(_, e)| StoreError::from(e))
+    }
+}
+
+/// Inserts a new account with a fresh node and secret. A node collision (2^-128 odds,
+/// but the column is UNIQUE) draws again instead of failing the registration.
+fn insert_account(
+    tx: &rusqlite::Transaction<'_>,
+    device: &DeviceId,
+    spec: &AccountSpec,
+    now: i64,
+) -> Result<(Node, Secret), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO accounts (device_id, account_key, domain, node, secret, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    let mut attempts = 0;
+    loop {
+        let node = Node::generate().map_err(StoreError::Random)?;
+        let secret = Secret::generate().map_err(StoreError::Random)?;
+        match stmt.execute(params![
+            device.as_str(),
+            spec.key.as_str(),
+            spec.domain,
+            node.as_str(),
+            secret.expose(),
+            now
+        ]) {
+            Ok(_) => return Ok((node, secret)),
+            Err(e)
+                if attempts < 3
+                    && e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{BareJid, ChannelHosts};
+
+    fn dev(s: &str) -> DeviceId {
+        DeviceId::parse(s).unwrap()
+    }
+
+    fn uri(s: &str) -> ChannelUri {
+        ChannelUri::parse(s, &ChannelHosts::new(vec!["notify.windows.com".into()])).unwrap()
+    }
+
+    fn spec(k: &str) -> AccountSpec {
+        AccountSpec {
+            key: AccountKey::parse(k).unwrap(),
+            domain: None,
+        }
+    }
+
+    #[test]
+    fn accounts_keep_nodes_and_channel_updates_keep_accounts() {
+        let s = Store::open_in_memory().unwrap();
+        let d = dev("abcd");
+        let v2 = ProtocolVersion::V2;
+        assert!(
+            s.set_accounts(&d, v2, None, &[spec("a")], 1)
+                .unwrap()
+                .is_none()
+        );
+        s.set_channel(&d, &uri("https://a.notify.windows.com/?token=1"), v2, 1)
+            .unwrap();
+        let first = s
+            .set_accounts(
+                &d,
+                v2,
+                Some(AccountForm::AccountId),
+                &[spec("a"), spec("b")],
+                2,
+            )
+            .unwrap()
+            .unwrap();
+        s.set_channel(&d, &uri("https://b.notify.windows.com/?token=2"), v2, 3)
+            .unwrap();
+        let second = s
+            .set_accounts(
+                &d,
+                v2,
+                Some(AccountForm::AccountId),
+                &[spec("b"), spec("c")],
+                4,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(second[0].node, first[1].node);
+        assert_eq!(second[0].secret.expose(), first[1].secret.expose());
+        assert_ne!(second[1].node, first[0].node);
+        let keys: Vec<_> = s.accounts(&d).unwrap().into_iter().map(|a| a.key).collect();
+        assert_eq!(
+            keys,
+            vec![
+                AccountKey::parse("b").unwrap(),
+                AccountKey::parse("c").unwrap()
+            ]
+        );
+        let rec = s.device(&d).unwrap().unwrap();
+        assert_eq!(
+            rec.channel_uri.as_str(),
+            "https://b.notify.windows.com/?token=2"
+        );
+        assert_eq!(rec.account_form, Some(AccountForm::AccountId));
+        // An empty list deletes everything but keeps the device and its form.
+        assert!(
+            s.set_accounts(&d, v2, None, &[], 5)
+                .unwrap()
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            s.counts().unwrap(),
+            Counts {
+                devices: 1,
+                accounts: 0
+            }
+        );
+        assert_eq!(
+            s.device(&d).unwrap().unwrap().account_form,
+            Some(AccountForm::AccountId)
+        );
+    }
+
+    #[test]
+    fn bare_jid_accounts_store_hash_and_domain_only() {
+        let s = Store::open_in_memory().unwrap();
+        let d = dev("5486bd86");
+        s.set_channel(
+            &d,
+            &uri("https://a.notify.windows.com/?t"),
+            ProtocolVersion::V1,
+            1,
+        )
+        .unwrap();
+        let jid = BareJid::parse("someClient@XMPP.uwpx.org").unwrap();
+        let key = AccountKey::derive(&d, &jid);
+        let spec = AccountSpec {
+            key: key.clone(),
+            domain: Some(jid.domain()),
+        };
+        s.set_accounts(
+            &d,
+            ProtocolVersion::V1,
+            Some(AccountForm::BareJid),
+            &[spec],
+            2,
+        )
+        .unwrap()
+        .unwrap();
+        let conn = s.lock();
+        let (k, domain): (String, String) = conn
+            .query_row("SELECT account_key, domain FROM accounts", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(
+            (k.as_str(), domain.as_str()),
+            (key.as_str(), "xmpp.uwpx.org")
+        );
+    }
+}

@@ -1,0 +1,60 @@
+//! Schema and migrations, keyed on `PRAGMA user_version`.
+//!
+//! Each entry of [`MIGRATIONS`] moves the database from version `i` to `i + 1` inside one
+//! transaction, so a crash mid-migration leaves the old version intact. A database newer
+//! than this binary is refused rather than guessed at.
+//!
+//! Threads: runs once on `main` while the store is opened.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: devices, their accounts, and the cached WNS token.
+    "CREATE TABLE devices (
+        device_id    TEXT PRIMARY KEY NOT NULL,
+        channel_uri  TEXT NOT NULL,
+        version      INTEGER NOT NULL CHECK (version IN (1, 2)),
+        account_form TEXT CHECK (account_form IN ('bare_jid', 'account_id')),
+        created_at   INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        last_seen_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE accounts (
+        device_id   TEXT NOT NULL REFERENCES devices (device_id) ON DELETE CASCADE,
+        account_key TEXT NOT NULL,
+        domain      TEXT,
+        node        TEXT NOT NULL UNIQUE,
+        secret      TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (device_id, account_key)
+    ) STRICT, WITHOUT ROWID;
+    CREATE TABLE wns_token (
+        id           INTEGER PRIMARY KEY CHECK (id = 1),
+        access_token TEXT NOT NULL,
+        token_type   TEXT NOT NULL,
+        expires_at   INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX devices_last_seen ON devices (last_seen_at);",
+];
+
+/// The schema version this binary writes.
+pub const CURRENT: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`CURRENT`].
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > CURRENT {
+        return Err(StoreError::NewerSchema(version));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        log::info!("store: migrated schema to version {}", i + 1);
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! Integration tests: each starts the real `uwpx-push-server` binary on a free port with
+//! a temporary database and talks to it over real sockets (plain TCP and TLS).
+
+/// Spawning the binary, temp dirs, test certificates, protocol clients.
+mod util;
+
+/// The wire protocol as real UWPX clients speak it, for all three generations.
+mod registration;
+
+/// Bad input, slow and idle clients, floods, connection caps: clear errors, nothing stored.
+mod hostile;
+
+/// Configuration loading and the command line.
+mod cli;

@@ -1,0 +1,433 @@
+//! Test support: a temp dir, a self-signed certificate, the server process, clients.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const DEVICE: &str = "5486bd868050a620141f4e81c9f1d2c67ab0de27e5e26d218ca41c9394ee806b";
+pub const PUSH_JID: &str = "push@push.example.org";
+
+/// A directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let p = std::env::temp_dir().join(format!(
+            "uwpx-test-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A self-signed P-256 certificate for `localhost` and 127.0.0.1, made at test time.
+pub struct TestCert {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl TestCert {
+    pub fn new() -> Self {
+        use openssl::asn1::Asn1Time;
+        use openssl::bn::{BigNum, MsbOption};
+        use openssl::ec::{EcGroup, EcKey};
+        use openssl::hash::MessageDigest;
+        use openssl::nid::Nid;
+        use openssl::pkey::PKey;
+        use openssl::x509::extension::SubjectAlternativeName;
+        use openssl::x509::{X509, X509NameBuilder};
+
+        let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+        let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+        let mut name = X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", "localhost").unwrap();
+        let name = name.build();
+        let mut b = X509::builder().unwrap();
+        b.set_version(2).unwrap();
+        let mut serial = BigNum::new().unwrap();
+        serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+        b.set_serial_number(&serial.to_asn1_integer().unwrap())
+            .unwrap();
+        b.set_subject_name(&name).unwrap();
+        b.set_issuer_name(&name).unwrap();
+        b.set_pubkey(&key).unwrap();
+        b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+            .unwrap();
+        let san = SubjectAlternativeName::new()
+            .dns("localhost")
+            .ip("127.0.0.1")
+            .build(&b.x509v3_context(None, None))
+            .unwrap();
+        b.append_extension(san).unwrap();
+        b.sign(&key, MessageDigest::sha256()).unwrap();
+        Self {
+            cert_pem: b.build().to_pem().unwrap(),
+            key_pem: key.private_key_to_pem_pkcs8().unwrap(),
+        }
+    }
+}
+
+/// What a test wants in the configuration, on top of a plain-TCP default.
+pub struct Setup {
+    pub tls: bool,
+    pub extra: Value,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            tls: false,
+            extra: json!({}),
+        }
+    }
+}
+
+/// Merges `b` into `a`, objects recursively.
+pub fn merge(a: &mut Value, b: &Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+/// A running server process with its directory, config and captured stderr.
+pub struct Server {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub addr: SocketAddr,
+    pub cert: Option<TestCert>,
+    child: Option<Child>,
+    pub log: Arc<Mutex<String>>,
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_uwpx-push-server")
+}
+
+impl Server {
+    pub fn start(setup: Setup) -> Self {
+        let dir = TempDir::new("srv");
+        let mut config = json!({
+            "xmpp": {"bare_jid": PUSH_JID},
+            "tcp": {"host": "127.0.0.1", "port": 0, "read_timeout_ms": 2000},
+            "db": {"path": "push.db", "synchronous": "normal"},
+            "log": {"level": "debug"},
+        });
+        let cert = setup.tls.then(|| {
+            let cert = TestCert::new();
+            std::fs::write(dir.path().join("server.crt"), &cert.cert_pem).unwrap();
+            std::fs::write(dir.path().join("server.key"), &cert.key_pem).unwrap();
+            merge(
+                &mut config,
+                &json!({"tcp": {"tls": {"cert_path": "server.crt", "key_path": "server.key"}}}),
+            );
+            cert
+        });
+        merge(&mut config, &setup.extra);
+        let path = dir.path().join("configuration.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let mut server = Server {
+            dir,
+            config: path,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            cert,
+            child: None,
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        server.launch();
+        server
+    }
+
+    /// Starts the process (again) on the same directory and waits for it to listen.
+    /// The port is re-used when restarting, so clients keep their address.
+    pub fn launch(&mut self) {
+        if self.addr.port() != 0 {
+            let mut config: Value =
+                serde_json::from_slice(&std::fs::read(&self.config).unwrap()).unwrap();
+            config["tcp"]["port"] = json!(self.addr.port());
+            std::fs::write(&self.config, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        }
+        let mut child = Command::new(binary())
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("server did not start:\n{}", self.log.lock().unwrap()));
+        self.addr = addr.parse().unwrap();
+        self.child = Some(child);
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("server did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9: no chance to flush or checkpoint.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("push.db")
+    }
+
+    /// Opens the database read-only beside the running server (WAL allows it).
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap()
+    }
+
+    /// A snapshot of everything stored, for "nothing changed" assertions.
+    pub fn dump(&self) -> Vec<String> {
+        let db = self.db();
+        let mut out = Vec::new();
+        for sql in [
+            "SELECT device_id || ' ' || channel_uri || ' ' || version || ' ' || ifnull(account_form,'-') FROM devices ORDER BY 1",
+            "SELECT device_id || ' ' || account_key || ' ' || ifnull(domain,'-') || ' ' || node || ' ' || secret FROM accounts ORDER BY 1",
+        ] {
+            let mut stmt = db.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
+            out.extend(rows.map(Result::unwrap));
+        }
+        out
+    }
+
+    pub fn client(&self) -> Client {
+        Client {
+            addr: self.addr,
+            tls: self
+                .cert
+                .as_ref()
+                .map(|c| Arc::new(tls_connector(&c.cert_pem))),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A registration client, plain or TLS (trusting the test certificate only).
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub tls: Option<Arc<native_tls::TlsConnector>>,
+}
+
+/// A TLS 1.2 client (what UWPX offers) trusting only `root_pem`. Built once per client:
+/// building one loads the system trust store, which is slow.
+pub fn tls_connector(root_pem: &[u8]) -> native_tls::TlsConnector {
+    native_tls::TlsConnector::builder()
+        .add_root_certificate(native_tls::Certificate::from_pem(root_pem).unwrap())
+        .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
+        .max_protocol_version(Some(native_tls::Protocol::Tlsv12))
+        .build()
+        .unwrap()
+}
+
+pub trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+impl Client {
+    pub fn connect(&self) -> Box<dyn Stream> {
+        let tcp = TcpStream::connect(self.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        match &self.tls {
+            None => Box::new(tcp),
+            Some(connector) => Box::new(connector.connect("localhost", tcp).unwrap()),
+        }
+    }
+
+    /// One request on a fresh connection, as the real client does; returns the raw answer.
+    pub fn raw(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut s = self.connect();
+        s.write_all(bytes).unwrap();
+        read_answer(&mut s)
+    }
+
+    /// One request; the answer parsed, after checking it is one JSON object plus one NUL.
+    pub fn send(&self, bytes: &[u8]) -> Value {
+        parse_answer(&self.raw(bytes))
+    }
+
+    pub fn send_json(&self, v: &Value) -> Value {
+        let mut bytes = serde_json::to_vec(v).unwrap();
+        bytes.push(0);
+        self.send(&bytes)
+    }
+}
+
+/// Reads one answer: up to and including the first NUL, or to EOF.
+pub fn read_answer<S: Read + ?Sized>(s: &mut S) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.contains(&0) {
+                    return out;
+                }
+            }
+            Err(e) => panic!("read failed after {} bytes: {e}", out.len()),
+        }
+    }
+}
+
+pub fn parse_answer(raw: &[u8]) -> Value {
+    assert_eq!(
+        raw.last(),
+        Some(&0),
+        "answer must end in NUL: {:?}",
+        String::from_utf8_lossy(raw)
+    );
+    assert_eq!(
+        raw.iter().filter(|&&b| b == 0).count(),
+        1,
+        "exactly one NUL"
+    );
+    serde_json::from_slice(&raw[..raw.len() - 1]).unwrap()
+}
+
+/// A request in the client's own format: Newtonsoft-indented, CRLF, then NUL.
+pub fn newtonsoft(v: &Value) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(v).unwrap();
+    let text = String::from_utf8(bytes.clone())
+        .unwrap()
+        .replace('\n', "\r\n");
+    bytes = text.into_bytes();
+    bytes.push(0);
+    bytes
+}
+
+pub fn channel(n: usize) -> String {
+    format!("https://db5p.notify.windows.com/?token=AwYAAAB%2b{n}%2fToken%3d")
+}
+
+pub fn set_channel(version: u8, device: &str, uri: &str) -> Value {
+    json!({"version": version, "action": "set_channel_uri", "device_id": device, "channel_uri": uri})
+}
+
+pub fn set_accounts(version: u8, device: &str, accounts: Value) -> Value {
+    json!({"version": version, "action": "set_push_accounts", "device_id": device, "accounts": accounts})
+}
+
+/// Asserts a success answer to set_push_accounts and returns `key -> (node, secret)`.
+pub fn nodes(answer: &Value, key: &str) -> Vec<(String, String, String)> {
+    assert_eq!(answer["status"], 1, "{answer}");
+    assert_eq!(answer["action"], "response");
+    assert_eq!(answer["push_bare_jid"], PUSH_JID);
+    answer["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            assert_eq!(a["success"], true);
+            let node = a["node"].as_str().unwrap().to_owned();
+            let secret = a["secret"].as_str().unwrap().to_owned();
+            assert!(
+                node.len() >= 32
+                    && node
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{node}"
+            );
+            assert!(secret.len() >= 32, "{secret}");
+            (a[key].as_str().unwrap().to_owned(), node, secret)
+        })
+        .collect()
+}
+
+pub fn assert_error(answer: &Value, version: u64, text: &str) {
+    assert_eq!(answer["status"], 0, "{answer}");
+    assert_eq!(answer["action"], "response");
+    assert_eq!(answer["version"], version, "{answer}");
+    let err = answer["error"].as_str().unwrap();
+    assert!(err.contains(text), "expected {text:?} in {err:?}");
+}
