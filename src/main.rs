@@ -114,11 +114,13 @@ fn run(config: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Logs to stderr (and `log.file`), one `write` per line: a daemon's log goes to
+/// journald or a file, so plain lines without colour codes, and a `LineWriter` so a
+/// line is never split across writes (simplelog's terminal logger issues several
+/// writes per line, which cost more than the request being logged).
 fn init_logging(config: &Config) -> Result<(), String> {
-    use simplelog::{
-        ColorChoice, CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, TermLogger,
-        TerminalMode, WriteLogger,
-    };
+    use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
+    use std::io::LineWriter;
     let mut builder = ConfigBuilder::new();
     builder
         .set_target_level(LevelFilter::Off)
@@ -126,11 +128,10 @@ fn init_logging(config: &Config) -> Result<(), String> {
         .set_time_format_rfc3339();
     let _ = builder.set_time_offset_to_local();
     let log_config = builder.build();
-    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![TermLogger::new(
+    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![WriteLogger::new(
         config.log.level,
         log_config.clone(),
-        TerminalMode::Stderr,
-        ColorChoice::Auto,
+        LineWriter::new(std::io::stderr()),
     )];
     if let Some(path) = &config.log.file {
         let file = std::fs::OpenOptions::new()
@@ -143,7 +144,11 @@ fn init_logging(config: &Config) -> Result<(), String> {
                     path.display()
                 )
             })?;
-        loggers.push(WriteLogger::new(config.log.level, log_config, file));
+        loggers.push(WriteLogger::new(
+            config.log.level,
+            log_config,
+            LineWriter::new(file),
+        ));
     }
     CombinedLogger::init(loggers).map_err(|e| format!("cannot start logging: {e}"))
 }

@@ -1,1 +1,385 @@
-fn main() {}
+//! Registration benchmark: set_push_accounts per second and latency, with a new
+//! connection per request (as the real client does), plain TCP and TLS 1.2 (a full
+//! handshake each), at 1, 16 and 64 concurrent clients.
+//!
+//! Run: `cargo bench --bench registration` (or `scripts/bench-registration.sh`).
+//! Options after `--`: `--seconds N` per measurement (default 4), `--runs N` (default 3;
+//! the median run is reported), `--sync full|normal` (default full), `--clients 1,16,64`
+//! (closed loop), `--rate-plain 5000` and `--rate-tls 1000` (the open-loop rows: that
+//! many requests per second offered by 64 clients, latency counted from when each
+//! request was due).
+//!
+//! It starts the real release binary with a temporary database, registers 1,000 devices,
+//! then each client loops: connect, (TLS handshake,) send set_push_accounts with two
+//! accounts (one stable, one new each time, so every request inserts one account and
+//! deletes one), read the answer, check `status` 1, close.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    seconds: u64,
+    runs: usize,
+    sync: String,
+    clients: Vec<usize>,
+    rate_plain: f64,
+    rate_tls: f64,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        seconds: 4,
+        runs: 3,
+        sync: "full".into(),
+        clients: vec![1, 16, 64],
+        rate_plain: 5000.0,
+        rate_tls: 1000.0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().expect("option needs a value");
+        match a.as_str() {
+            "--seconds" => o.seconds = val().parse().expect("--seconds N"),
+            "--runs" => o.runs = val().parse().expect("--runs N"),
+            "--sync" => o.sync = val(),
+            "--clients" => {
+                o.clients = val()
+                    .split(',')
+                    .map(|s| s.parse().expect("--clients 1,16"))
+                    .collect()
+            }
+            "--rate-plain" => o.rate_plain = val().parse().expect("--rate-plain N"),
+            "--rate-tls" => o.rate_tls = val().parse().expect("--rate-tls N"),
+            "--bench" => {}
+            other => panic!("unknown option {other}"),
+        }
+    }
+    o
+}
+
+fn cert(dir: &std::path::Path) -> Vec<u8> {
+    use openssl::asn1::Asn1Time;
+    use openssl::ec::{EcGroup, EcKey};
+    use openssl::hash::MessageDigest;
+    use openssl::nid::Nid;
+    use openssl::pkey::PKey;
+    use openssl::x509::extension::SubjectAlternativeName;
+    use openssl::x509::{X509, X509NameBuilder};
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "localhost").unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    let pem = b.build().to_pem().unwrap();
+    std::fs::write(dir.join("server.crt"), &pem).unwrap();
+    std::fs::write(
+        dir.join("server.key"),
+        key.private_key_to_pem_pkcs8().unwrap(),
+    )
+    .unwrap();
+    pem
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &std::path::Path, tls: bool, sync: &str) -> Server {
+    let tls_cfg = if tls {
+        r#", "tls": {"cert_path": "server.crt", "key_path": "server.key"}"#
+    } else {
+        ""
+    };
+    let _ = std::fs::remove_file(dir.join("bench.db"));
+    let level = std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    // A free port: bind to port 0, note it, release it.
+    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let port = addr.port();
+    let config = format!(
+        r#"{{"xmpp": {{"bare_jid": "push@push.example.org"}},
+            "tcp": {{"host": "127.0.0.1", "port": {port}{tls_cfg}}},
+            "db": {{"path": "bench.db", "synchronous": "{sync}"}},
+            "log": {{"level": "{level}", "file": "server.log"}}}}"#
+    );
+    std::fs::write(dir.join("configuration.json"), config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uwpx-push-server"))
+        .arg("--config")
+        .arg(dir.join("configuration.json"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Drain stderr so the server never blocks on a full pipe, then wait for the port.
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("writes committed") {
+                eprintln!("{line}");
+            }
+        }
+    });
+    let t0 = Instant::now();
+    while TcpStream::connect(addr).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Server { child, addr }
+}
+
+fn request(device: usize, seq: u64) -> Vec<u8> {
+    let mut b = format!(
+        "{{\r\n  \"version\": 2,\r\n  \"action\": \"set_push_accounts\",\r\n  \"device_id\": \"{device:064x}\",\r\n  \"accounts\": [\r\n    {{\r\n      \"account_id\": \"stable-{device}\"\r\n    }},\r\n    {{\r\n      \"account_id\": \"rotating-{seq}\"\r\n    }}\r\n  ]\r\n}}"
+    )
+    .into_bytes();
+    b.push(0);
+    b
+}
+
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+fn read_answer<S: Read + ?Sized>(s: &mut S) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let mut buf = [0u8; 4096];
+    while !out.contains(&0) {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "server closed early");
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+const DEVICES: usize = 1000;
+
+fn register_devices(addr: SocketAddr, tls: Option<&native_tls::TlsConnector>) {
+    let tcp = TcpStream::connect(addr).unwrap();
+    let mut s: Box<dyn ReadWrite> = match tls {
+        None => Box::new(tcp),
+        Some(c) => Box::new(c.connect("localhost", tcp).unwrap()),
+    };
+    for d in 0..DEVICES {
+        let mut b = format!(
+            r#"{{"version":2,"action":"set_channel_uri","device_id":"{d:064x}","channel_uri":"https://db5p.notify.windows.com/?token=t{d}"}}"#
+        )
+        .into_bytes();
+        b.push(0);
+        s.write_all(&b).unwrap();
+        let a = read_answer(&mut s);
+        assert!(
+            a.starts_with(b"{\"action\":\"response\",\"status\":1"),
+            "{}",
+            String::from_utf8_lossy(&a)
+        );
+    }
+}
+
+struct Measurement {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Server CPU (user + system) per request.
+    cpu_us: f64,
+}
+
+/// User + system CPU seconds of a process so far, from /proc (Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" that closes the command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// One request on a fresh connection; panics unless the answer has `status` 1.
+fn one_request(addr: SocketAddr, tls: Option<&native_tls::TlsConnector>, req: &[u8]) {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let answer = match tls {
+        None => {
+            let mut s = tcp;
+            s.write_all(req).unwrap();
+            read_answer(&mut s)
+        }
+        Some(c) => {
+            let mut s = c.connect("localhost", tcp).unwrap();
+            s.write_all(req).unwrap();
+            read_answer(&mut s)
+        }
+    };
+    assert!(
+        answer.windows(10).any(|w| w == b"\"status\":1"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+/// Closed loop (`rate` None): each client sends its next request as soon as the last
+/// was answered; latency is per request. Open loop (`rate` Some): requests are due at a
+/// fixed rate whatever the answers do, taken by the next free client, and latency runs
+/// from when a request was due, so a slow server shows up as latency (no coordinated
+/// omission).
+fn measure(
+    pid: u32,
+    addr: SocketAddr,
+    tls: Option<Arc<native_tls::TlsConnector>>,
+    clients: usize,
+    seconds: u64,
+    rate: Option<f64>,
+) -> Measurement {
+    let stop = Arc::new(AtomicBool::new(false));
+    let seq = Arc::new(AtomicU64::new(0));
+    let start = Instant::now() + Duration::from_millis(50);
+    let end = start + Duration::from_secs(seconds);
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (stop, seq, tls) = (stop.clone(), seq.clone(), tls.clone());
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(100_000);
+                while !stop.load(Ordering::Relaxed) {
+                    let n = seq.fetch_add(1, Ordering::Relaxed);
+                    let req = request(n as usize % DEVICES, n);
+                    let t0 = match rate {
+                        None => Instant::now(),
+                        Some(r) => {
+                            let due = start + Duration::from_secs_f64(n as f64 / r);
+                            if due >= end {
+                                break;
+                            }
+                            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                            due
+                        }
+                    };
+                    one_request(addr, tls.as_deref(), &req);
+                    lat.push(t0.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    std::thread::sleep(start.saturating_duration_since(Instant::now()));
+    let cpu0 = cpu_seconds(pid);
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    stop.store(true, Ordering::Relaxed);
+    let mut all: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let elapsed = start.elapsed();
+    let cpu = cpu_seconds(pid) - cpu0;
+    all.sort();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    Measurement {
+        rate: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        cpu_us: cpu * 1e6 / all.len() as f64,
+    }
+}
+
+fn main() {
+    let o = opts();
+    let dir = std::env::temp_dir().join(format!("uwpx-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pem = cert(&dir);
+    let connector = Arc::new(
+        native_tls::TlsConnector::builder()
+            .add_root_certificate(native_tls::Certificate::from_pem(&pem).unwrap())
+            .max_protocol_version(Some(native_tls::Protocol::Tlsv12))
+            .build()
+            .unwrap(),
+    );
+    println!(
+        "set_push_accounts, new connection per request, db.synchronous={}, {} s per run, median of {} runs",
+        o.sync, o.seconds, o.runs
+    );
+    println!(
+        "{:<6} {:>8} {:>10} {:>12} {:>10} {:>10} {:>14}",
+        "mode", "clients", "load", "requests/s", "p50 ms", "p99 ms", "server CPU/req"
+    );
+    for tls in [false, true] {
+        let server = start(&dir, tls, &o.sync);
+        register_devices(server.addr, tls.then_some(&*connector));
+        let open_rate = if tls { o.rate_tls } else { o.rate_plain };
+        let scenarios = o
+            .clients
+            .iter()
+            .map(|&c| (c, None))
+            .chain(std::iter::once((64, Some(open_rate))));
+        for (clients, rate) in scenarios {
+            let c = tls.then(|| connector.clone());
+            let mut runs: Vec<Measurement> = (0..o.runs)
+                .map(|_| {
+                    measure(
+                        server.child.id(),
+                        server.addr,
+                        c.clone(),
+                        clients,
+                        o.seconds,
+                        rate,
+                    )
+                })
+                .collect();
+            runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+            let m = &runs[runs.len() / 2];
+            println!(
+                "{:<6} {:>8} {:>10} {:>12.0} {:>10.2} {:>10.2} {:>11.0} µs   (runs: {})",
+                if tls { "tls" } else { "plain" },
+                clients,
+                rate.map_or("closed".to_owned(), |r| format!("{r:.0}/s")),
+                m.rate,
+                m.p50.as_secs_f64() * 1e3,
+                m.p99.as_secs_f64() * 1e3,
+                m.cpu_us,
+                runs.iter()
+                    .map(|r| format!("{:.0}/{:.1}ms", r.rate, r.p99.as_secs_f64() * 1e3))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        drop(server);
+        let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+        if let Some(line) = log.lines().rev().find(|l| l.contains("writes committed")) {
+            println!(
+                "       server: {}",
+                line.split("store: ").nth(1).unwrap_or(line)
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,19 +1,21 @@
 //! Durable state in SQLite: devices, their push accounts (node + secret), the WNS token.
 //!
-//! One `rusqlite::Connection` behind a `Mutex`. Each public method takes the lock for one
-//! statement or one transaction and returns only after `COMMIT`, which is what lets the
-//! registration code answer "success" knowing the data is on disk. The lock is never held
-//! across network I/O.
+//! One `rusqlite::Connection` behind a `Mutex`. Reads take the lock for one statement.
+//! Writes go through [`commit`]'s group commit: concurrent writes share one transaction
+//! and one fsync, and each write method returns only after the `COMMIT` that holds it,
+//! which is what lets the registration code answer "success" knowing the data is on
+//! disk. The lock is never held across network I/O.
 //!
 //! Threads: called from `reg-conn-*` threads (and later `xmpp-io` and `wns-worker-*`).
 //! This is the only file with SQL in it; it never touches a socket.
 
+mod commit;
 mod schema;
 
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -23,12 +25,13 @@ use crate::types::{AccountForm, AccountKey, ChannelUri, DeviceId, Node, Protocol
 
 /// A storage failure. Callers decide what the wire sees; nothing here is shown to a
 /// client verbatim.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StoreError {
     /// The database stayed locked past the busy timeout (another process holds it).
     Busy,
-    /// Any other SQLite error: disk full, I/O error, corruption, a schema mismatch.
-    Sql(rusqlite::Error),
+    /// Any other SQLite error (disk full, I/O error, corruption), as its message: the
+    /// same failure may have to be reported to every write of a failed batch.
+    Sql(Arc<str>),
     /// The operating system's random source failed, so no node or secret could be drawn.
     Random(getrandom::Error),
     /// The database was written by a newer version of this server; it is left untouched.
@@ -57,20 +60,13 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Sql(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+impl std::error::Error for StoreError {}
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Self::Busy,
-            _ => Self::Sql(e),
+            _ => Self::Sql(e.to_string().into()),
         }
     }
 }
@@ -124,7 +120,8 @@ pub struct Counts {
 
 /// The database handle. Cheap to share as `Arc<Store>`.
 pub struct Store {
-    conn: Mutex<Connection>,
+    conn: Arc<Mutex<Connection>>,
+    batcher: commit::Batcher,
 }
 
 impl Store {
@@ -151,7 +148,8 @@ impl Store {
         schema::migrate(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(32);
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: Arc::new(Mutex::new(conn)),
+            batcher: commit::Batcher::default(),
         })
     }
 
@@ -170,16 +168,18 @@ impl Store {
         version: ProtocolVersion,
         now: i64,
     ) -> Result<(), StoreError> {
-        let conn = self.lock();
-        conn.prepare_cached(
-            "INSERT INTO devices (device_id, channel_uri, version, created_at, updated_at, last_seen_at)
-             VALUES (?1, ?2, ?3, ?4, ?4, ?4)
-             ON CONFLICT (device_id) DO UPDATE SET
-               channel_uri = excluded.channel_uri, version = excluded.version,
-               updated_at = excluded.updated_at, last_seen_at = excluded.last_seen_at",
-        )?
-        .execute(params![device.as_str(), uri.as_str(), version.number(), now])?;
-        Ok(())
+        let (device, uri) = (device.clone(), uri.clone());
+        self.batcher.write(&self.conn, move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO devices (device_id, channel_uri, version, created_at, updated_at, last_seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?4)
+                 ON CONFLICT (device_id) DO UPDATE SET
+                   channel_uri = excluded.channel_uri, version = excluded.version,
+                   updated_at = excluded.updated_at, last_seen_at = excluded.last_seen_at",
+            )?
+            .execute(params![device.as_str(), uri.as_str(), version.number(), now])?;
+            Ok(())
+        })
     }
 
     /// Replaces the device's account set in one transaction: accounts that stay keep their
@@ -193,50 +193,11 @@ impl Store {
         accounts: &[AccountSpec],
         now: i64,
     ) -> Result<Option<Vec<AccountRecord>>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction()?;
-        let updated = tx
-            .prepare_cached(
-                "UPDATE devices SET version = ?2, account_form = coalesce(?3, account_form),
-                   updated_at = ?4, last_seen_at = ?4
-                 WHERE device_id = ?1",
-            )?
-            .execute(params![
-                device.as_str(),
-                version.number(),
-                form.map(AccountForm::json_key),
-                now
-            ])?;
-        if updated == 0 {
-            return Ok(None);
-        }
-        let mut existing: HashMap<String, (String, String)> = tx
-            .prepare_cached("SELECT account_key, node, secret FROM accounts WHERE device_id = ?1")?
-            .query_map([device.as_str()], |r| {
-                Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut out = Vec::with_capacity(accounts.len());
-        for spec in accounts {
-            let (node, secret) = match existing.remove(spec.key.as_str()) {
-                Some((node, secret)) => (Node::from_stored(node), Secret::from_stored(secret)),
-                None => insert_account(&tx, device, spec, now)?,
-            };
-            out.push(AccountRecord {
-                key: spec.key.clone(),
-                node,
-                secret,
-            });
-        }
-        {
-            let mut delete = tx
-                .prepare_cached("DELETE FROM accounts WHERE device_id = ?1 AND account_key = ?2")?;
-            for key in existing.keys() {
-                delete.execute(params![device.as_str(), key])?;
-            }
-        }
-        tx.commit()?;
-        Ok(Some(out))
+        let device = device.clone();
+        let accounts = accounts.to_vec();
+        self.batcher.write(&self.conn, move |tx| {
+            replace_accounts(tx, &device, version, form, &accounts, now)
+        })
     }
 
     /// Loads one device.
@@ -308,10 +269,69 @@ impl Store {
     /// Checkpoints the WAL into the main file and closes the connection, so the file is
     /// complete on its own after a clean shutdown.
     pub fn close(self) -> Result<(), StoreError> {
-        let conn = self.conn.into_inner().unwrap_or_else(|p| p.into_inner());
+        let (batches, jobs) = (
+            self.batcher
+                .batches
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.batcher.jobs.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        log::info!("store: {jobs} writes committed in {batches} transactions");
+        let conn = Arc::try_unwrap(self.conn)
+            .map_err(|_| StoreError::Sql("store still shared at close".into()))?
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner());
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         conn.close().map_err(|(_, e)| StoreError::from(e))
     }
+}
+
+fn replace_accounts(
+    tx: &rusqlite::Transaction<'_>,
+    device: &DeviceId,
+    version: ProtocolVersion,
+    form: Option<AccountForm>,
+    accounts: &[AccountSpec],
+    now: i64,
+) -> Result<Option<Vec<AccountRecord>>, StoreError> {
+    let updated = tx
+        .prepare_cached(
+            "UPDATE devices SET version = ?2, account_form = coalesce(?3, account_form),
+               updated_at = ?4, last_seen_at = ?4
+             WHERE device_id = ?1",
+        )?
+        .execute(params![
+            device.as_str(),
+            version.number(),
+            form.map(AccountForm::json_key),
+            now
+        ])?;
+    if updated == 0 {
+        return Ok(None);
+    }
+    let mut existing: HashMap<String, (String, String)> = tx
+        .prepare_cached("SELECT account_key, node, secret FROM accounts WHERE device_id = ?1")?
+        .query_map([device.as_str()], |r| {
+            Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::with_capacity(accounts.len());
+    for spec in accounts {
+        let (node, secret) = match existing.remove(spec.key.as_str()) {
+            Some((node, secret)) => (Node::from_stored(node), Secret::from_stored(secret)),
+            None => insert_account(tx, device, spec, now)?,
+        };
+        out.push(AccountRecord {
+            key: spec.key.clone(),
+            node,
+            secret,
+        });
+    }
+    let mut delete =
+        tx.prepare_cached("DELETE FROM accounts WHERE device_id = ?1 AND account_key = ?2")?;
+    for key in existing.keys() {
+        delete.execute(params![device.as_str(), key])?;
+    }
+    Ok(Some(out))
 }
 
 /// Inserts a new account with a fresh node and secret. A node collision (2^-128 odds,

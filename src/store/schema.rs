@@ -36,8 +36,7 @@ const MIGRATIONS: &[&str] = &[
         access_token TEXT NOT NULL,
         token_type   TEXT NOT NULL,
         expires_at   INTEGER NOT NULL
-    ) STRICT;
-    CREATE INDEX devices_last_seen ON devices (last_seen_at);",
+    ) STRICT;",
 ];
 
 /// The schema version this binary writes.
