@@ -15,10 +15,13 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::registration::codec::Rules;
 use crate::registration::conn::ConnContext;
-use crate::registration::handler::Handler;
+use crate::registration::handler::{Handler, TestPush, unix_now};
 use crate::registration::{RegistrationServer, Running};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
+use crate::wns::WnsPool;
+use crate::wns::client::{WnsClient, parse_certs};
+use crate::wns::token::TokenCache;
 
 /// Why the server could not start. `main` prints it and exits 1.
 #[derive(Debug)]
@@ -49,6 +52,7 @@ impl std::error::Error for StartError {}
 /// The running server.
 pub struct App {
     store: Arc<Store>,
+    wns: Option<Arc<WnsPool>>,
     registration: Running,
     addr: SocketAddr,
     shutdown: Shutdown,
@@ -77,6 +81,26 @@ impl App {
                     .map_err(StartError::Tls)?,
             ),
         };
+        let wns = match &config.wns.credentials {
+            None => {
+                log::warn!("wns: no wns.packet_id/client_secret; WNS delivery is off");
+                None
+            }
+            Some(_) => {
+                let roots = config.wns.ca_pem.as_ref().map(|p| parse_certs(&p.0)).unwrap_or_default();
+                let client = Arc::new(WnsClient::new(&config.wns, &roots));
+                let fetcher = client.clone();
+                let tokens = Arc::new(TokenCache::new(
+                    Box::new(move || fetcher.fetch_token()),
+                    Some(store.clone()),
+                    unix_now(),
+                ));
+                let pool = WnsPool::start(&config.wns, client, tokens, store.clone())
+                    .map_err(StartError::Thread)?;
+                log::info!("wns: {} workers, token endpoint {}", config.wns.workers, config.wns.token_url);
+                Some(Arc::new(pool))
+            }
+        };
         let server = RegistrationServer::bind(config.tcp.addr, config.tcp.max_connections)
             .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
         let addr = server.local_addr();
@@ -90,7 +114,14 @@ impl App {
             if tls.is_some() { "tls" } else { "plain" }
         );
         let ctx = Arc::new(ConnContext {
-            handler: Handler::new(store.clone(), config.push_jid().to_owned()),
+            handler: Handler::new(
+                store.clone(),
+                config.push_jid().to_owned(),
+                wns.as_ref().map(|pool| TestPush {
+                    pool: pool.clone(),
+                    deadline: config.wns.deadline,
+                }),
+            ),
             rules: Rules {
                 max_accounts: config.limits.max_accounts,
                 channel_hosts: config.wns.channel_hosts.clone(),
@@ -103,6 +134,7 @@ impl App {
         let registration = server.start(ctx).map_err(StartError::Thread)?;
         Ok(App {
             store,
+            wns,
             registration,
             addr,
             shutdown,
@@ -125,6 +157,12 @@ impl App {
         let left = self.registration.join(self.grace);
         if left > 0 {
             log::warn!("registration: {left} connections still open at exit");
+        }
+        if let Some(pool) = self.wns {
+            match Arc::try_unwrap(pool) {
+                Ok(pool) => pool.stop(Duration::from_secs(5)),
+                Err(_) => log::warn!("wns: pool still in use at exit"),
+            }
         }
         match Arc::try_unwrap(self.store) {
             Ok(store) => match store.close() {

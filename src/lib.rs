@@ -12,9 +12,12 @@
 //! ```text
 //! main ─┬─ reg-accept ─┬─ reg-conn (one per client, up to tcp.max_connections)
 //!       │              └─ reg-reject (≤ 64, answer "busy" over the cap, then close)
+//!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST; shared ureq Agent)
+//!       ├─ wns-timer       (retries after backoff; batched last-seen writes)
 //!       └─ (ctrlc handler thread: only signals main)
 //! Shared: Arc<Store> (Mutex held for one statement or one transaction, never across
-//!         I/O), Arc<ConnContext> (read-only), Shutdown (AtomicBool).
+//!         I/O), Arc<ConnContext> (read-only), Arc<WnsPool>, Arc<TokenCache>,
+//!         Shutdown (AtomicBool).
 //! ```
 //!
 //! Modules:
@@ -22,6 +25,7 @@
 //! - [`types`]: DeviceId, AccountKey, Node, Secret, ChannelUri and friends.
 //! - [`store`]: SQLite (WAL) behind a mutex; the only place with SQL.
 //! - [`registration`]: the TCP/TLS protocol UWPX clients speak.
+//! - [`wns`]: the WNS token, the worker pool and the payloads.
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`shutdown`]: the stop flag.
 
@@ -34,3 +38,4 @@ pub mod registration;
 pub mod shutdown;
 pub mod store;
 pub mod types;
+pub mod wns;

@@ -424,14 +424,20 @@ impl ChannelUri {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The host, lowercased as written (no port), for the send-time allowlist check and
+    /// for logs (the path and query carry the device's channel token).
+    pub fn host(&self) -> &str {
+        let rest = self.0.get(8..).unwrap_or("");
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    }
 }
 
 impl fmt::Debug for ChannelUri {
     /// Host only: the query carries the device's channel token.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rest = &self.0[8.min(self.0.len())..];
-        let host = rest.split(['/', '?']).next().unwrap_or("");
-        write!(f, "ChannelUri(https://{host}/…)")
+        write!(f, "ChannelUri(https://{}/…)", self.host())
     }
 }
 
@@ -525,7 +531,9 @@ mod tests {
             assert!(ChannelUri::parse(bad, &hosts).is_err(), "{bad}");
         }
         let local = ChannelHosts::new(vec!["localhost".into()]);
-        assert!(ChannelUri::parse("https://localhost:8443/c/1", &local).is_ok());
+        let uri = ChannelUri::parse("https://localhost:8443/c/1", &local).unwrap();
+        assert_eq!(uri.host(), "localhost");
+        assert!(!format!("{uri:?}").contains("c/1"));
         assert!(ChannelUri::parse("https://localhost.evil:8443/c/1", &local).is_err());
     }
 

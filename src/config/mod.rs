@@ -179,6 +179,16 @@ pub struct XmppConfig {
     pub password: Option<Masked>,
 }
 
+/// PEM text read from a file; `Debug` shows only its size.
+#[derive(Clone)]
+pub struct Pem(pub Vec<u8>);
+
+impl fmt::Debug for Pem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PEM ({} bytes)", self.0.len())
+    }
+}
+
 /// `wns.*`.
 #[derive(Debug, Clone)]
 pub struct WnsConfig {
@@ -186,6 +196,26 @@ pub struct WnsConfig {
     pub credentials: Option<WnsCredentials>,
     /// `wns.channel_hosts`.
     pub channel_hosts: ChannelHosts,
+    /// `wns.token_url`.
+    pub token_url: String,
+    /// `wns.ca_file`, read at load time.
+    pub ca_pem: Option<Pem>,
+    /// `wns.workers`.
+    pub workers: usize,
+    /// `wns.queue_capacity`.
+    pub queue_capacity: usize,
+    /// `wns.timeout_ms`.
+    pub timeout: Duration,
+    /// `wns.max_attempts`.
+    pub max_attempts: u32,
+    /// `wns.deadline_ms`.
+    pub deadline: Duration,
+    /// `wns.cache_policy`; `None` omits the header.
+    pub cache_policy: Option<String>,
+    /// `wns.ttl_s`; `None` omits the header.
+    pub ttl_s: Option<u64>,
+    /// `wns.priority`; `None` omits the header.
+    pub priority: Option<u8>,
 }
 
 /// The WNS client credentials from the Partner Center.
@@ -341,9 +371,54 @@ impl Config {
                 ));
             }
         };
+        let token_url = doc
+            .string("wns.token_url")?
+            .unwrap_or_else(|| "https://login.live.com/accesstoken.srf".into());
+        if !token_url.starts_with("https://") {
+            return Err(invalid("wns.token_url", "must be an https URL"));
+        }
+        let ca_pem = match doc.path("wns.ca_file")? {
+            None => None,
+            Some(p) => {
+                let pem = std::fs::read(&p)
+                    .map_err(|e| invalid("wns.ca_file", format!("cannot read {}: {e}", p.display())))?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(invalid("wns.ca_file", format!("{} holds no PEM certificate", p.display())));
+                }
+                Some(Pem(pem))
+            }
+        };
+        let timeout = Duration::from_millis(doc.integer("wns.timeout_ms", 100, 120_000)?.unwrap_or(5000));
+        let deadline = Duration::from_millis(doc.integer("wns.deadline_ms", 100, 600_000)?.unwrap_or(20_000));
+        let cache_policy = match doc.get("wns.cache_policy") {
+            None => Some("cache".to_owned()),
+            Some(Value::Null) => None,
+            Some(Value::String(s)) if s == "cache" || s == "no-cache" => Some(s.clone()),
+            Some(_) => return Err(invalid("wns.cache_policy", "must be \"cache\", \"no-cache\" or null")),
+        };
+        let ttl_s = match doc.get("wns.ttl_s") {
+            None => Some(86_400),
+            Some(Value::Null) => None,
+            Some(_) => doc.integer("wns.ttl_s", 1, 30 * 86_400)?,
+        };
+        let priority = match doc.get("wns.priority") {
+            None => Some(1),
+            Some(Value::Null) => None,
+            Some(_) => doc.integer("wns.priority", 1, 4)?.map(|p| p as u8),
+        };
         let wns = WnsConfig {
             credentials,
             channel_hosts: ChannelHosts::new(channel_hosts),
+            token_url,
+            ca_pem,
+            workers: doc.integer("wns.workers", 1, 256)?.unwrap_or(4) as usize,
+            queue_capacity: doc.integer("wns.queue_capacity", 1, 1_000_000)?.unwrap_or(4096) as usize,
+            timeout,
+            max_attempts: doc.integer("wns.max_attempts", 1, 20)?.unwrap_or(3) as u32,
+            deadline,
+            cache_policy,
+            ttl_s,
+            priority,
         };
 
         let limits = Limits {

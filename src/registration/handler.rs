@@ -7,23 +7,39 @@
 //! Threads: `reg-conn-*`; takes the store lock through [`Store`] methods only.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::codec::{Action, Request};
 use super::wire::{AccountAnswer, Answer, RegError};
 use crate::store::Store;
+use crate::types::ClientGeneration;
+use crate::wns::{Job, Outcome, WnsPool, payload};
 
 /// Shared, read-only state of the registration service.
 pub struct Handler {
     store: Arc<Store>,
     push_jid: String,
+    wns: Option<TestPush>,
+}
+
+/// What request_test_push needs: the pool, and how long a push may take.
+pub struct TestPush {
+    /// The WNS worker pool.
+    pub pool: Arc<WnsPool>,
+    /// `wns.deadline_ms`.
+    pub deadline: Duration,
 }
 
 impl Handler {
     /// `push_jid` is what clients put in `<enable jid=…/>`: the configured bare JID, or
-    /// the component JID once component mode exists.
-    pub fn new(store: Arc<Store>, push_jid: String) -> Self {
-        Self { store, push_jid }
+    /// the component JID once component mode exists. Without `wns`, test pushes are
+    /// answered "not available".
+    pub fn new(store: Arc<Store>, push_jid: String, wns: Option<TestPush>) -> Self {
+        Self {
+            store,
+            push_jid,
+            wns,
+        }
     }
 
     /// Handles one request. Errors are values; the caller encodes and logs them.
@@ -57,10 +73,33 @@ impl Handler {
                     accounts,
                 })
             }
-            Action::RequestTestPush => match self.store.device(&req.device_id)? {
-                None => Err(RegError::DeviceUnknown),
-                Some(_) => Err(RegError::TestPushUnavailable),
-            },
+            Action::RequestTestPush => {
+                let device = self
+                    .store
+                    .device(&req.device_id)?
+                    .ok_or(RegError::DeviceUnknown)?;
+                let wns = self.wns.as_ref().ok_or(RegError::TestPushUnavailable)?;
+                // The asking client's own version decides the format: a 0.39+ client
+                // asking with version 2 wants JSON even if it registered as v1 before.
+                let generation = ClientGeneration::of(req.version, device.account_form);
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                wns.pool.submit(Job::new(
+                    device.device_id,
+                    device.channel_uri,
+                    payload::test_push(generation),
+                    Instant::now() + wns.deadline,
+                    Box::new(move |outcome| {
+                        let _ = tx.try_send(outcome);
+                    }),
+                ));
+                match rx.recv_timeout(wns.deadline + Duration::from_secs(2)) {
+                    Ok(Outcome::Delivered) => Ok(Answer::Done),
+                    Ok(outcome) => Err(RegError::TestPushFailed(outcome)),
+                    Err(_) => Err(RegError::TestPushFailed(Outcome::Transient(
+                        "no answer from WNS in time".into(),
+                    ))),
+                }
+            }
         }
     }
 }
@@ -90,7 +129,7 @@ mod tests {
     #[test]
     fn unknown_device_changes_nothing() {
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let h = Handler::new(store.clone(), "push@example.org".into());
+        let h = Handler::new(store.clone(), "push@example.org".into(), None);
         let r = run(
             &h,
             r#"{"version":2,"action":"set_push_accounts","device_id":"ab","accounts":[{"account_id":"x"}]}"#,

@@ -13,6 +13,7 @@
 //! | bad device_id / account / channel_uri   | `Invalid message: <the rule>.`                              |
 //! | unknown device                          | `Device id unknown.` (the seed's exact text)                |
 //! | test push without WNS                   | `Test push is not available: WNS delivery is not configured.` |
+//! | test push refused by WNS                | `Channel expired: …` / `WNS unavailable: …` / `Server misconfigured: …` |
 //! | too large / too slow / too many conns   | `Request too large: …` / `Request timed out: …` / `Server busy: …` |
 //! | storage failure                         | `Server busy: …` (locked) or `Internal server error: …`     |
 //!
@@ -24,6 +25,7 @@ use serde::Serialize;
 
 use crate::store::StoreError;
 use crate::types::{AccountForm, InvalidValue, Node, ProtocolVersion, Secret};
+use crate::wns::Outcome;
 
 /// Why a registration request failed. Each variant's doc says what the client sees.
 #[derive(Debug)]
@@ -78,6 +80,9 @@ pub enum RegError {
     DeviceUnknown,
     /// request_test_push while no WNS credentials are configured.
     TestPushUnavailable,
+    /// request_test_push that WNS did not accept; the text says why in the client's terms
+    /// (channel expired, WNS unavailable, server misconfigured).
+    TestPushFailed(Outcome),
     /// A request larger than `limits.max_request_bytes`; the connection is closed after.
     TooLarge {
         /// The limit.
@@ -132,6 +137,16 @@ impl fmt::Display for RegError {
             Self::TestPushUnavailable => {
                 f.write_str("Test push is not available: WNS delivery is not configured.")
             }
+            Self::TestPushFailed(Outcome::ChannelGone) => f.write_str(
+                "Channel expired: WNS no longer knows this device's channel; register a new channel.",
+            ),
+            Self::TestPushFailed(Outcome::Transient(reason)) => {
+                write!(f, "WNS unavailable: {reason}; try again later.")
+            }
+            Self::TestPushFailed(Outcome::Misconfigured(_) | Outcome::OurBug(_)) => f.write_str(
+                "Server misconfigured: WNS refused the push server's request; the operator must fix it.",
+            ),
+            Self::TestPushFailed(Outcome::Delivered) => f.write_str("Test push delivered."),
             Self::TooLarge { limit } => {
                 write!(f, "Request too large: at most {limit} bytes are accepted.")
             }
@@ -308,6 +323,9 @@ mod tests {
             RegError::TooManyAccounts { max: 32 },
             RegError::DeviceUnknown,
             RegError::TestPushUnavailable,
+            RegError::TestPushFailed(Outcome::ChannelGone),
+            RegError::TestPushFailed(Outcome::Transient("x".into())),
+            RegError::TestPushFailed(Outcome::Misconfigured("x".into())),
             RegError::TooLarge { limit: 65536 },
             RegError::Timeout { ms: 10000 },
             RegError::Busy,

@@ -109,6 +109,21 @@ pub struct DeviceRecord {
     pub last_seen_at: i64,
 }
 
+/// The cached WNS access token as persisted.
+#[derive(Clone)]
+pub struct StoredToken {
+    /// The bearer token.
+    pub access_token: String,
+    /// Unix seconds at which it expires.
+    pub expires_at: i64,
+}
+
+impl fmt::Debug for StoredToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoredToken(…, expires_at {})", self.expires_at)
+    }
+}
+
 /// Counts for `stats` and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -250,6 +265,66 @@ impl Store {
             })?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+
+    /// Deletes the device and its accounts, but only if its channel is still `uri`: a
+    /// device that re-registered a new channel after the push was sent keeps it.
+    /// Returns whether it was deleted.
+    pub fn delete_device_if_channel(
+        &self,
+        device: &DeviceId,
+        uri: &ChannelUri,
+    ) -> Result<bool, StoreError> {
+        let (device, uri) = (device.clone(), uri.clone());
+        self.batcher.write(&self.conn, move |tx| {
+            let n = tx
+                .prepare_cached("DELETE FROM devices WHERE device_id = ?1 AND channel_uri = ?2")?
+                .execute(params![device.as_str(), uri.as_str()])?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Records successful deliveries: `last_seen_at` moves forward, never back.
+    pub fn touch_devices(&self, seen: &[(DeviceId, i64)]) -> Result<(), StoreError> {
+        let seen = seen.to_vec();
+        self.batcher.write(&self.conn, move |tx| {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE devices SET last_seen_at = max(last_seen_at, ?2) WHERE device_id = ?1",
+            )?;
+            for (device, at) in &seen {
+                stmt.execute(params![device.as_str(), at])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The persisted WNS token, if any.
+    pub fn load_token(&self) -> Result<Option<StoredToken>, StoreError> {
+        let conn = self.lock();
+        let row = conn
+            .prepare_cached("SELECT access_token, expires_at FROM wns_token WHERE id = 1")?
+            .query_row([], |r| {
+                Ok(StoredToken {
+                    access_token: r.get(0)?,
+                    expires_at: r.get(1)?,
+                })
+            })
+            .optional()?;
+        Ok(row)
+    }
+
+    /// Persists the WNS token so that a restart reuses it.
+    pub fn save_token(&self, token: &StoredToken) -> Result<(), StoreError> {
+        let token = token.clone();
+        self.batcher.write(&self.conn, move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO wns_token (id, access_token, token_type, expires_at) VALUES (1, ?1, 'bearer', ?2)
+                 ON CONFLICT (id) DO UPDATE SET access_token = excluded.access_token,
+                   expires_at = excluded.expires_at",
+            )?
+            .execute(params![token.access_token, token.expires_at])?;
+            Ok(())
+        })
     }
 
     /// How many devices and accounts are stored.

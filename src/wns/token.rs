@@ -1,0 +1,312 @@
+//! The WNS OAuth access token: cached in memory and in SQLite, refreshed ahead of
+//! expiry, and refreshed single-flight after a 401.
+//!
+//! Rules (xep0357-wns.md §B 4.1, 4.5):
+//! - a token is reused until shortly before it expires ([`TokenCache::get`]); in the last
+//!   [`REFRESH_AHEAD`] one caller refreshes while the others keep using the old token;
+//! - after a 401 the caller asks for a token newer than the one that failed
+//!   ([`TokenCache::refresh_after_401`]); however many workers ask at once, exactly one
+//!   token request is made and the others wait for its result;
+//! - a failed token request is not repeated by every job: callers within
+//!   [`FAILURE_BACKOFF`] get the same error at once.
+//!
+//! Threads: `wns-worker-*` call it; `main` loads the persisted token at start. Locks:
+//! `state` (never held across the HTTP request; a `Condvar` parks waiters).
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::store::{Store, StoredToken};
+
+/// How long before expiry a token is refreshed.
+pub const REFRESH_AHEAD: i64 = 300;
+/// How long a failed token request is remembered before the next try.
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(2);
+
+/// An access token. `Debug` never shows the value.
+#[derive(Clone)]
+pub struct Token {
+    value: Arc<str>,
+    /// Unix seconds at which WNS stops accepting it.
+    pub expires_at: i64,
+    /// Increases with every refresh, so a 401 can name the token it saw fail.
+    pub generation: u64,
+}
+
+impl Token {
+    /// The `Authorization` header value.
+    pub fn bearer(&self) -> String {
+        format!("Bearer {}", self.value)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token(…, expires_at {}, gen {})", self.expires_at, self.generation)
+    }
+}
+
+/// Why no token could be had. Jobs turn this into a transient outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    /// The endpoint refused the credentials (`invalid_client`): wrong packet_id or secret.
+    Rejected(String),
+    /// The endpoint could not be reached (DNS, TCP, TLS, timeout).
+    Unreachable(String),
+    /// The endpoint answered something that is not a token.
+    BadResponse(String),
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Rejected(e) => write!(
+                f,
+                "the WNS token endpoint rejected our credentials ({e}): check wns.packet_id and wns.client_secret"
+            ),
+            Self::Unreachable(e) => write!(f, "the WNS token endpoint is unreachable: {e}"),
+            Self::BadResponse(e) => write!(f, "the WNS token endpoint gave an unusable answer: {e}"),
+        }
+    }
+}
+
+/// A fetched token before it has a generation: value and lifetime in seconds.
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    /// The access token.
+    pub access_token: String,
+    /// Seconds it is valid for.
+    pub expires_in: i64,
+}
+
+/// What fetches a new token (the HTTP call lives in `client.rs`).
+pub type Fetch = dyn Fn() -> Result<Fresh, TokenError> + Send + Sync;
+
+struct State {
+    token: Option<Token>,
+    refreshing: bool,
+    generation: u64,
+    failure: Option<(Instant, TokenError)>,
+}
+
+/// The shared token cache.
+pub struct TokenCache {
+    state: Mutex<State>,
+    done: Condvar,
+    fetch: Box<Fetch>,
+    store: Option<Arc<Store>>,
+    requests: std::sync::atomic::AtomicU64,
+}
+
+impl TokenCache {
+    /// A cache that fetches with `fetch` and persists to `store` (if any). A token saved
+    /// by an earlier run is reused while it is valid.
+    pub fn new(fetch: Box<Fetch>, store: Option<Arc<Store>>, now: i64) -> Self {
+        let token = store
+            .as_ref()
+            .and_then(|s| s.load_token().ok().flatten())
+            .filter(|t| t.expires_at > now + REFRESH_AHEAD)
+            .map(|t| Token {
+                value: t.access_token.into(),
+                expires_at: t.expires_at,
+                generation: 1,
+            });
+        if let Some(t) = &token {
+            log::info!("wns: reusing the saved access token (expires in {} s)", t.expires_at - now);
+        }
+        Self {
+            state: Mutex::new(State {
+                generation: u64::from(token.is_some()),
+                token,
+                refreshing: false,
+                failure: None,
+            }),
+            done: Condvar::new(),
+            fetch,
+            store,
+            requests: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// How many token requests were made (tests and metrics).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// When the current token expires (unix seconds), if there is one.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.lock().token.as_ref().map(|t| t.expires_at)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A token valid at `now`, refreshing if needed.
+    pub fn get(&self, now: i64) -> Result<Token, TokenError> {
+        let mut state = self.lock();
+        loop {
+            match &state.token {
+                Some(t) if t.expires_at - REFRESH_AHEAD > now => return Ok(t.clone()),
+                // Due for refresh but still valid: one caller refreshes, others use it.
+                Some(t) if t.expires_at > now && state.refreshing => return Ok(t.clone()),
+                _ => {}
+            }
+            if state.refreshing {
+                state = self.done.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            return self.refresh(state, now);
+        }
+    }
+
+    /// A token newer than `failed` (the generation that got a 401). Single-flight: if
+    /// another caller already replaced it, or is replacing it, that result is used.
+    pub fn refresh_after_401(&self, failed: u64, now: i64) -> Result<Token, TokenError> {
+        let mut state = self.lock();
+        loop {
+            if state.generation > failed
+                && let Some(t) = &state.token
+            {
+                return Ok(t.clone());
+            }
+            if state.refreshing {
+                state = self.done.wait(state).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // The failed token is not to be handed out again. A refresh that failed
+            // moments ago answers for us too (see `refresh`).
+            state.token = None;
+            return self.refresh(state, now);
+        }
+    }
+
+    /// Fetches a token with the lock released; wakes every waiter afterwards.
+    fn refresh(&self, mut state: MutexGuard<'_, State>, now: i64) -> Result<Token, TokenError> {
+        if let Some((at, e)) = &state.failure
+            && at.elapsed() < FAILURE_BACKOFF
+            && state.token.as_ref().is_none_or(|t| t.expires_at <= now)
+        {
+            return Err(e.clone());
+        }
+        state.refreshing = true;
+        drop(state);
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fetched = (self.fetch)();
+        let mut state = self.lock();
+        state.refreshing = false;
+        let result = match fetched {
+            Ok(fresh) => {
+                state.generation += 1;
+                let token = Token {
+                    value: fresh.access_token.into(),
+                    expires_at: now + fresh.expires_in.max(1),
+                    generation: state.generation,
+                };
+                state.token = Some(token.clone());
+                state.failure = None;
+                log::info!("wns: new access token (expires in {} s)", fresh.expires_in);
+                Ok(token)
+            }
+            Err(e) => {
+                log::error!("wns: {e}");
+                state.failure = Some((Instant::now(), e.clone()));
+                // A still-valid old token keeps working while the refresh is retried.
+                match &state.token {
+                    Some(t) if t.expires_at > now => Ok(t.clone()),
+                    _ => Err(e),
+                }
+            }
+        };
+        drop(state);
+        self.done.notify_all();
+        if let (Ok(t), Some(store)) = (&result, &self.store)
+            && t.generation > 0
+        {
+            let saved = StoredToken {
+                access_token: t.value.to_string(),
+                expires_at: t.expires_at,
+            };
+            if let Err(e) = store.save_token(&saved) {
+                log::warn!("wns: could not save the access token: {e}");
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn counting(expires_in: i64, delay: Duration) -> (Arc<AtomicU64>, Box<Fetch>) {
+        let n = Arc::new(AtomicU64::new(0));
+        let m = n.clone();
+        let fetch: Box<Fetch> = Box::new(move || {
+            std::thread::sleep(delay);
+            let i = m.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(Fresh {
+                access_token: format!("tok-{i}"),
+                expires_in,
+            })
+        });
+        (n, fetch)
+    }
+
+    #[test]
+    fn a_token_is_reused_then_refreshed_ahead_of_expiry() {
+        let (n, fetch) = counting(3600, Duration::ZERO);
+        let c = TokenCache::new(fetch, None, 0);
+        let t1 = c.get(1000).unwrap();
+        assert_eq!(t1.bearer(), "Bearer tok-1");
+        assert_eq!(c.get(1000 + 3000).unwrap().bearer(), "Bearer tok-1");
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        // Inside the refresh-ahead window: a new one is fetched.
+        assert_eq!(c.get(1000 + 3600 - 100).unwrap().bearer(), "Bearer tok-2");
+        assert!(!format!("{t1:?}").contains("tok-1"));
+    }
+
+    #[test]
+    fn sixteen_concurrent_401s_make_exactly_one_token_request() {
+        let (n, fetch) = counting(3600, Duration::from_millis(50));
+        let c = Arc::new(TokenCache::new(fetch, None, 0));
+        let first = c.get(10).unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(16));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (c, barrier, gen_) = (c.clone(), barrier.clone(), first.generation);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    c.refresh_after_401(gen_, 20).unwrap().bearer()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), "Bearer tok-2");
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 2);
+        assert_eq!(c.requests(), 2);
+    }
+
+    #[test]
+    fn a_failing_endpoint_is_not_hammered() {
+        let n = Arc::new(AtomicU64::new(0));
+        let m = n.clone();
+        let c = TokenCache::new(
+            Box::new(move || {
+                m.fetch_add(1, Ordering::SeqCst);
+                Err(TokenError::Rejected("invalid_client".into()))
+            }),
+            None,
+            0,
+        );
+        for _ in 0..10 {
+            assert!(matches!(c.get(5), Err(TokenError::Rejected(_))));
+        }
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        assert!(c.get(5).unwrap_err().to_string().contains("wns.client_secret"));
+    }
+}
