@@ -87,7 +87,12 @@ impl App {
                 None
             }
             Some(_) => {
-                let roots = config.wns.ca_pem.as_ref().map(|p| parse_certs(&p.0)).unwrap_or_default();
+                let roots = config
+                    .wns
+                    .ca_pem
+                    .as_ref()
+                    .map(|p| parse_certs(&p.0))
+                    .unwrap_or_default();
                 let client = Arc::new(WnsClient::new(&config.wns, &roots));
                 let fetcher = client.clone();
                 let tokens = Arc::new(TokenCache::new(
@@ -97,7 +102,11 @@ impl App {
                 ));
                 let pool = WnsPool::start(&config.wns, client, tokens, store.clone())
                     .map_err(StartError::Thread)?;
-                log::info!("wns: {} workers, token endpoint {}", config.wns.workers, config.wns.token_url);
+                log::info!(
+                    "wns: {} workers, token endpoint {}",
+                    config.wns.workers,
+                    config.wns.token_url
+                );
                 Some(Arc::new(pool))
             }
         };

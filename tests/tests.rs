@@ -10,5 +10,8 @@ mod registration;
 /// Bad input, slow and idle clients, floods, connection caps: clear errors, nothing stored.
 mod hostile;
 
+/// WNS delivery against the fake WNS: outcomes, tokens, payloads, guards.
+mod wns;
+
 /// Configuration loading and the command line.
 mod cli;

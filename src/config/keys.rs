@@ -52,6 +52,56 @@ pub const KEYS: &[Key] = &[
         "Host suffixes a device's channel_uri may point at, matched at a dot boundary. Security boundary: the WNS bearer token is sent to that host.",
     ),
     key(
+        "wns.token_url",
+        "\"https://login.live.com/accesstoken.srf\"",
+        "OAuth token endpoint (client-credentials grant). Must be https.",
+    ),
+    key(
+        "wns.ca_file",
+        "(none)",
+        "PEM file of extra trusted root certificates for the token endpoint and channels, added to the system's (tests, private CAs).",
+    ),
+    key(
+        "wns.workers",
+        "4",
+        "WNS worker threads, each with a keep-alive connection.",
+    ),
+    key(
+        "wns.queue_capacity",
+        "4096",
+        "Push jobs that may wait for a worker; beyond it a push fails at once as transient (the XMPP server is told to retry later).",
+    ),
+    key(
+        "wns.timeout_ms",
+        "5000",
+        "Longest single HTTP request to WNS.",
+    ),
+    key(
+        "wns.max_attempts",
+        "3",
+        "Sends per push before it counts as a transient failure (500s, timeouts, throttling).",
+    ),
+    key(
+        "wns.deadline_ms",
+        "20000",
+        "Longest a push may take in total, retries included.",
+    ),
+    key(
+        "wns.cache_policy",
+        "\"cache\"",
+        "`X-WNS-Cache-Policy` (\"cache\", \"no-cache\", or null to omit). \"cache\" keeps the last wake-up for a device that is offline, so it still learns about messages when it comes back.",
+    ),
+    key(
+        "wns.ttl_s",
+        "86400",
+        "`X-WNS-TTL` in seconds (null to omit): a cached wake-up older than a day is stale.",
+    ),
+    key(
+        "wns.priority",
+        "1",
+        "`X-WNS-PRIORITY` 1 (high) to 4 (very low), or null to omit. A push stands for a chat message the user is waiting for, so high: lower priorities are held back while the screen is off on battery.",
+    ),
+    key(
         "xmpp",
         "",
         "Section: the XMPP identity users' servers publish to.",

@@ -380,21 +380,34 @@ impl Config {
         let ca_pem = match doc.path("wns.ca_file")? {
             None => None,
             Some(p) => {
-                let pem = std::fs::read(&p)
-                    .map_err(|e| invalid("wns.ca_file", format!("cannot read {}: {e}", p.display())))?;
+                let pem = std::fs::read(&p).map_err(|e| {
+                    invalid("wns.ca_file", format!("cannot read {}: {e}", p.display()))
+                })?;
                 if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                    return Err(invalid("wns.ca_file", format!("{} holds no PEM certificate", p.display())));
+                    return Err(invalid(
+                        "wns.ca_file",
+                        format!("{} holds no PEM certificate", p.display()),
+                    ));
                 }
                 Some(Pem(pem))
             }
         };
-        let timeout = Duration::from_millis(doc.integer("wns.timeout_ms", 100, 120_000)?.unwrap_or(5000));
-        let deadline = Duration::from_millis(doc.integer("wns.deadline_ms", 100, 600_000)?.unwrap_or(20_000));
+        let timeout =
+            Duration::from_millis(doc.integer("wns.timeout_ms", 100, 120_000)?.unwrap_or(5000));
+        let deadline = Duration::from_millis(
+            doc.integer("wns.deadline_ms", 100, 600_000)?
+                .unwrap_or(20_000),
+        );
         let cache_policy = match doc.get("wns.cache_policy") {
             None => Some("cache".to_owned()),
             Some(Value::Null) => None,
             Some(Value::String(s)) if s == "cache" || s == "no-cache" => Some(s.clone()),
-            Some(_) => return Err(invalid("wns.cache_policy", "must be \"cache\", \"no-cache\" or null")),
+            Some(_) => {
+                return Err(invalid(
+                    "wns.cache_policy",
+                    "must be \"cache\", \"no-cache\" or null",
+                ));
+            }
         };
         let ttl_s = match doc.get("wns.ttl_s") {
             None => Some(86_400),
@@ -412,7 +425,9 @@ impl Config {
             token_url,
             ca_pem,
             workers: doc.integer("wns.workers", 1, 256)?.unwrap_or(4) as usize,
-            queue_capacity: doc.integer("wns.queue_capacity", 1, 1_000_000)?.unwrap_or(4096) as usize,
+            queue_capacity: doc
+                .integer("wns.queue_capacity", 1, 1_000_000)?
+                .unwrap_or(4096) as usize,
             timeout,
             max_attempts: doc.integer("wns.max_attempts", 1, 20)?.unwrap_or(3) as u32,
             deadline,

@@ -137,7 +137,8 @@ pub fn classify(answer: &Answer) -> Verdict {
         404 | 410 => Verdict::ChannelGone(status),
         401 => Verdict::Unauthorized,
         403 => Verdict::Misconfigured(
-            "403 Forbidden: the token is not valid for this channel (wrong app credentials?)".into(),
+            "403 Forbidden: the token is not valid for this channel (wrong app credentials?)"
+                .into(),
         ),
         406 => Verdict::Throttled {
             retry_after: d.retry_after,
@@ -244,7 +245,13 @@ impl WnsClient {
 
     /// POSTs one raw notification. `timeout` caps this request (the job's remaining
     /// time); the agent's `wns.timeout_ms` caps it too.
-    pub fn post(&self, uri: &ChannelUri, payload: &[u8], bearer: &str, timeout: Duration) -> Answer {
+    pub fn post(
+        &self,
+        uri: &ChannelUri,
+        payload: &[u8],
+        bearer: &str,
+        timeout: Duration,
+    ) -> Answer {
         let mut req = self
             .agent
             .post(uri.as_str())
@@ -306,9 +313,8 @@ impl WnsClient {
 /// Parses the token endpoint's answer. `expires_in` may be a number or a string
 /// (the Entra ID flow sends a string).
 pub fn parse_token(status: u16, body: &str) -> Result<Fresh, TokenError> {
-    let json: serde_json::Value = serde_json::from_str(body).map_err(|_| {
-        TokenError::BadResponse(format!("HTTP {status}, body is not JSON"))
-    })?;
+    let json: serde_json::Value = serde_json::from_str(body)
+        .map_err(|_| TokenError::BadResponse(format!("HTTP {status}, body is not JSON")))?;
     if status != 200 {
         let error = json
             .get("error")
@@ -401,7 +407,10 @@ mod tests {
             ),
             (http(500, |_| {}), Verdict::Retryable("HTTP 500".into())),
             (http(502, |_| {}), Verdict::Retryable("HTTP 502".into())),
-            (Answer::Transport("timeout".into()), Verdict::Retryable("timeout".into())),
+            (
+                Answer::Transport("timeout".into()),
+                Verdict::Retryable("timeout".into()),
+            ),
             (http(400, |_| {}), Verdict::OurBug("HTTP 400".into())),
             (http(405, |_| {}), Verdict::OurBug("HTTP 405".into())),
             (http(413, |_| {}), Verdict::OurBug("HTTP 413".into())),
@@ -410,14 +419,23 @@ mod tests {
         for (answer, verdict) in rows {
             assert_eq!(classify(&answer), verdict, "{answer:?}");
         }
-        assert!(matches!(classify(&http(403, |_| {})), Verdict::Misconfigured(_)));
+        assert!(matches!(
+            classify(&http(403, |_| {})),
+            Verdict::Misconfigured(_)
+        ));
         let blocked = http(410, |d| d.error_description = Some("Domain Blocked".into()));
-        assert!(matches!(classify(&blocked), Verdict::Misconfigured(m) if m.contains("Domain Blocked")));
+        assert!(
+            matches!(classify(&blocked), Verdict::Misconfigured(m) if m.contains("Domain Blocked"))
+        );
     }
 
     #[test]
     fn token_answers_accept_numbers_and_strings() {
-        let t = parse_token(200, r#"{"access_token":"a","token_type":"bearer","expires_in":86400}"#).unwrap();
+        let t = parse_token(
+            200,
+            r#"{"access_token":"a","token_type":"bearer","expires_in":86400}"#,
+        )
+        .unwrap();
         assert_eq!((t.access_token.as_str(), t.expires_in), ("a", 86400));
         let t = parse_token(200, r#"{"access_token":"b","expires_in":"86399"}"#).unwrap();
         assert_eq!(t.expires_in, 86399);
@@ -425,7 +443,13 @@ mod tests {
             parse_token(400, r#"{"error":"invalid_client"}"#),
             Err(TokenError::Rejected(e)) if e.contains("invalid_client")
         ));
-        assert!(matches!(parse_token(200, r#"{"access_token":"c"}"#), Err(TokenError::BadResponse(_))));
-        assert!(matches!(parse_token(502, "<html>"), Err(TokenError::BadResponse(_))));
+        assert!(matches!(
+            parse_token(200, r#"{"access_token":"c"}"#),
+            Err(TokenError::BadResponse(_))
+        ));
+        assert!(matches!(
+            parse_token(502, "<html>"),
+            Err(TokenError::BadResponse(_))
+        ));
     }
 }

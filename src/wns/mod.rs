@@ -208,17 +208,22 @@ impl WnsPool {
     /// caller (the XMPP thread must never wait on WNS).
     pub fn submit(&self, job: Job) {
         if self.shared.stopping.load(Ordering::Acquire) {
-            return job.finish(Outcome::Transient("the push server is shutting down".into()));
+            return job.finish(Outcome::Transient(
+                "the push server is shutting down".into(),
+            ));
         }
         match self.shared.jobs.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(job)) => {
-                log::warn!("wns: queue full, push to device {} not sent", job.device.short());
+                log::warn!(
+                    "wns: queue full, push to device {} not sent",
+                    job.device.short()
+                );
                 job.finish(Outcome::Transient("the push queue is full".into()));
             }
-            Err(TrySendError::Disconnected(job)) => {
-                job.finish(Outcome::Transient("the push server is shutting down".into()))
-            }
+            Err(TrySendError::Disconnected(job)) => job.finish(Outcome::Transient(
+                "the push server is shutting down".into(),
+            )),
         }
     }
 
@@ -285,7 +290,9 @@ fn worker(shared: &Arc<Shared>, rx: &Receiver<Job>) {
 /// Sends one job once (plus one resend after a 401) and decides what comes next.
 fn process(shared: &Shared, mut job: Job) {
     if shared.abandon.load(Ordering::Acquire) {
-        return job.finish(Outcome::Transient("the push server is shutting down".into()));
+        return job.finish(Outcome::Transient(
+            "the push server is shutting down".into(),
+        ));
     }
     let now = Instant::now();
     if now >= job.deadline {
@@ -309,7 +316,10 @@ fn process(shared: &Shared, mut job: Job) {
         log::error!("wns: refusing a payload of {} bytes", job.payload.len());
         return job.finish(Outcome::OurBug("payload size out of range".into()));
     }
-    let paused = *shared.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+    let paused = *shared
+        .paused_until
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     if let Some(until) = paused.filter(|&u| u > now) {
         job.last_error = "WNS asked us to back off".into();
         return retry_at(shared, job, until, false);
@@ -318,9 +328,12 @@ fn process(shared: &Shared, mut job: Job) {
         Ok(t) => t,
         Err(e) => return job.finish(Outcome::Transient(e.to_string())),
     };
-    let answer = shared
-        .client
-        .post(&job.channel, &job.payload, &token.bearer(), job.deadline - now);
+    let answer = shared.client.post(
+        &job.channel,
+        &job.payload,
+        &token.bearer(),
+        job.deadline - now,
+    );
     let verdict = classify(&answer);
     let diag = match &answer {
         Answer::Http { diagnostics, .. } => diagnostics.to_string(),
@@ -341,8 +354,13 @@ fn process(shared: &Shared, mut job: Job) {
             job.finish(Outcome::Delivered)
         }
         Verdict::ChannelGone(code) => {
-            match shared.store.delete_device_if_channel(&job.device, &job.channel) {
-                Ok(true) => log::info!("wns: {who} channel gone (HTTP {code}); device removed {diag}"),
+            match shared
+                .store
+                .delete_device_if_channel(&job.device, &job.channel)
+            {
+                Ok(true) => {
+                    log::info!("wns: {who} channel gone (HTTP {code}); device removed {diag}")
+                }
                 Ok(false) => log::info!(
                     "wns: {who} channel gone (HTTP {code}), but the device re-registered meanwhile; kept"
                 ),
@@ -353,7 +371,10 @@ fn process(shared: &Shared, mut job: Job) {
         Verdict::Unauthorized if !job.refreshed => {
             job.refreshed = true;
             log::info!("wns: {who} got 401; refreshing the token and resending once");
-            match shared.tokens.refresh_after_401(token.generation, unix_now()) {
+            match shared
+                .tokens
+                .refresh_after_401(token.generation, unix_now())
+            {
                 Ok(_) => process(shared, job),
                 Err(e) => job.finish(Outcome::Transient(e.to_string())),
             }
@@ -374,10 +395,15 @@ fn process(shared: &Shared, mut job: Job) {
                 .unwrap_or_else(|| backoff(job.attempts + 1));
             let until = Instant::now() + wait;
             {
-                let mut p = shared.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+                let mut p = shared
+                    .paused_until
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 *p = Some(p.map_or(until, |old| old.max(until)));
             }
-            log::warn!("wns: {who} throttled or unavailable; pausing all sends for {wait:?} {diag}");
+            log::warn!(
+                "wns: {who} throttled or unavailable; pausing all sends for {wait:?} {diag}"
+            );
             job.last_error = "WNS is throttling or unavailable".into();
             retry_at(shared, job, until, true)
         }
@@ -405,12 +431,14 @@ fn retry_at(shared: &Shared, mut job: Job, at: Instant, counts: bool) {
         return job.finish(Outcome::Transient(reason));
     }
     if shared.stopping.load(Ordering::Acquire) {
-        return job.finish(Outcome::Transient("the push server is shutting down".into()));
+        return job.finish(Outcome::Transient(
+            "the push server is shutting down".into(),
+        ));
     }
     if let Err(e) = shared.delayed.send(Delayed(at, job)) {
-        e.into_inner()
-            .1
-            .finish(Outcome::Transient("the push server is shutting down".into()));
+        e.into_inner().1.finish(Outcome::Transient(
+            "the push server is shutting down".into(),
+        ));
     }
 }
 
@@ -446,10 +474,14 @@ fn timer(shared: &Shared, rx: &Receiver<Delayed>) {
         }
         if shared.stopping.load(Ordering::Acquire) {
             for Delayed(_, job) in heap.drain() {
-                job.finish(Outcome::Transient("the push server is shutting down".into()));
+                job.finish(Outcome::Transient(
+                    "the push server is shutting down".into(),
+                ));
             }
             while let Ok(Delayed(_, job)) = rx.try_recv() {
-                job.finish(Outcome::Transient("the push server is shutting down".into()));
+                job.finish(Outcome::Transient(
+                    "the push server is shutting down".into(),
+                ));
             }
             // Workers may still deliver while the grace period runs; they flush below.
             if shared.busy.load(Ordering::Acquire) == 0 && shared.jobs.is_empty() {
@@ -475,16 +507,18 @@ fn timer(shared: &Shared, rx: &Receiver<Delayed>) {
 /// Writes the devices seen since the last flush in one transaction: no synchronous
 /// write per push on the hot path.
 fn flush_seen(shared: &Shared) {
-    let batch: Vec<(DeviceId, i64)> = std::mem::take(
-        &mut *shared.seen.lock().unwrap_or_else(|p| p.into_inner()),
-    )
-    .into_iter()
-    .collect();
+    let batch: Vec<(DeviceId, i64)> =
+        std::mem::take(&mut *shared.seen.lock().unwrap_or_else(|p| p.into_inner()))
+            .into_iter()
+            .collect();
     if batch.is_empty() {
         return;
     }
     if let Err(e) = shared.store.touch_devices(&batch) {
-        log::warn!("wns: could not record {} deliveries as last seen: {e}", batch.len());
+        log::warn!(
+            "wns: could not record {} deliveries as last seen: {e}",
+            batch.len()
+        );
     }
 }
 
@@ -498,7 +532,10 @@ mod tests {
             let b = backoff(attempt);
             let base = 250u64 << (attempt - 1).min(5);
             assert!(b >= Duration::from_millis(base / 2), "{attempt}: {b:?}");
-            assert!(b <= Duration::from_millis((base * 3 / 2).min(8000)), "{attempt}: {b:?}");
+            assert!(
+                b <= Duration::from_millis((base * 3 / 2).min(8000)),
+                "{attempt}: {b:?}"
+            );
         }
     }
 }

@@ -156,7 +156,10 @@ mod tests {
             push(ClientGeneration::V2, ID, &s),
             format!("{{\"account_id\":\"{ID}\",\"action\":\"push\",\"message_count\":2,\"pending_subscription_count\":0,\"version\":2}}").into_bytes()
         );
-        assert_eq!(test_push(ClientGeneration::V2), br#"{"action":"test_push","version":2}"#);
+        assert_eq!(
+            test_push(ClientGeneration::V2),
+            br#"{"action":"test_push","version":2}"#
+        );
     }
 
     #[test]
@@ -170,7 +173,9 @@ mod tests {
         let xml = String::from_utf8(push(ClientGeneration::V1AccountId, "x\"y", &s)).unwrap();
         assert!(xml.starts_with("<notification xmlns=\"urn:xmpp:push:0\">"));
         assert!(xml.ends_with("<account id=\"x&quot;y\"/></notification>"));
-        assert!(xml.contains("<field var=\"last-message-sender\"><value>bob@example.org/phone</value></field>"));
+        assert!(xml.contains(
+            "<field var=\"last-message-sender\"><value>bob@example.org/phone</value></field>"
+        ));
         assert!(xml.contains("a &lt; b &amp; &quot;c&quot;"));
         assert_eq!(test_push(ClientGeneration::V1AccountId), b"<test/>");
     }
@@ -200,6 +205,9 @@ mod tests {
         };
         let text = String::from_utf8(push(ClientGeneration::V1BareJid, ID, &s)).unwrap();
         assert!(!text.contains("bob") && !text.contains("plans") && !text.contains(ID));
-        assert_eq!(test_push(ClientGeneration::V1BareJid), V1_TEXT_TEST.as_bytes());
+        assert_eq!(
+            test_push(ClientGeneration::V1BareJid),
+            V1_TEXT_TEST.as_bytes()
+        );
     }
 }

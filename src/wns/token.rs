@@ -43,7 +43,11 @@ impl Token {
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Token(…, expires_at {}, gen {})", self.expires_at, self.generation)
+        write!(
+            f,
+            "Token(…, expires_at {}, gen {})",
+            self.expires_at, self.generation
+        )
     }
 }
 
@@ -66,7 +70,9 @@ impl fmt::Display for TokenError {
                 "the WNS token endpoint rejected our credentials ({e}): check wns.packet_id and wns.client_secret"
             ),
             Self::Unreachable(e) => write!(f, "the WNS token endpoint is unreachable: {e}"),
-            Self::BadResponse(e) => write!(f, "the WNS token endpoint gave an unusable answer: {e}"),
+            Self::BadResponse(e) => {
+                write!(f, "the WNS token endpoint gave an unusable answer: {e}")
+            }
         }
     }
 }
@@ -113,7 +119,10 @@ impl TokenCache {
                 generation: 1,
             });
         if let Some(t) = &token {
-            log::info!("wns: reusing the saved access token (expires in {} s)", t.expires_at - now);
+            log::info!(
+                "wns: reusing the saved access token (expires in {} s)",
+                t.expires_at - now
+            );
         }
         Self {
             state: Mutex::new(State {
@@ -307,6 +316,11 @@ mod tests {
             assert!(matches!(c.get(5), Err(TokenError::Rejected(_))));
         }
         assert_eq!(n.load(Ordering::SeqCst), 1);
-        assert!(c.get(5).unwrap_err().to_string().contains("wns.client_secret"));
+        assert!(
+            c.get(5)
+                .unwrap_err()
+                .to_string()
+                .contains("wns.client_secret")
+        );
     }
 }

@@ -431,3 +431,46 @@ pub fn assert_error(answer: &Value, version: u64, text: &str) {
     let err = answer["error"].as_str().unwrap();
     assert!(err.contains(text), "expected {text:?} in {err:?}");
 }
+
+/// The project's fake WNS.
+#[path = "../fake_wns/lib.rs"]
+pub mod fake_wns;
+
+/// A fake WNS plus the configuration that points the server at it.
+pub struct WnsFixture {
+    pub fake: fake_wns::FakeWns,
+    pub cert: TestCert,
+    pub ca_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl WnsFixture {
+    pub fn start() -> Self {
+        let dir = TempDir::new("wns");
+        let cert = TestCert::new();
+        let ca_path = dir.path().join("fake-wns-ca.pem");
+        std::fs::write(&ca_path, &cert.cert_pem).unwrap();
+        let fake = fake_wns::FakeWns::start(&cert.cert_pem, &cert.key_pem, 0, true);
+        Self {
+            fake,
+            cert,
+            ca_path,
+            _dir: dir,
+        }
+    }
+
+    /// The `wns` section for the server under test, merged with `extra`.
+    pub fn config(&self, extra: Value) -> Value {
+        let mut wns = json!({"wns": {
+            "packet_id": fake_wns::CLIENT_ID,
+            "client_secret": fake_wns::CLIENT_SECRET,
+            "token_url": self.fake.token_url(),
+            "ca_file": self.ca_path.to_str().unwrap(),
+            "channel_hosts": ["localhost"],
+            "timeout_ms": 2000,
+            "deadline_ms": 8000,
+        }});
+        merge(&mut wns, &extra);
+        wns
+    }
+}
