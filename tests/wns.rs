@@ -162,8 +162,9 @@ fn a_version_2_test_push_from_a_device_registered_as_v1_gets_json() {
 fn every_outcome_row() {
     let (wns, server) = start(json!({"wns": {"timeout_ms": 300, "deadline_ms": 4000}}));
     let c = server.client();
-    let rows: Vec<(&str, Vec<Reply>, Option<&str>, usize, bool)> = vec![
-        // (channel, scripted replies, expected error (None = success), requests, device kept)
+    // (channel, scripted replies, expected error (None = success), requests, device kept)
+    type Row = (&'static str, Vec<Reply>, Option<&'static str>, usize, bool);
+    let rows: Vec<Row> = vec![
         (
             "ok-dropped",
             vec![Reply::status(200).header("X-WNS-NotificationStatus", "dropped")],
