@@ -61,42 +61,15 @@ fn opts() -> Opts {
     o
 }
 
+#[path = "../../tests/util/cert.rs"]
+mod cert;
+
+/// Writes a fresh certificate and key into `dir`; returns the certificate.
 fn cert(dir: &std::path::Path) -> Vec<u8> {
-    use openssl::asn1::Asn1Time;
-    use openssl::ec::{EcGroup, EcKey};
-    use openssl::hash::MessageDigest;
-    use openssl::nid::Nid;
-    use openssl::pkey::PKey;
-    use openssl::x509::extension::SubjectAlternativeName;
-    use openssl::x509::{X509, X509NameBuilder};
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
-    let key = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
-    let mut name = X509NameBuilder::new().unwrap();
-    name.append_entry_by_text("CN", "localhost").unwrap();
-    let name = name.build();
-    let mut b = X509::builder().unwrap();
-    b.set_version(2).unwrap();
-    b.set_subject_name(&name).unwrap();
-    b.set_issuer_name(&name).unwrap();
-    b.set_pubkey(&key).unwrap();
-    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
-        .unwrap();
-    let san = SubjectAlternativeName::new()
-        .dns("localhost")
-        .build(&b.x509v3_context(None, None))
-        .unwrap();
-    b.append_extension(san).unwrap();
-    b.sign(&key, MessageDigest::sha256()).unwrap();
-    let pem = b.build().to_pem().unwrap();
-    std::fs::write(dir.join("server.crt"), &pem).unwrap();
-    std::fs::write(
-        dir.join("server.key"),
-        key.private_key_to_pem_pkcs8().unwrap(),
-    )
-    .unwrap();
-    pem
+    let c = cert::TestCert::new();
+    std::fs::write(dir.join("server.crt"), &c.cert_pem).unwrap();
+    std::fs::write(dir.join("server.key"), &c.key_pem).unwrap();
+    c.cert_pem
 }
 
 struct Server {
