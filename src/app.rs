@@ -19,7 +19,9 @@ use crate::registration::handler::{Handler, TestPush, unix_now};
 use crate::registration::{RegistrationServer, Running};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
+use crate::push::Dispatcher;
 use crate::wns::WnsPool;
+use crate::xmpp::{LinkSettings, LinkStatus, XmppLink};
 use crate::wns::client::{WnsClient, parse_certs};
 use crate::wns::token::TokenCache;
 
@@ -53,6 +55,7 @@ impl std::error::Error for StartError {}
 pub struct App {
     store: Arc<Store>,
     wns: Option<Arc<WnsPool>>,
+    xmpp: Option<XmppLink>,
     registration: Running,
     addr: SocketAddr,
     shutdown: Shutdown,
@@ -110,6 +113,29 @@ impl App {
                 Some(Arc::new(pool))
             }
         };
+        let xmpp = match &config.xmpp.component {
+            None => {
+                log::warn!("xmpp: no xmpp.component configured; publishes are not received");
+                None
+            }
+            Some(component) => {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                let dispatcher = Dispatcher::new(
+                    store.clone(),
+                    wns.clone(),
+                    config.wns.deadline,
+                    config.push.min_interval,
+                    true,
+                    tx,
+                );
+                let settings = LinkSettings {
+                    component: component.clone(),
+                    ping_interval: config.xmpp.ping_interval,
+                    deadline: config.wns.deadline,
+                };
+                Some(XmppLink::start(settings, dispatcher, rx, shutdown.clone()).map_err(StartError::Thread)?)
+            }
+        };
         let server = RegistrationServer::bind(config.tcp.addr, config.tcp.max_connections)
             .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
         let addr = server.local_addr();
@@ -144,11 +170,17 @@ impl App {
         Ok(App {
             store,
             wns,
+            xmpp,
             registration,
             addr,
             shutdown,
             grace: config.tcp.read_timeout + Duration::from_secs(1),
         })
+    }
+
+    /// The XMPP link's status, in component mode.
+    pub fn xmpp_status(&self) -> Option<Arc<LinkStatus>> {
+        self.xmpp.as_ref().map(XmppLink::status)
     }
 
     /// The registration listener's address.
@@ -166,6 +198,9 @@ impl App {
         let left = self.registration.join(self.grace);
         if left > 0 {
             log::warn!("registration: {left} connections still open at exit");
+        }
+        if let Some(link) = self.xmpp {
+            link.join();
         }
         if let Some(pool) = self.wns {
             match Arc::try_unwrap(pool) {

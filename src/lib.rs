@@ -12,6 +12,8 @@
 //! ```text
 //! main ─┬─ reg-accept ─┬─ reg-conn (one per client, up to tcp.max_connections)
 //!       │              └─ reg-reject (≤ 64, answer "busy" over the cap, then close)
+//!       ├─ xmpp-io         (owns the XMPP socket; reads with a short timeout, drains
+//!       │                   WNS outcomes in between, pings, reconnects with backoff)
 //!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST; shared ureq Agent)
 //!       ├─ wns-timer       (retries after backoff; batched last-seen writes)
 //!       └─ (ctrlc handler thread: only signals main)
@@ -26,6 +28,8 @@
 //! - [`store`]: SQLite (WAL) behind a mutex; the only place with SQL.
 //! - [`registration`]: the TCP/TLS protocol UWPX clients speak.
 //! - [`wns`]: the WNS token, the worker pool and the payloads.
+//! - [`xmpp`]: the XMPP I/O thread (component mode), publish parsing, IQ replies.
+//! - [`push`]: publish → node → device → WNS job → outcome; burst coalescing.
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`shutdown`]: the stop flag.
 
@@ -34,8 +38,10 @@
 
 pub mod app;
 pub mod config;
+pub mod push;
 pub mod registration;
 pub mod shutdown;
 pub mod store;
 pub mod types;
 pub mod wns;
+pub mod xmpp;

@@ -135,6 +135,13 @@ impl DeviceId {
     }
 }
 
+impl DeviceId {
+    /// Rebuilds an id read back from the database.
+    pub(crate) fn from_stored(s: String) -> Self {
+        Self(s)
+    }
+}
+
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -107,6 +107,8 @@ pub struct Config {
     pub limits: Limits,
     /// Logging.
     pub log: LogConfig,
+    /// Publish handling.
+    pub push: PushConfig,
 }
 
 /// `tcp.*`: where clients connect and how long they may take.
@@ -177,6 +179,30 @@ pub struct XmppConfig {
     pub bare_jid: String,
     /// `xmpp.password`.
     pub password: Option<Masked>,
+    /// `xmpp.component`: component mode when present.
+    pub component: Option<ComponentConfig>,
+    /// `xmpp.ping_interval_s`.
+    pub ping_interval: Duration,
+}
+
+/// `xmpp.component.*`: the XEP-0114 connection.
+#[derive(Debug, Clone)]
+pub struct ComponentConfig {
+    /// The component JID.
+    pub jid: String,
+    /// The shared secret.
+    pub secret: Masked,
+    /// The server's component address.
+    pub host: String,
+    /// The server's component port.
+    pub port: u16,
+}
+
+/// `push.*`.
+#[derive(Debug, Clone)]
+pub struct PushConfig {
+    /// `push.min_interval_ms`.
+    pub min_interval: Duration,
 }
 
 /// PEM text read from a file; `Debug` shows only its size.
@@ -323,9 +349,35 @@ impl Config {
             .string("xmpp.bare_jid")?
             .ok_or_else(|| invalid("xmpp.bare_jid", "is required"))?;
         BareJid::parse(&bare_jid).map_err(|e| invalid("xmpp.bare_jid", e.0))?;
+        let component = match doc.get("xmpp.component") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(_)) => {
+                let jid = doc
+                    .string("xmpp.component.jid")?
+                    .ok_or_else(|| invalid("xmpp.component.jid", "is required in `xmpp.component`"))?;
+                if jid.contains(['@', '/', ' ']) || !jid.contains('.') && jid != "localhost" {
+                    return Err(invalid("xmpp.component.jid", "must be a domain JID like push.example.org"));
+                }
+                Some(ComponentConfig {
+                    jid,
+                    secret: doc
+                        .string("xmpp.component.secret")?
+                        .map(Masked)
+                        .ok_or_else(|| invalid("xmpp.component.secret", "is required in `xmpp.component`"))?,
+                    host: doc.string("xmpp.component.host")?.unwrap_or_else(|| "127.0.0.1".into()),
+                    port: doc.integer("xmpp.component.port", 1, 65535)?.unwrap_or(5347) as u16,
+                })
+            }
+            Some(_) => return Err(invalid("xmpp.component", "must be an object")),
+        };
         let xmpp = XmppConfig {
             bare_jid,
             password: doc.string("xmpp.password")?.map(Masked),
+            component,
+            ping_interval: Duration::from_secs(doc.integer("xmpp.ping_interval_s", 5, 3600)?.unwrap_or(60)),
+        };
+        let push = PushConfig {
+            min_interval: Duration::from_millis(doc.integer("push.min_interval_ms", 0, 3_600_000)?.unwrap_or(2000)),
         };
 
         let credentials = match (
@@ -464,12 +516,17 @@ impl Config {
             wns,
             limits,
             log,
+            push,
         })
     }
 
-    /// The JID users' servers publish to, returned as `push_bare_jid`.
+    /// The JID users' servers publish to, returned as `push_bare_jid`: the component's
+    /// JID in component mode, else `xmpp.bare_jid`.
     pub fn push_jid(&self) -> &str {
-        &self.xmpp.bare_jid
+        self.xmpp
+            .component
+            .as_ref()
+            .map_or(&self.xmpp.bare_jid, |c| &c.jid)
     }
 }
 

@@ -124,6 +124,25 @@ impl fmt::Debug for StoredToken {
     }
 }
 
+/// Everything needed to push to the account behind a node.
+#[derive(Debug, Clone)]
+pub struct NodeTarget {
+    /// The device.
+    pub device_id: DeviceId,
+    /// The account key, which v2 payloads carry as `account_id`.
+    pub account_key: AccountKey,
+    /// The JID's domain for bare_jid clients: publishes must come from it.
+    pub domain: Option<String>,
+    /// The node's secret.
+    pub secret: Secret,
+    /// The device's channel.
+    pub channel_uri: ChannelUri,
+    /// The device's protocol version.
+    pub version: ProtocolVersion,
+    /// The device's account form.
+    pub account_form: Option<AccountForm>,
+}
+
 /// Counts for `stats` and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {
@@ -247,6 +266,37 @@ impl Store {
                 last_seen_at,
             },
         ))
+    }
+
+    /// The push target behind a node, if the node exists (the publish hot path: one
+    /// indexed join).
+    pub fn node_target(&self, node: &str) -> Result<Option<NodeTarget>, StoreError> {
+        let conn = self.lock();
+        let row = conn
+            .prepare_cached(
+                "SELECT a.device_id, a.account_key, a.domain, a.secret, d.channel_uri, d.version, d.account_form
+                 FROM accounts a JOIN devices d USING (device_id) WHERE a.node = ?1",
+            )?
+            .query_row([node], |r| {
+                Ok(NodeTarget {
+                    device_id: DeviceId::from_stored(r.get(0)?),
+                    account_key: AccountKey::from_stored(r.get(1)?),
+                    domain: r.get(2)?,
+                    secret: Secret::from_stored(r.get(3)?),
+                    channel_uri: ChannelUri::from_stored(r.get(4)?),
+                    version: if r.get::<_, i64>(5)? == 2 {
+                        ProtocolVersion::V2
+                    } else {
+                        ProtocolVersion::V1
+                    },
+                    account_form: r
+                        .get::<_, Option<String>>(6)?
+                        .as_deref()
+                        .and_then(AccountForm::from_json_key),
+                })
+            })
+            .optional()?;
+        Ok(row)
     }
 
     /// The accounts of one device, ordered by key.

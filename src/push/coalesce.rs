@@ -1,0 +1,134 @@
+//! Per-node burst coalescing: at most one WNS push per node per `push.min_interval_ms`.
+//!
+//! Real servers send bursts and duplicates (a message, its offline copy, a smacks
+//! re-delivery). The first publish of a burst is sent at once; publishes inside the
+//! window are answered `result` at once and folded into one trailing push, sent when
+//! the window ends, carrying the latest summary. The last publish is never lost.
+//!
+//! Time is passed in, so tests need no sleeps.
+//!
+//! Threads: `xmpp-io` only. No locks.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The coalescing state of every recently pushed node.
+pub struct Coalescer<T> {
+    interval: Duration,
+    windows: HashMap<String, Window<T>>,
+}
+
+struct Window<T> {
+    sent_at: Instant,
+    trailing: Option<T>,
+}
+
+/// What to do with a publish.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Send it now.
+    Send,
+    /// Inside the window: answer `result`; it will go out as the trailing push.
+    Coalesced,
+}
+
+impl<T> Coalescer<T> {
+    /// A coalescer with the given window (zero disables coalescing).
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            windows: HashMap::new(),
+        }
+    }
+
+    /// Decides for a publish to `node`; `push` is kept as the trailing push if coalesced
+    /// (replacing an older one: the latest summary wins).
+    pub fn admit(&mut self, node: &str, push: T, now: Instant) -> (Admit, Option<T>) {
+        if self.interval.is_zero() {
+            return (Admit::Send, Some(push));
+        }
+        match self.windows.get_mut(node) {
+            Some(w) if now < w.sent_at + self.interval => {
+                w.trailing = Some(push);
+                (Admit::Coalesced, None)
+            }
+            Some(w) => {
+                w.sent_at = now;
+                w.trailing = None;
+                (Admit::Send, Some(push))
+            }
+            None => {
+                self.windows.insert(
+                    node.to_owned(),
+                    Window {
+                        sent_at: now,
+                        trailing: None,
+                    },
+                );
+                (Admit::Send, Some(push))
+            }
+        }
+    }
+
+    /// Trailing pushes whose window has ended; forgets idle windows.
+    pub fn due(&mut self, now: Instant) -> Vec<T> {
+        let interval = self.interval;
+        let mut out = Vec::new();
+        self.windows.retain(|_, w| {
+            if now < w.sent_at + interval {
+                return true;
+            }
+            match w.trailing.take() {
+                Some(t) => {
+                    out.push(t);
+                    w.sent_at = now; // the trailing push opens a new window
+                    true
+                }
+                None => false,
+            }
+        });
+        out
+    }
+
+    /// When the next trailing push is due, if any (to size the I/O thread's wait).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.windows
+            .values()
+            .filter(|w| w.trailing.is_some())
+            .map(|w| w.sent_at + self.interval)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_becomes_one_push_now_and_one_trailing_push() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut c = Coalescer::new(ms(2000));
+        assert_eq!(c.admit("n", 1, t0), (Admit::Send, Some(1)));
+        assert_eq!(c.admit("n", 2, t0 + ms(10)), (Admit::Coalesced, None));
+        assert_eq!(c.admit("n", 3, t0 + ms(20)), (Admit::Coalesced, None));
+        assert_eq!(c.admit("other", 9, t0 + ms(30)), (Admit::Send, Some(9)));
+        assert_eq!(c.next_due(), Some(t0 + ms(2000)));
+        assert!(c.due(t0 + ms(1999)).is_empty());
+        assert_eq!(c.due(t0 + ms(2000)), vec![3], "the latest summary wins");
+        // The trailing push opened a new window.
+        assert_eq!(c.admit("n", 4, t0 + ms(2100)), (Admit::Coalesced, None));
+        assert_eq!(c.due(t0 + ms(4000)), vec![4]);
+        // Quiet nodes are forgotten, and the next publish goes straight out.
+        assert!(c.due(t0 + ms(7000)).is_empty());
+        assert_eq!(c.admit("n", 5, t0 + ms(7001)), (Admit::Send, Some(5)));
+    }
+
+    #[test]
+    fn a_zero_window_sends_everything() {
+        let mut c = Coalescer::new(Duration::ZERO);
+        let t = Instant::now();
+        assert_eq!(c.admit("n", 1, t), (Admit::Send, Some(1)));
+        assert_eq!(c.admit("n", 2, t), (Admit::Send, Some(2)));
+    }
+}

@@ -1,0 +1,230 @@
+//! Inbound stanzas → typed requests, with every check that needs no I/O.
+//!
+//! The IQ envelope is read here by hand rather than with xmpp-parsers' `Iq`, whose
+//! namespace is fixed at compile time: one binary serves `jabber:component:accept`
+//! (component mode) and `jabber:client` (client mode), so the stream's namespace is a
+//! parameter. Payloads are read leniently, because Prosody and ejabberd differ
+//! (xep0357-wns.md part C): the summary form may be `form` or `submit` or absent,
+//! fields may be empty, and unknown children are ignored. `publish-options` need no
+//! FORM_TYPE for the `secret` to be found.
+//!
+//! Threads: `xmpp-io`. No I/O, no locks.
+
+use minidom::Element;
+
+use crate::wns::payload::Summary;
+
+/// XEP-0060 pubsub.
+pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+/// XEP-0357 push.
+pub const NS_PUSH: &str = "urn:xmpp:push:0";
+/// XEP-0004 data forms.
+pub const NS_DATA: &str = "jabber:x:data";
+/// XEP-0030 disco#info.
+pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+/// XEP-0030 disco#items.
+pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+/// XEP-0199 ping.
+pub const NS_PING: &str = "urn:xmpp:ping";
+
+/// The addressing of an IQ, kept to build the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IqHeader {
+    /// `id` (required for a reply).
+    pub id: String,
+    /// `from`: the user's server (a domain) in component mode.
+    pub from: String,
+    /// `to`: our JID.
+    pub to: String,
+}
+
+/// A parsed publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// The XEP-0357 node.
+    pub node: String,
+    /// The `secret` publish-option, if any.
+    pub secret: Option<String>,
+    /// The summary counts and texts.
+    pub summary: Summary,
+}
+
+/// What an inbound stanza is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    /// A XEP-0357 publish.
+    Publish(IqHeader, Publish),
+    /// A publish we cannot use (no node, no item): answered `modify/bad-request`.
+    BadPublish(IqHeader, &'static str),
+    /// disco#info get.
+    DiscoInfo(IqHeader),
+    /// disco#items get.
+    DiscoItems(IqHeader),
+    /// XEP-0199 ping.
+    Ping(IqHeader),
+    /// Any other get/set: answered `service-unavailable`.
+    Unsupported(IqHeader),
+    /// An IQ result or error addressed to us (the answer to our ping).
+    Response {
+        /// Its id.
+        id: String,
+        /// Whether it was an error.
+        error: bool,
+    },
+    /// Messages, presences, IQs without an id, anything else: ignored.
+    Ignored,
+}
+
+/// Classifies a stanza read from a stream whose default namespace is `stream_ns`.
+pub fn classify(stanza: &Element, stream_ns: &str) -> Inbound {
+    if !stanza.is("iq", stream_ns) {
+        return Inbound::Ignored;
+    }
+    let Some(id) = stanza.attr("id").filter(|id| !id.is_empty()) else {
+        return Inbound::Ignored; // an IQ without id cannot be answered
+    };
+    let header = IqHeader {
+        id: id.to_owned(),
+        from: stanza.attr("from").unwrap_or("").to_owned(),
+        to: stanza.attr("to").unwrap_or("").to_owned(),
+    };
+    let payload = stanza.children().next();
+    match (stanza.attr("type").unwrap_or(""), payload) {
+        ("result", _) | ("error", _) => Inbound::Response {
+            id: header.id,
+            error: stanza.attr("type") == Some("error"),
+        },
+        ("set", Some(p)) if p.is("pubsub", NS_PUBSUB) => match parse_publish(p) {
+            Ok(publish) => Inbound::Publish(header, publish),
+            Err(why) => Inbound::BadPublish(header, why),
+        },
+        ("get", Some(p)) if p.is("query", NS_DISCO_INFO) => Inbound::DiscoInfo(header),
+        ("get", Some(p)) if p.is("query", NS_DISCO_ITEMS) => Inbound::DiscoItems(header),
+        ("get", Some(p)) if p.is("ping", NS_PING) => Inbound::Ping(header),
+        ("get" | "set", _) => Inbound::Unsupported(header),
+        _ => Inbound::Ignored,
+    }
+}
+
+fn parse_publish(pubsub: &Element) -> Result<Publish, &'static str> {
+    let publish = pubsub
+        .get_child("publish", NS_PUBSUB)
+        .ok_or("no <publish/> in <pubsub/>")?;
+    let node = publish
+        .attr("node")
+        .filter(|n| !n.is_empty())
+        .ok_or("<publish/> has no node")?;
+    let item = publish.get_child("item", NS_PUBSUB);
+    let notification = item.and_then(|i| i.get_child("notification", NS_PUSH));
+    let summary = notification
+        .and_then(|n| n.get_child("x", NS_DATA))
+        .map(summary_of)
+        .unwrap_or_default();
+    let secret = pubsub
+        .get_child("publish-options", NS_PUBSUB)
+        .and_then(|o| o.get_child("x", NS_DATA))
+        .and_then(|form| field(form, "secret"));
+    Ok(Publish {
+        node: node.to_owned(),
+        secret,
+        summary,
+    })
+}
+
+/// The first value of a form field, if present.
+fn field(form: &Element, var: &str) -> Option<String> {
+    form.children()
+        .filter(|f| f.is("field", NS_DATA) && f.attr("var") == Some(var))
+        .find_map(|f| f.get_child("value", NS_DATA))
+        .map(Element::text)
+}
+
+fn summary_of(form: &Element) -> Summary {
+    let count = |var| {
+        field(form, var)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let text = |var| field(form, var).filter(|v| !v.is_empty());
+    Summary {
+        message_count: count("message-count"),
+        pending_subscription_count: count("pending-subscription-count"),
+        last_message_sender: text("last-message-sender"),
+        last_message_body: text("last-message-body"),
+    }
+}
+
+/// The domain part of a JID (`user@domain/resource` → `domain`), lowercased.
+pub fn jid_domain(jid: &str) -> String {
+    let no_resource = jid.split('/').next().unwrap_or("");
+    no_resource
+        .rsplit_once('@')
+        .map_or(no_resource, |(_, d)| d)
+        .to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NS: &str = "jabber:component:accept";
+
+    fn parse(xml: &str) -> Inbound {
+        let wrapped = format!("<wrap xmlns='{NS}'>{xml}</wrap>");
+        let root: Element = wrapped.parse().unwrap();
+        classify(root.children().next().unwrap(), NS)
+    }
+
+    /// Verbatim from Prosody 0.12.3 (xep0357-wns.md part C).
+    const PROSODY: &str = "<iq id='2858b90f' to='push.localhost' from='localhost' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='node-3c3799e23e1b'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='form'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:push:summary</value></field><field var='message-count' type='text-single'><value>1</value></field><field var='pending-subscription-count' type='text-single'/><field var='last-message-sender' type='jid-single'/><field var='last-message-body' type='text-single'><value>New Message!</value></field></x></notification></item></publish><publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>secret-6b347accefdf</value></field></x></publish-options></pubsub></iq>";
+    /// Verbatim from ejabberd 23.01.
+    const EJABBERD: &str = "<iq to='push.localhost' from='localhost' type='set' id='rr-1795635726504-5117491995268745708-gT7rdqkOm/sJ23BsTHE/pAv2eGo=-34317716'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='node-7a60034e6b10'><item><notification xmlns='urn:xmpp:push:0'><x type='submit' xmlns='jabber:x:data'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:push:summary</value></field><field var='last-message-body' type='text-single' label='The body text of the last received message'><value>New message</value></field></x></notification></item></publish><publish-options><x type='submit' xmlns='jabber:x:data'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>secret-5a8fe426d47c</value></field></x></publish-options></pubsub></iq>";
+
+    #[test]
+    fn prosody_and_ejabberd_publishes_parse() {
+        let Inbound::Publish(h, p) = parse(PROSODY) else { panic!() };
+        assert_eq!((h.id.as_str(), h.from.as_str(), h.to.as_str()), ("2858b90f", "localhost", "push.localhost"));
+        assert_eq!(p.node, "node-3c3799e23e1b");
+        assert_eq!(p.secret.as_deref(), Some("secret-6b347accefdf"));
+        assert_eq!(p.summary.message_count, 1);
+        assert_eq!(p.summary.pending_subscription_count, 0);
+        assert_eq!(p.summary.last_message_sender, None);
+        assert_eq!(p.summary.last_message_body.as_deref(), Some("New Message!"));
+        let Inbound::Publish(_, p) = parse(EJABBERD) else { panic!() };
+        assert_eq!(p.secret.as_deref(), Some("secret-5a8fe426d47c"));
+        assert_eq!(p.summary.message_count, 0);
+    }
+
+    #[test]
+    fn lenient_shapes() {
+        // No form, no publish-options, extra children.
+        let Inbound::Publish(_, p) = parse("<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item><notification xmlns='urn:xmpp:push:0'><extra xmlns='x:y'/></notification></item></publish></pubsub></iq>") else { panic!() };
+        assert_eq!((p.node.as_str(), p.secret, p.summary), ("n", None, Summary::default()));
+        // No item at all still names the node.
+        assert!(matches!(parse("<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'/></pubsub></iq>"), Inbound::Publish(..)));
+        // Garbage count.
+        let Inbound::Publish(_, p) = parse("<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data'><field var='message-count'><value>lots</value></field></x></notification></item></publish></pubsub></iq>") else { panic!() };
+        assert_eq!(p.summary.message_count, 0);
+    }
+
+    #[test]
+    fn other_stanzas() {
+        assert!(matches!(parse("<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish/></pubsub></iq>"), Inbound::BadPublish(..)));
+        assert!(matches!(parse("<iq id='1' type='get' from='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"), Inbound::DiscoInfo(_)));
+        assert!(matches!(parse("<iq id='1' type='get'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"), Inbound::DiscoItems(_)));
+        assert!(matches!(parse("<iq id='1' type='get'><ping xmlns='urn:xmpp:ping'/></iq>"), Inbound::Ping(_)));
+        assert!(matches!(parse("<iq id='1' type='get'><vCard xmlns='vcard-temp'/></iq>"), Inbound::Unsupported(_)));
+        assert!(matches!(parse("<iq id='1' type='set'/>"), Inbound::Unsupported(_)));
+        assert_eq!(parse("<iq id='p1' type='result'/>"), Inbound::Response { id: "p1".into(), error: false });
+        assert_eq!(parse("<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>"), Inbound::Ignored);
+        assert_eq!(parse("<message><body>hi</body></message>"), Inbound::Ignored);
+        assert_eq!(parse("<presence/>"), Inbound::Ignored);
+    }
+
+    #[test]
+    fn jid_domains() {
+        assert_eq!(jid_domain("localhost"), "localhost");
+        assert_eq!(jid_domain("User@Example.ORG/res"), "example.org");
+        assert_eq!(jid_domain("example.org/res@x"), "example.org");
+    }
+}

@@ -1,0 +1,223 @@
+//! Outgoing stanzas: IQ results and errors, disco answers, pings, stream errors.
+//!
+//! Every stanza is written without an `xmlns` on its top element or its `<error>`, so it
+//! sits in the stream's default namespace (`jabber:component:accept` or
+//! `jabber:client`). Prosody reads an `<error>` in any other namespace as an untyped
+//! error, counts it, and after 16 disables the user's push registration.
+//!
+//! The push outcome → IQ reply table (xep0357-wns.md part D). Only a truly dead channel
+//! or an unknown node gives `cancel`, which makes the user's server drop the
+//! registration (ejabberd at the first one, Prosody after 16):
+//!
+//! | outcome                                   | reply                               |
+//! |-------------------------------------------|-------------------------------------|
+//! | delivered, coalesced                      | `result`                            |
+//! | channel gone (404/410), unknown node      | `cancel` / `item-not-found`         |
+//! | missing or wrong secret, foreign domain   | `auth` / `forbidden`                |
+//! | malformed publish                         | `modify` / `bad-request`            |
+//! | WNS transient (406/5xx/timeout), queue full | `wait` / `resource-constraint`    |
+//! | WNS misconfigured (401/403/blocked), our bug (400/405/413), store failure | `wait` / `internal-server-error` |
+//! | no outcome within `wns.deadline_ms`       | `wait` / `remote-server-timeout`    |
+//! | WNS delivery not configured               | `wait` / `internal-server-error`     |
+//!
+//! Threads: `xmpp-io`. Pure functions.
+
+use std::fmt::Write as _;
+
+use super::publish::IqHeader;
+use crate::push::PushOutcome;
+use crate::wns::Outcome;
+
+/// XMPP stanza error types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorType {
+    /// Do not retry; for push: drop the registration.
+    Cancel,
+    /// Authentication problem (counted like cancel by Prosody, fatal on ejabberd).
+    Auth,
+    /// Malformed request.
+    Modify,
+    /// Temporary: retry later. Never disables a registration.
+    Wait,
+}
+
+impl ErrorType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::Auth => "auth",
+            Self::Modify => "modify",
+            Self::Wait => "wait",
+        }
+    }
+}
+
+/// An IQ reply before addressing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// `type='result'`.
+    Result,
+    /// `type='error'` with a type and a defined condition.
+    Error(ErrorType, &'static str),
+}
+
+/// THE mapping from a push outcome to the IQ reply (table in the module docs).
+pub fn for_outcome(outcome: &PushOutcome) -> Reply {
+    use ErrorType::*;
+    match outcome {
+        PushOutcome::Wns(Outcome::Delivered) | PushOutcome::Coalesced => Reply::Result,
+        PushOutcome::Wns(Outcome::ChannelGone) | PushOutcome::UnknownNode => {
+            Reply::Error(Cancel, "item-not-found")
+        }
+        PushOutcome::BadSecret | PushOutcome::ForeignDomain => Reply::Error(Auth, "forbidden"),
+        PushOutcome::Wns(Outcome::Transient(_)) => Reply::Error(Wait, "resource-constraint"),
+        PushOutcome::Wns(Outcome::Misconfigured(_) | Outcome::OurBug(_))
+        | PushOutcome::Internal(_)
+        | PushOutcome::NoWns => Reply::Error(Wait, "internal-server-error"),
+        PushOutcome::TimedOut => Reply::Error(Wait, "remote-server-timeout"),
+    }
+}
+
+/// Serialises a reply to the IQ `h` (addresses swapped, id kept).
+pub fn iq_reply(h: &IqHeader, reply: Reply) -> String {
+    match reply {
+        Reply::Result => iq_result(h, ""),
+        Reply::Error(t, condition) => {
+            let mut s = String::with_capacity(200);
+            let _ = write!(
+                s,
+                "<iq type='error' id='{}' from='{}' to='{}'><error type='{}'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+                esc(&h.id),
+                esc(&h.to),
+                esc(&h.from),
+                t.as_str()
+            );
+            s
+        }
+    }
+}
+
+/// `type='result'` with an optional payload.
+pub fn iq_result(h: &IqHeader, payload: &str) -> String {
+    let mut s = String::with_capacity(100 + payload.len());
+    let _ = write!(s, "<iq type='result' id='{}'", esc(&h.id));
+    if !h.to.is_empty() {
+        let _ = write!(s, " from='{}'", esc(&h.to));
+    }
+    if !h.from.is_empty() {
+        let _ = write!(s, " to='{}'", esc(&h.from));
+    }
+    if payload.is_empty() {
+        s.push_str("/>");
+    } else {
+        let _ = write!(s, ">{payload}</iq>");
+    }
+    s
+}
+
+/// disco#info: we are a XEP-0357 app server.
+pub fn disco_info(h: &IqHeader) -> String {
+    iq_result(
+        h,
+        "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='pubsub' type='push' name='UWPX push server'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='urn:xmpp:push:0'/><feature var='urn:xmpp:ping'/></query>",
+    )
+}
+
+/// disco#items: none.
+pub fn disco_items(h: &IqHeader) -> String {
+    iq_result(h, "<query xmlns='http://jabber.org/protocol/disco#items'/>")
+}
+
+/// Any other request: `cancel` / `service-unavailable`, so no IQ goes unanswered.
+pub fn unsupported(h: &IqHeader) -> String {
+    iq_reply(h, Reply::Error(ErrorType::Cancel, "service-unavailable"))
+}
+
+/// A malformed publish: `modify` / `bad-request`.
+pub fn bad_request(h: &IqHeader) -> String {
+    iq_reply(h, Reply::Error(ErrorType::Modify, "bad-request"))
+}
+
+/// Our keep-alive ping to the server.
+pub fn ping(id: &str, from: &str, to: &str) -> String {
+    format!(
+        "<iq type='get' id='{}' from='{}' to='{}'><ping xmlns='urn:xmpp:ping'/></iq>",
+        esc(id),
+        esc(from),
+        esc(to)
+    )
+}
+
+/// A stream error followed by the stream's end.
+pub fn stream_error(condition: &str) -> String {
+    format!(
+        "<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    )
+}
+
+/// Escapes text for an XML attribute in single quotes (or element text).
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\'' => out.push_str("&apos;"),
+            '"' => out.push_str("&quot;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn h() -> IqHeader {
+        IqHeader {
+            id: "a'1".into(),
+            from: "localhost".into(),
+            to: "push.localhost".into(),
+        }
+    }
+
+    #[test]
+    fn every_row_of_the_reply_table() {
+        use ErrorType::*;
+        let rows = [
+            (PushOutcome::Wns(Outcome::Delivered), Reply::Result),
+            (PushOutcome::Coalesced, Reply::Result),
+            (PushOutcome::Wns(Outcome::ChannelGone), Reply::Error(Cancel, "item-not-found")),
+            (PushOutcome::UnknownNode, Reply::Error(Cancel, "item-not-found")),
+            (PushOutcome::BadSecret, Reply::Error(Auth, "forbidden")),
+            (PushOutcome::ForeignDomain, Reply::Error(Auth, "forbidden")),
+            (PushOutcome::Wns(Outcome::Transient("x".into())), Reply::Error(Wait, "resource-constraint")),
+            (PushOutcome::Wns(Outcome::Misconfigured("x".into())), Reply::Error(Wait, "internal-server-error")),
+            (PushOutcome::Wns(Outcome::OurBug("x".into())), Reply::Error(Wait, "internal-server-error")),
+            (PushOutcome::Internal(StoreError::Busy), Reply::Error(Wait, "internal-server-error")),
+            (PushOutcome::NoWns, Reply::Error(Wait, "internal-server-error")),
+            (PushOutcome::TimedOut, Reply::Error(Wait, "remote-server-timeout")),
+        ];
+        for (outcome, reply) in rows {
+            assert_eq!(for_outcome(&outcome), reply, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn replies_are_in_the_stream_namespace_and_escaped() {
+        assert_eq!(
+            iq_reply(&h(), Reply::Error(ErrorType::Wait, "resource-constraint")),
+            "<iq type='error' id='a&apos;1' from='push.localhost' to='localhost'><error type='wait'><resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        );
+        assert_eq!(
+            iq_reply(&h(), Reply::Result),
+            "<iq type='result' id='a&apos;1' from='push.localhost' to='localhost'/>"
+        );
+        assert!(disco_info(&h()).contains("<identity category='pubsub' type='push'"));
+        assert!(disco_info(&h()).contains("<feature var='urn:xmpp:push:0'/>"));
+        assert!(unsupported(&h()).contains("<error type='cancel'><service-unavailable"));
+    }
+}
