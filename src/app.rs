@@ -13,17 +13,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::push::Dispatcher;
 use crate::registration::codec::Rules;
 use crate::registration::conn::ConnContext;
 use crate::registration::handler::{Handler, TestPush, unix_now};
 use crate::registration::{RegistrationServer, Running};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
-use crate::push::Dispatcher;
 use crate::wns::WnsPool;
-use crate::xmpp::{LinkSettings, LinkStatus, XmppLink};
 use crate::wns::client::{WnsClient, parse_certs};
 use crate::wns::token::TokenCache;
+use crate::xmpp::{LinkSettings, LinkStatus, XmppLink};
 
 /// Why the server could not start. `main` prints it and exits 1.
 #[derive(Debug)]
@@ -133,7 +133,10 @@ impl App {
                     ping_interval: config.xmpp.ping_interval,
                     deadline: config.wns.deadline,
                 };
-                Some(XmppLink::start(settings, dispatcher, rx, shutdown.clone()).map_err(StartError::Thread)?)
+                Some(
+                    XmppLink::start(settings, dispatcher, rx, shutdown.clone())
+                        .map_err(StartError::Thread)?,
+                )
             }
         };
         let server = RegistrationServer::bind(config.tcp.addr, config.tcp.max_connections)

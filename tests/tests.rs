@@ -13,5 +13,8 @@ mod hostile;
 /// WNS delivery against the fake WNS: outcomes, tokens, payloads, guards.
 mod wns;
 
+/// Component mode against a stand-in XMPP server: publish → WNS → IQ reply.
+mod component;
+
 /// Configuration loading and the command line.
 mod cli;

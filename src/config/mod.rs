@@ -352,20 +352,29 @@ impl Config {
         let component = match doc.get("xmpp.component") {
             None | Some(Value::Null) => None,
             Some(Value::Object(_)) => {
-                let jid = doc
-                    .string("xmpp.component.jid")?
-                    .ok_or_else(|| invalid("xmpp.component.jid", "is required in `xmpp.component`"))?;
+                let jid = doc.string("xmpp.component.jid")?.ok_or_else(|| {
+                    invalid("xmpp.component.jid", "is required in `xmpp.component`")
+                })?;
                 if jid.contains(['@', '/', ' ']) || !jid.contains('.') && jid != "localhost" {
-                    return Err(invalid("xmpp.component.jid", "must be a domain JID like push.example.org"));
+                    return Err(invalid(
+                        "xmpp.component.jid",
+                        "must be a domain JID like push.example.org",
+                    ));
                 }
                 Some(ComponentConfig {
                     jid,
                     secret: doc
                         .string("xmpp.component.secret")?
                         .map(Masked)
-                        .ok_or_else(|| invalid("xmpp.component.secret", "is required in `xmpp.component`"))?,
-                    host: doc.string("xmpp.component.host")?.unwrap_or_else(|| "127.0.0.1".into()),
-                    port: doc.integer("xmpp.component.port", 1, 65535)?.unwrap_or(5347) as u16,
+                        .ok_or_else(|| {
+                            invalid("xmpp.component.secret", "is required in `xmpp.component`")
+                        })?,
+                    host: doc
+                        .string("xmpp.component.host")?
+                        .unwrap_or_else(|| "127.0.0.1".into()),
+                    port: doc
+                        .integer("xmpp.component.port", 1, 65535)?
+                        .unwrap_or(5347) as u16,
                 })
             }
             Some(_) => return Err(invalid("xmpp.component", "must be an object")),
@@ -374,10 +383,15 @@ impl Config {
             bare_jid,
             password: doc.string("xmpp.password")?.map(Masked),
             component,
-            ping_interval: Duration::from_secs(doc.integer("xmpp.ping_interval_s", 5, 3600)?.unwrap_or(60)),
+            ping_interval: Duration::from_secs(
+                doc.integer("xmpp.ping_interval_s", 5, 3600)?.unwrap_or(60),
+            ),
         };
         let push = PushConfig {
-            min_interval: Duration::from_millis(doc.integer("push.min_interval_ms", 0, 3_600_000)?.unwrap_or(2000)),
+            min_interval: Duration::from_millis(
+                doc.integer("push.min_interval_ms", 0, 3_600_000)?
+                    .unwrap_or(2000),
+            ),
         };
 
         let credentials = match (

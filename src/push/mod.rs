@@ -104,10 +104,7 @@ impl Dispatcher {
             Err(e) => return Decision::Now(PushOutcome::Internal(e)),
         };
         if self.require_secret {
-            let ok = p
-                .secret
-                .as_deref()
-                .is_some_and(|s| target.secret.verify(s));
+            let ok = p.secret.as_deref().is_some_and(|s| target.secret.verify(s));
             if !ok {
                 return Decision::Now(PushOutcome::BadSecret);
             }

@@ -39,7 +39,11 @@ pub fn authenticate(
             .attr("id")
             .map(str::to_owned)
             .ok_or_else(|| XmppError::Protocol("the server's stream header has no id".into()))?,
-        other => return Err(XmppError::Protocol(format!("expected a stream header, got {other:?}"))),
+        other => {
+            return Err(XmppError::Protocol(format!(
+                "expected a stream header, got {other:?}"
+            )));
+        }
     };
     let hs = format!("<handshake>{}</handshake>", handshake(&id, secret));
     reader.get_mut().write_all(hs.as_bytes())?;
@@ -55,7 +59,9 @@ pub fn authenticate(
                 "the server refused the component handshake ({condition}): check xmpp.component.jid and secret"
             )))
         }
-        other => Err(XmppError::Protocol(format!("unexpected answer to the handshake: {other:?}"))),
+        other => Err(XmppError::Protocol(format!(
+            "unexpected answer to the handshake: {other:?}"
+        ))),
     }
 }
 

@@ -145,7 +145,12 @@ fn run(
     let mut first = true;
     while !shutdown.is_triggered() {
         let c = &s.component;
-        log::info!("xmpp: connecting to {}:{} as component {}", c.host, c.port, c.jid);
+        log::info!(
+            "xmpp: connecting to {}:{} as component {}",
+            c.host,
+            c.port,
+            c.jid
+        );
         match connect(c) {
             Ok(mut reader) => {
                 status.connected.store(true, Ordering::Release);
@@ -233,7 +238,10 @@ fn session(
             wait = Duration::from_millis(1);
         }
         if let Some(due) = dispatcher.next_due() {
-            wait = wait.min(due.saturating_duration_since(now).max(Duration::from_millis(1)));
+            wait = wait.min(
+                due.saturating_duration_since(now)
+                    .max(Duration::from_millis(1)),
+            );
         }
         if reader.get_ref().set_read_timeout(Some(wait)).is_err() {
             return End::Lost("cannot set the read timeout".into());
@@ -242,7 +250,8 @@ fn session(
             Ok(StreamEvent::Stanza(stanza)) => {
                 log::trace!("xmpp: <- {}", String::from(&stanza));
                 match publish::classify(&stanza, ns) {
-                    Inbound::Publish(h, p) => match dispatcher.publish(&h.from, &p, Instant::now()) {
+                    Inbound::Publish(h, p) => match dispatcher.publish(&h.from, &p, Instant::now())
+                    {
                         Decision::Now(outcome) => {
                             log_outcome(&h, &outcome);
                             out.push_str(&reply::iq_reply(&h, reply::for_outcome(&outcome)));
@@ -306,7 +315,10 @@ fn session(
                     return true;
                 }
                 log_outcome(&p.header, &PushOutcome::TimedOut);
-                out.push_str(&reply::iq_reply(&p.header, reply::for_outcome(&PushOutcome::TimedOut)));
+                out.push_str(&reply::iq_reply(
+                    &p.header,
+                    reply::for_outcome(&PushOutcome::TimedOut),
+                ));
                 false
             });
         }

@@ -182,15 +182,22 @@ mod tests {
 
     #[test]
     fn prosody_and_ejabberd_publishes_parse() {
-        let Inbound::Publish(h, p) = parse(PROSODY) else { panic!() };
-        assert_eq!((h.id.as_str(), h.from.as_str(), h.to.as_str()), ("2858b90f", "localhost", "push.localhost"));
+        let Inbound::Publish(h, p) = parse(PROSODY) else {
+            panic!()
+        };
+        assert_eq!(
+            (h.id.as_str(), h.from.as_str(), h.to.as_str()),
+            ("2858b90f", "localhost", "push.localhost")
+        );
         assert_eq!(p.node, "node-3c3799e23e1b");
         assert_eq!(p.secret.as_deref(), Some("secret-6b347accefdf"));
         assert_eq!(p.summary.message_count, 1);
         assert_eq!(p.summary.pending_subscription_count, 0);
         assert_eq!(p.summary.last_message_sender, None);
         assert_eq!(p.summary.last_message_body.as_deref(), Some("New Message!"));
-        let Inbound::Publish(_, p) = parse(EJABBERD) else { panic!() };
+        let Inbound::Publish(_, p) = parse(EJABBERD) else {
+            panic!()
+        };
         assert_eq!(p.secret.as_deref(), Some("secret-5a8fe426d47c"));
         assert_eq!(p.summary.message_count, 0);
     }
@@ -198,26 +205,78 @@ mod tests {
     #[test]
     fn lenient_shapes() {
         // No form, no publish-options, extra children.
-        let Inbound::Publish(_, p) = parse("<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item><notification xmlns='urn:xmpp:push:0'><extra xmlns='x:y'/></notification></item></publish></pubsub></iq>") else { panic!() };
-        assert_eq!((p.node.as_str(), p.secret, p.summary), ("n", None, Summary::default()));
+        let Inbound::Publish(_, p) = parse(
+            "<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item><notification xmlns='urn:xmpp:push:0'><extra xmlns='x:y'/></notification></item></publish></pubsub></iq>",
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            (p.node.as_str(), p.secret, p.summary),
+            ("n", None, Summary::default())
+        );
         // No item at all still names the node.
-        assert!(matches!(parse("<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'/></pubsub></iq>"), Inbound::Publish(..)));
+        assert!(matches!(
+            parse(
+                "<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'/></pubsub></iq>"
+            ),
+            Inbound::Publish(..)
+        ));
         // Garbage count.
-        let Inbound::Publish(_, p) = parse("<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data'><field var='message-count'><value>lots</value></field></x></notification></item></publish></pubsub></iq>") else { panic!() };
+        let Inbound::Publish(_, p) = parse(
+            "<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data'><field var='message-count'><value>lots</value></field></x></notification></item></publish></pubsub></iq>",
+        ) else {
+            panic!()
+        };
         assert_eq!(p.summary.message_count, 0);
     }
 
     #[test]
     fn other_stanzas() {
-        assert!(matches!(parse("<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish/></pubsub></iq>"), Inbound::BadPublish(..)));
-        assert!(matches!(parse("<iq id='1' type='get' from='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"), Inbound::DiscoInfo(_)));
-        assert!(matches!(parse("<iq id='1' type='get'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"), Inbound::DiscoItems(_)));
-        assert!(matches!(parse("<iq id='1' type='get'><ping xmlns='urn:xmpp:ping'/></iq>"), Inbound::Ping(_)));
-        assert!(matches!(parse("<iq id='1' type='get'><vCard xmlns='vcard-temp'/></iq>"), Inbound::Unsupported(_)));
-        assert!(matches!(parse("<iq id='1' type='set'/>"), Inbound::Unsupported(_)));
-        assert_eq!(parse("<iq id='p1' type='result'/>"), Inbound::Response { id: "p1".into(), error: false });
-        assert_eq!(parse("<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>"), Inbound::Ignored);
-        assert_eq!(parse("<message><body>hi</body></message>"), Inbound::Ignored);
+        assert!(matches!(
+            parse(
+                "<iq id='1' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish/></pubsub></iq>"
+            ),
+            Inbound::BadPublish(..)
+        ));
+        assert!(matches!(
+            parse(
+                "<iq id='1' type='get' from='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+            ),
+            Inbound::DiscoInfo(_)
+        ));
+        assert!(matches!(
+            parse(
+                "<iq id='1' type='get'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+            ),
+            Inbound::DiscoItems(_)
+        ));
+        assert!(matches!(
+            parse("<iq id='1' type='get'><ping xmlns='urn:xmpp:ping'/></iq>"),
+            Inbound::Ping(_)
+        ));
+        assert!(matches!(
+            parse("<iq id='1' type='get'><vCard xmlns='vcard-temp'/></iq>"),
+            Inbound::Unsupported(_)
+        ));
+        assert!(matches!(
+            parse("<iq id='1' type='set'/>"),
+            Inbound::Unsupported(_)
+        ));
+        assert_eq!(
+            parse("<iq id='p1' type='result'/>"),
+            Inbound::Response {
+                id: "p1".into(),
+                error: false
+            }
+        );
+        assert_eq!(
+            parse("<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>"),
+            Inbound::Ignored
+        );
+        assert_eq!(
+            parse("<message><body>hi</body></message>"),
+            Inbound::Ignored
+        );
         assert_eq!(parse("<presence/>"), Inbound::Ignored);
     }
 

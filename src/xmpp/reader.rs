@@ -198,7 +198,9 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match r.next_event() {
-                Ok(StreamEvent::Open(e)) => out.push(format!("open id={}", e.attr("id").unwrap_or(""))),
+                Ok(StreamEvent::Open(e)) => {
+                    out.push(format!("open id={}", e.attr("id").unwrap_or("")))
+                }
                 Ok(StreamEvent::Stanza(e)) => out.push(format!("{}:{}", e.name(), e.ns())),
                 Ok(StreamEvent::Close) => out.push("close".into()),
                 Err(ReadError::Idle) => continue,

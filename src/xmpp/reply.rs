@@ -190,16 +190,40 @@ mod tests {
         let rows = [
             (PushOutcome::Wns(Outcome::Delivered), Reply::Result),
             (PushOutcome::Coalesced, Reply::Result),
-            (PushOutcome::Wns(Outcome::ChannelGone), Reply::Error(Cancel, "item-not-found")),
-            (PushOutcome::UnknownNode, Reply::Error(Cancel, "item-not-found")),
+            (
+                PushOutcome::Wns(Outcome::ChannelGone),
+                Reply::Error(Cancel, "item-not-found"),
+            ),
+            (
+                PushOutcome::UnknownNode,
+                Reply::Error(Cancel, "item-not-found"),
+            ),
             (PushOutcome::BadSecret, Reply::Error(Auth, "forbidden")),
             (PushOutcome::ForeignDomain, Reply::Error(Auth, "forbidden")),
-            (PushOutcome::Wns(Outcome::Transient("x".into())), Reply::Error(Wait, "resource-constraint")),
-            (PushOutcome::Wns(Outcome::Misconfigured("x".into())), Reply::Error(Wait, "internal-server-error")),
-            (PushOutcome::Wns(Outcome::OurBug("x".into())), Reply::Error(Wait, "internal-server-error")),
-            (PushOutcome::Internal(StoreError::Busy), Reply::Error(Wait, "internal-server-error")),
-            (PushOutcome::NoWns, Reply::Error(Wait, "internal-server-error")),
-            (PushOutcome::TimedOut, Reply::Error(Wait, "remote-server-timeout")),
+            (
+                PushOutcome::Wns(Outcome::Transient("x".into())),
+                Reply::Error(Wait, "resource-constraint"),
+            ),
+            (
+                PushOutcome::Wns(Outcome::Misconfigured("x".into())),
+                Reply::Error(Wait, "internal-server-error"),
+            ),
+            (
+                PushOutcome::Wns(Outcome::OurBug("x".into())),
+                Reply::Error(Wait, "internal-server-error"),
+            ),
+            (
+                PushOutcome::Internal(StoreError::Busy),
+                Reply::Error(Wait, "internal-server-error"),
+            ),
+            (
+                PushOutcome::NoWns,
+                Reply::Error(Wait, "internal-server-error"),
+            ),
+            (
+                PushOutcome::TimedOut,
+                Reply::Error(Wait, "remote-server-timeout"),
+            ),
         ];
         for (outcome, reply) in rows {
             assert_eq!(for_outcome(&outcome), reply, "{outcome:?}");

@@ -388,6 +388,9 @@ pub fn assert_error(answer: &Value, version: u64, text: &str) {
     assert!(err.contains(text), "expected {text:?} in {err:?}");
 }
 
+/// A stand-in for an XMPP server's component port.
+pub mod fake_xmpp;
+
 /// The project's fake WNS.
 #[path = "../fake_wns/lib.rs"]
 pub mod fake_wns;

@@ -1,0 +1,312 @@
+//! Component mode end to end inside the test: register over TCP, a stand-in XMPP server
+//! publishes over XEP-0114, the fake WNS receives the push, and the IQ reply follows
+//! the part D mapping. (The same path against real Prosody and ejabberd is in e2e.)
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::util::fake_wns::Reply;
+use crate::util::fake_xmpp::*;
+use crate::util::*;
+
+struct Rig {
+    wns: WnsFixture,
+    xmpp: FakeXmpp,
+    server: Server,
+    conn: XmppConn,
+}
+
+fn rig(extra: Value) -> Rig {
+    let wns = WnsFixture::start();
+    let xmpp = FakeXmpp::start();
+    let mut config = wns.config(json!({
+        "xmpp": {"component": {"jid": COMPONENT_JID, "secret": COMPONENT_SECRET, "host": "127.0.0.1", "port": xmpp.port}},
+        "push": {"min_interval_ms": 0},
+    }));
+    merge(&mut config, &extra);
+    let server = Server::start(Setup {
+        extra: config,
+        ..Setup::default()
+    });
+    let conn = xmpp.accept(Duration::from_secs(10));
+    Rig {
+        wns,
+        xmpp,
+        server,
+        conn,
+    }
+}
+
+/// Registers a device on channel `name`; returns (node, secret) of its one account.
+fn register(r: &Rig, version: u8, device: &str, name: &str, account: Value) -> (String, String) {
+    let c = r.server.client();
+    assert_eq!(
+        c.send_json(&set_channel(version, device, &r.wns.fake.channel_uri(name)))["status"],
+        1
+    );
+    let answer = c.send_json(&set_accounts(version, device, json!([account])));
+    assert_eq!(
+        answer["push_bare_jid"], COMPONENT_JID,
+        "push_bare_jid is the component JID"
+    );
+    let a = &answer["accounts"][0];
+    (
+        a["node"].as_str().unwrap().into(),
+        a["secret"].as_str().unwrap().into(),
+    )
+}
+
+fn publish(r: &mut Rig, id: &str, from: &str, node: &str, secret: Option<&str>) -> String {
+    r.conn.send(&prosody_publish(id, from, node, secret, 1));
+    let reply = r.conn.reply_to(id);
+    assert_eq!(reply.attr("to"), Some(from));
+    assert_eq!(reply.attr("from"), Some(COMPONENT_JID));
+    verdict(&reply)
+}
+
+#[test]
+fn a_publish_wakes_a_v2_device_with_its_json_payload() {
+    let mut r = rig(json!({}));
+    let id = "e5397e96c6ff4d629ab9f203eec3ff17c777b2127cf1b41005e54877487ba982";
+    let (node, secret) = register(&r, 2, DEVICE, "v2", json!({"account_id": id}));
+    assert_eq!(
+        publish(&mut r, "p1", "localhost", &node, Some(&secret)),
+        "result"
+    );
+    let got = r.wns.fake.channel_requests("v2");
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        String::from_utf8(got[0].body.clone()).unwrap(),
+        format!(
+            r#"{{"account_id":"{id}","action":"push","message_count":1,"pending_subscription_count":0,"version":2}}"#
+        )
+    );
+    assert_eq!(got[0].header("X-WNS-Type"), Some("wns/raw"));
+    assert!(!r.server.log_text().contains(&secret), "secret logged");
+}
+
+#[test]
+fn a_v1_account_id_device_gets_the_notification_xml() {
+    let mut r = rig(json!({}));
+    let (node, secret) = register(&r, 1, "ab12", "v1", json!({"account_id": "acc-1"}));
+    assert_eq!(
+        publish(&mut r, "p1", "localhost", &node, Some(&secret)),
+        "result"
+    );
+    let body = String::from_utf8(r.wns.fake.channel_requests("v1")[0].body.clone()).unwrap();
+    assert!(
+        body.starts_with("<notification xmlns=\"urn:xmpp:push:0\">"),
+        "{body}"
+    );
+    assert!(
+        body.contains("<field var=\"message-count\"><value>1</value></field>"),
+        "{body}"
+    );
+    assert!(
+        body.ends_with("<account id=\"acc-1\"/></notification>"),
+        "{body}"
+    );
+}
+
+#[test]
+fn secrets_nodes_and_domains_are_checked() {
+    let mut r = rig(json!({}));
+    let (node, secret) = register(&r, 2, "ab13", "c", json!({"account_id": "x"}));
+    assert_eq!(
+        publish(&mut r, "a", "localhost", &node, Some("wrong")),
+        "auth/forbidden"
+    );
+    assert_eq!(
+        publish(&mut r, "b", "localhost", &node, None),
+        "auth/forbidden"
+    );
+    assert_eq!(
+        publish(&mut r, "c", "localhost", "no-such-node", Some(&secret)),
+        "cancel/item-not-found"
+    );
+    assert!(r.wns.fake.channel_requests("c").is_empty());
+    // A bare_jid account only accepts publishes from its JID's domain.
+    let (node, secret) = register(&r, 1, "ab14", "d", json!({"bare_jid": "alice@example.org"}));
+    assert_eq!(
+        publish(&mut r, "d", "evil.org", &node, Some(&secret)),
+        "auth/forbidden"
+    );
+    assert_eq!(
+        publish(&mut r, "e", "Example.ORG", &node, Some(&secret)),
+        "result"
+    );
+    assert_eq!(
+        r.wns.fake.channel_requests("d")[0].body,
+        b"You might have received new messages while you were away."
+    );
+}
+
+#[test]
+fn wns_outcomes_map_to_iq_replies() {
+    let mut r = rig(json!({"wns": {"timeout_ms": 300, "deadline_ms": 1500}}));
+    let cases = [
+        ("gone", Reply::status(410), "cancel/item-not-found", false),
+        (
+            "auth",
+            Reply::status(403),
+            "wait/internal-server-error",
+            true,
+        ),
+        (
+            "bug",
+            Reply::status(400),
+            "wait/internal-server-error",
+            true,
+        ),
+        // Last: a 503 pauses every send for Retry-After.
+        (
+            "busy",
+            Reply::status(503).header("Retry-After", "5"),
+            "wait/resource-constraint",
+            true,
+        ),
+    ];
+    for (i, (channel, reply, expected, kept)) in cases.into_iter().enumerate() {
+        let device = format!("cd{i:02}");
+        let (node, secret) = register(&r, 2, &device, channel, json!({"account_id": "x"}));
+        r.wns.fake.script(channel, vec![reply]);
+        assert_eq!(
+            publish(&mut r, &format!("q{i}"), "localhost", &node, Some(&secret)),
+            expected,
+            "{channel}"
+        );
+        let present = r
+            .server
+            .dump()
+            .iter()
+            .any(|row| row.starts_with(&format!("{device} ")));
+        assert_eq!(present, kept, "{channel}");
+    }
+}
+
+#[test]
+fn a_slow_wns_is_answered_wait_within_the_deadline() {
+    let mut r = rig(json!({"wns": {"timeout_ms": 5000, "deadline_ms": 600}}));
+    let (node, secret) = register(&r, 2, "ce01", "slow", json!({"account_id": "x"}));
+    r.wns.fake.script(
+        "slow",
+        vec![Reply::status(200).delay(Duration::from_millis(1500))],
+    );
+    assert_eq!(
+        publish(&mut r, "s1", "localhost", &node, Some(&secret)),
+        "wait/remote-server-timeout"
+    );
+}
+
+#[test]
+fn bursts_are_coalesced_into_one_push_now_and_one_trailing_push() {
+    let mut r = rig(json!({"push": {"min_interval_ms": 500}}));
+    let (node, secret) = register(&r, 2, "cf01", "burst", json!({"account_id": "x"}));
+    for i in 0..5 {
+        assert_eq!(
+            publish(&mut r, &format!("b{i}"), "localhost", &node, Some(&secret)),
+            "result"
+        );
+    }
+    assert_eq!(
+        r.wns.fake.channel_requests("burst").len(),
+        1,
+        "one push at once"
+    );
+    let got = r.wns.fake.wait_for("burst", 2, Duration::from_secs(5));
+    assert_eq!(got.len(), 2, "one trailing push");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(r.wns.fake.channel_requests("burst").len(), 2, "and no more");
+}
+
+#[test]
+fn disco_ping_and_other_iqs_are_answered_and_messages_ignored() {
+    let mut r = rig(json!({}));
+    r.conn.send("<iq type='get' id='d1' from='localhost' to='push.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>");
+    let info = r.conn.reply_to("d1");
+    let q = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap();
+    let identity = q.children().find(|c| c.name() == "identity").unwrap();
+    assert_eq!(
+        (identity.attr("category"), identity.attr("type")),
+        (Some("pubsub"), Some("push"))
+    );
+    assert!(
+        q.children()
+            .any(|c| c.name() == "feature" && c.attr("var") == Some("urn:xmpp:push:0"))
+    );
+    r.conn.send("<iq type='get' id='d2' from='localhost' to='push.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>");
+    assert_eq!(
+        r.conn
+            .reply_to("d2")
+            .get_child("query", "http://jabber.org/protocol/disco#items")
+            .unwrap()
+            .children()
+            .count(),
+        0
+    );
+    r.conn.send("<message from='localhost' to='push.localhost'><body>hi</body></message><presence from='localhost'/>");
+    r.conn.send("<iq type='get' id='d3' from='localhost' to='push.localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_eq!(verdict(&r.conn.reply_to("d3")), "result");
+    r.conn.send("<iq type='set' id='d4' from='localhost' to='push.localhost'><query xmlns='jabber:iq:register'/></iq>");
+    assert_eq!(
+        verdict(&r.conn.reply_to("d4")),
+        "cancel/service-unavailable"
+    );
+}
+
+#[test]
+fn oversize_stanzas_close_the_stream_and_the_server_reconnects() {
+    let mut r = rig(json!({}));
+    let big = format!(
+        "<message from='localhost'><body>{}</body></message>",
+        "x".repeat(70_000)
+    );
+    r.conn.send(&big);
+    assert_eq!(
+        r.conn.closed_with_stream_error().as_deref(),
+        Some("policy-violation")
+    );
+    let mut again = r.xmpp.accept(Duration::from_secs(10));
+    again.send("<iq type='get' id='after' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_eq!(verdict(&again.reply_to("after")), "result");
+    // Garbage XML: not-well-formed, reconnect again, still serving.
+    again.send("<iq></message>");
+    assert_eq!(
+        again.closed_with_stream_error().as_deref(),
+        Some("not-well-formed")
+    );
+    let mut third = r.xmpp.accept(Duration::from_secs(10));
+    let (node, secret) = register(&r, 2, "da01", "re", json!({"account_id": "x"}));
+    third.send(&prosody_publish("z", "localhost", &node, Some(&secret), 1));
+    assert_eq!(verdict(&third.reply_to("z")), "result");
+    assert!(
+        r.server
+            .log_text()
+            .contains("xmpp: connection lost: policy violation")
+    );
+}
+
+#[test]
+fn a_dropped_connection_is_reestablished() {
+    let r = rig(json!({}));
+    drop(r.conn);
+    let mut again = r.xmpp.accept(Duration::from_secs(10));
+    again.send("<iq type='get' id='x' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_eq!(verdict(&again.reply_to("x")), "result");
+}
+
+#[test]
+fn shutdown_closes_the_stream() {
+    let mut r = rig(json!({}));
+    assert_eq!(r.server.stop(), Some(0));
+    // The stream ends with </stream:stream>: the reader sees the close, not a reset.
+    assert!(r.conn.next(Duration::from_secs(5)).is_none());
+    assert!(
+        r.server
+            .log_text()
+            .contains("xmpp: stream closed for shutdown")
+    );
+}
