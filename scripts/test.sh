@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy, unit and integration tests.
-# Works on a fresh machine with only the Rust toolchain: it installs what it needs.
+# Runs every check and test: formatting, clippy, unit, integration and end-to-end tests
+# (real Prosody and ejabberd). Works on a fresh machine with only the Rust toolchain:
+# it installs what it needs (Debian packages, a Python venv with slixmpp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v openssl >/dev/null 2>&1; then
-  echo "== installing openssl (test certificates for the demo)"
-  apt-get update -qq && apt-get install -y -qq openssl >/dev/null
-fi
+echo "== e2e setup (Prosody, ejabberd, slixmpp venv)"
+bash scripts/e2e/setup.sh
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
 echo "== cargo fmt --check"
@@ -15,8 +14,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== tests"
+# --run-ignored all: the end-to-end tests against real Prosody and ejabberd are
+# ignored by default (they need setup.sh, which ran above).
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast
+  cargo nextest run --no-fail-fast --run-ignored all
 else
-  cargo test --no-fail-fast
+  cargo test --no-fail-fast -- --include-ignored
 fi

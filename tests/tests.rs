@@ -16,5 +16,8 @@ mod wns;
 /// Component mode against a stand-in XMPP server: publish → WNS → IQ reply.
 mod component;
 
+/// Against real Prosody and ejabberd (run by scripts/test.sh after setup).
+mod e2e;
+
 /// Configuration loading and the command line.
 mod cli;

@@ -391,6 +391,9 @@ pub fn assert_error(answer: &Value, version: u64, text: &str) {
 /// A stand-in for an XMPP server's component port.
 pub mod fake_xmpp;
 
+/// Real Prosody and ejabberd for the end-to-end tests.
+pub mod real_xmpp;
+
 /// The project's fake WNS.
 #[path = "../fake_wns/lib.rs"]
 pub mod fake_wns;

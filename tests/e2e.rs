@@ -1,0 +1,239 @@
+//! The whole path against real servers: a UWPX device registers over TCP with v2 client
+//! bytes, its user enables push on Prosody 0.12 / ejabberd 23.01 (slixmpp), goes away,
+//! another user writes, the server publishes to us as an XEP-0114 component, the fake
+//! WNS receives the raw notification, and the server gets the IQ reply it should.
+//!
+//! These need the packages and the venv from scripts/e2e/setup.sh, which
+//! scripts/test.sh runs first; there they run with `--run-ignored all`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::util::fake_wns::Reply;
+use crate::util::real_xmpp::{self, COMPONENT_JID, COMPONENT_SECRET, Kind, RealServer};
+use crate::util::*;
+
+const USERS: &[&str] = &[
+    "bob", "alice1", "alice2", "alice3", "alice4", "alice5", "alice6",
+];
+
+struct World {
+    xmpp: RealServer,
+    wns: WnsFixture,
+    server: Server,
+}
+
+fn world(kind: Kind) -> World {
+    assert!(
+        real_xmpp::available(kind),
+        "{kind:?} is not installed: run scripts/e2e/setup.sh"
+    );
+    let xmpp = RealServer::start(kind, USERS);
+    let wns = WnsFixture::start();
+    let config = wns.config(json!({
+        "xmpp": {"component": {"jid": COMPONENT_JID, "secret": COMPONENT_SECRET,
+                               "host": "127.0.0.1", "port": xmpp.component_port}},
+        "wns": {"deadline_ms": 4000, "max_attempts": 2},
+        "push": {"min_interval_ms": 0},
+    }));
+    let server = Server::start(Setup {
+        extra: config,
+        ..Setup::default()
+    });
+    wait_log(&server, "xmpp: connected as push.localhost", 1);
+    World { xmpp, wns, server }
+}
+
+fn wait_log(server: &Server, needle: &str, times: usize) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while server.log_text().matches(needle).count() < times {
+        assert!(
+            Instant::now() < end,
+            "log never showed {needle:?} {times}x:\n{}",
+            server.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Registers `device` for `user` the way a client of `version` does; returns
+/// (account_id, node, secret, push jid).
+fn register(
+    w: &World,
+    version: u8,
+    device: &str,
+    user: &str,
+    channel: &str,
+) -> (String, String, String, String) {
+    let c = w.server.client();
+    let account_id = hex::encode(Sha256::digest(format!("{device}{user}@localhost")));
+    assert_eq!(
+        c.send(&newtonsoft(&set_channel(
+            version,
+            device,
+            &w.wns.fake.channel_uri(channel)
+        )))["status"],
+        1
+    );
+    let answer = c.send(&newtonsoft(&set_accounts(
+        version,
+        device,
+        json!([{"account_id": account_id}]),
+    )));
+    assert_eq!(answer["status"], 1, "{answer}");
+    let a = &answer["accounts"][0];
+    assert_eq!(a["account_id"], account_id.as_str());
+    (
+        account_id,
+        a["node"].as_str().unwrap().into(),
+        a["secret"].as_str().unwrap().into(),
+        answer["push_bare_jid"].as_str().unwrap().into(),
+    )
+}
+
+fn one_push(w: &World, channel: &str, n: usize) -> Value {
+    let got = w.wns.fake.wait_for(channel, n, Duration::from_secs(30));
+    assert!(
+        got.len() >= n,
+        "{channel}: {} pushes, wanted {n}\nserver log:\n{}\nxmpp log tail:\n{}",
+        got.len(),
+        w.server.log_text(),
+        tail(&w.xmpp.log())
+    );
+    let r = &got[n - 1];
+    assert_eq!(r.header("X-WNS-Type"), Some("wns/raw"));
+    assert_eq!(r.header("Content-Type"), Some("application/octet-stream"));
+    assert!(
+        r.header("Authorization")
+            .unwrap()
+            .starts_with("Bearer fake-token-")
+    );
+    serde_json::from_slice(&r.body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&r.body).into()))
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn device_present(w: &World, device: &str) -> bool {
+    w.server
+        .dump()
+        .iter()
+        .any(|r| r.starts_with(&format!("{device} ")))
+}
+
+fn full_path(kind: Kind) {
+    let mut w = world(kind);
+
+    // 1. v2 client, user offline: the v2 JSON payload for the right account_id.
+    let (id1, node, secret, jid) = register(&w, 2, "e1", "alice1", "a1");
+    assert_eq!(jid, COMPONENT_JID);
+    let enabled = w
+        .xmpp
+        .enable_push("alice1", &jid, &node, &secret, "offline");
+    assert!(
+        enabled.contains("type=\"result\""),
+        "enable failed: {enabled}"
+    );
+    w.xmpp.message("alice1");
+    let p = one_push(&w, "a1", 1);
+    assert_eq!(p["account_id"], id1.as_str());
+    assert_eq!(p["action"], "push");
+    assert_eq!(p["version"], 2);
+    assert!(
+        p["message_count"].is_u64() && p["pending_subscription_count"].is_u64(),
+        "{p}"
+    );
+
+    // 2. Prosody only: the XEP-0198 hibernation case.
+    if kind == Kind::Prosody {
+        let (id2, node, secret, jid) = register(&w, 2, "e2", "alice2", "a2");
+        w.xmpp
+            .enable_push("alice2", &jid, &node, &secret, "hibernate");
+        w.xmpp.message("alice2");
+        assert_eq!(one_push(&w, "a2", 1)["account_id"], id2.as_str());
+    }
+
+    // 3. A v1 account_id client gets the XML payload.
+    let (id3, node, secret, jid) = register(&w, 1, "e3", "alice3", "a3");
+    w.xmpp
+        .enable_push("alice3", &jid, &node, &secret, "offline");
+    w.xmpp.message("alice3");
+    let xml = one_push(&w, "a3", 1);
+    let xml = xml.as_str().unwrap();
+    assert!(
+        xml.starts_with("<notification xmlns=\"urn:xmpp:push:0\">"),
+        "{xml}"
+    );
+    assert!(
+        xml.ends_with(&format!("<account id=\"{id3}\"/></notification>")),
+        "{xml}"
+    );
+
+    // 4. A 410 from WNS: we answer item-not-found and the device is gone.
+    let (_, node, secret, jid) = register(&w, 2, "e4", "alice4", "a4");
+    w.xmpp
+        .enable_push("alice4", &jid, &node, &secret, "offline");
+    w.wns.fake.script("a4", vec![Reply::status(410)]);
+    w.xmpp.message("alice4");
+    one_push(&w, "a4", 1);
+    let end = Instant::now() + Duration::from_secs(10);
+    while device_present(&w, "e4") {
+        assert!(Instant::now() < end, "device not removed after 410");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_log(&w.server, "not delivered: Wns(ChannelGone)", 1);
+
+    // 5. A 503: we answer wait, and the user's registration survives: the next
+    //    message is pushed again.
+    let (id5, node, secret, jid) = register(&w, 2, "e5", "alice5", "a5");
+    w.xmpp
+        .enable_push("alice5", &jid, &node, &secret, "offline");
+    w.wns
+        .fake
+        .script("a5", vec![Reply::status(503).header("Retry-After", "1"); 2]);
+    w.xmpp.message("alice5");
+    one_push(&w, "a5", 2);
+    wait_log(&w.server, "not delivered: Wns(Transient", 1);
+    std::thread::sleep(Duration::from_millis(1200));
+    w.xmpp.message("alice5");
+    assert_eq!(one_push(&w, "a5", 3)["account_id"], id5.as_str());
+    assert!(device_present(&w, "e5"));
+
+    // 6. A wrong secret: forbidden, nothing sent to WNS.
+    let (_, node, _, jid) = register(&w, 2, "e6", "alice6", "a6");
+    w.xmpp
+        .enable_push("alice6", &jid, &node, "not-the-secret", "offline");
+    w.xmpp.message("alice6");
+    wait_log(&w.server, "not delivered: BadSecret", 1);
+    assert!(w.wns.fake.channel_requests("a6").is_empty());
+
+    // 7. The XMPP server restarts: we reconnect, and the next push arrives.
+    w.xmpp.restart();
+    wait_log(&w.server, "xmpp: connected as push.localhost", 2);
+    w.xmpp.message("alice1");
+    assert_eq!(one_push(&w, "a1", 2)["account_id"], id1.as_str());
+
+    // Every reply we sent was in the stream's namespace: the servers logged no
+    // untyped errors (Prosody's "nil" error type shows as "<nil:").
+    assert!(
+        !w.xmpp.log().contains("Got error <nil"),
+        "an error reply had no type"
+    );
+}
+
+#[test]
+#[ignore = "needs Prosody from scripts/e2e/setup.sh; scripts/test.sh runs it"]
+fn prosody_end_to_end() {
+    full_path(Kind::Prosody);
+}
+
+#[test]
+#[ignore = "needs ejabberd from scripts/e2e/setup.sh; scripts/test.sh runs it"]
+fn ejabberd_end_to_end() {
+    full_path(Kind::Ejabberd);
+}

@@ -1,0 +1,325 @@
+//! Real XMPP servers for the end-to-end tests: Prosody 0.12 and ejabberd 23.01 from
+//! Debian packages (installed by scripts/e2e/setup.sh), each started on 127.0.0.1 with
+//! free ports, a throw-away data directory, a test CA, and a component for us. Every
+//! process started here is stopped by PID. Test users are driven with slixmpp
+//! (scripts/e2e/user_client.py, sender.py) from the venv setup.sh creates.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::TempDir;
+
+pub const COMPONENT_JID: &str = "push.localhost";
+pub const COMPONENT_SECRET: &str = "e2e-component-secret";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    Prosody,
+    Ejabberd,
+}
+
+pub fn e2e_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/e2e")
+}
+
+/// Whether setup.sh has run (servers installed, venv present).
+pub fn available(kind: Kind) -> bool {
+    let bin = match kind {
+        Kind::Prosody => "/usr/bin/prosody",
+        Kind::Ejabberd => "/usr/sbin/ejabberdctl",
+    };
+    Path::new(bin).exists() && e2e_dir().join(".venv/bin/python").exists()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16, secs: u64) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub struct RealServer {
+    pub kind: Kind,
+    pub dir: TempDir,
+    pub c2s_port: u16,
+    pub component_port: u16,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+}
+
+impl RealServer {
+    pub fn start(kind: Kind, users: &[&str]) -> Self {
+        let dir = TempDir::new(match kind {
+            Kind::Prosody => "prosody",
+            Kind::Ejabberd => "ejabberd",
+        });
+        let var = dir.path().to_path_buf();
+        run(Command::new(e2e_dir().join("gen_certs.sh")).arg(var.join("certs")));
+        let mut s = Self {
+            kind,
+            c2s_port: free_port(),
+            component_port: free_port(),
+            child: None,
+            env: Vec::new(),
+            dir,
+        };
+        s.env = vec![
+            ("E2E_VAR".into(), var.display().to_string()),
+            ("E2E_C2S_PORT".into(), s.c2s_port.to_string()),
+            ("E2E_COMPONENT_PORT".into(), s.component_port.to_string()),
+            ("E2E_S2S_PORT".into(), free_port().to_string()),
+            ("E2E_COMPONENT_SECRET".into(), COMPONENT_SECRET.into()),
+            (
+                "E2E_CA_FILE".into(),
+                var.join("certs/ca.crt").display().to_string(),
+            ),
+            (
+                "E2E_WIRE_DIR".into(),
+                var.join("wire").display().to_string(),
+            ),
+        ];
+        match kind {
+            Kind::Prosody => {
+                for u in users {
+                    run(Command::new("prosodyctl")
+                        .arg("--config")
+                        .arg(e2e_dir().join("prosody/prosody.cfg.lua"))
+                        .args(["register", u, "localhost", &format!("{u}pw")])
+                        .envs(s.env.clone()));
+                }
+                s.launch();
+            }
+            Kind::Ejabberd => {
+                let ev = var.join("ejabberd");
+                std::fs::create_dir_all(ev.join("db")).unwrap();
+                std::fs::create_dir_all(ev.join("logs")).unwrap();
+                let pem = [
+                    std::fs::read(var.join("certs/localhost.crt")).unwrap(),
+                    std::fs::read(var.join("certs/localhost.key")).unwrap(),
+                ]
+                .concat();
+                std::fs::write(ev.join("localhost.pem"), pem).unwrap();
+                std::fs::copy(var.join("certs/ca.crt"), ev.join("ca.crt")).unwrap();
+                let yml = std::fs::read_to_string(e2e_dir().join("ejabberd/ejabberd.yml"))
+                    .unwrap()
+                    .replace("@VAR@", &var.display().to_string())
+                    .replace("@C2S_PORT@", &s.c2s_port.to_string())
+                    .replace("@COMPONENT_PORT@", &s.component_port.to_string())
+                    .replace("@COMPONENT_SECRET@", COMPONENT_SECRET);
+                std::fs::write(ev.join("ejabberd.yml"), yml).unwrap();
+                run(Command::new("chown")
+                    .args(["-R", "ejabberd:ejabberd"])
+                    .arg(&ev));
+                run(Command::new("chmod")
+                    .arg("600")
+                    .arg(ev.join("localhost.pem")));
+                s.launch();
+                for u in users {
+                    run(s
+                        .ejabberdctl()
+                        .args(["register", u, "localhost", &format!("{u}pw")]));
+                }
+            }
+        }
+        s
+    }
+
+    fn ejabberdctl(&self) -> Command {
+        let ev = self.dir.path().join("ejabberd");
+        let mut c = Command::new("ejabberdctl");
+        c.arg("-c")
+            .arg(e2e_dir().join("ejabberd/ejabberdctl.cfg"))
+            .arg("-f")
+            .arg(ev.join("ejabberd.yml"))
+            .arg("-s")
+            .arg(ev.join("db"))
+            .arg("-l")
+            .arg(ev.join("logs"));
+        c
+    }
+
+    fn launch(&mut self) {
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("{:?}.stdout", self.kind))).unwrap();
+        let child = match self.kind {
+            Kind::Prosody => Command::new("prosody")
+                .arg("--config")
+                .arg(e2e_dir().join("prosody/prosody.cfg.lua"))
+                .arg("-F")
+                .envs(self.env.clone())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+            Kind::Ejabberd => self
+                .ejabberdctl()
+                .arg("foreground")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        };
+        self.child = Some(child);
+        let secs = if self.kind == Kind::Ejabberd { 90 } else { 30 };
+        assert!(
+            wait_port(self.component_port, secs),
+            "{:?} did not open its component port:\n{}",
+            self.kind,
+            self.log()
+        );
+        assert!(
+            wait_port(self.c2s_port, secs),
+            "{:?} did not open its c2s port",
+            self.kind
+        );
+        if self.kind == Kind::Ejabberd {
+            // Registration commands need the node fully up.
+            let end = Instant::now() + Duration::from_secs(60);
+            while !self
+                .ejabberdctl()
+                .arg("status")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+            {
+                assert!(Instant::now() < end, "ejabberd never reported started");
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+    }
+
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if self.kind == Kind::Ejabberd {
+            let _ = self.ejabberdctl().arg("stop").output();
+        } else {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+        let end = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().ok().flatten().is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if child.try_wait().ok().flatten().is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if self.kind == Kind::Ejabberd {
+            // ejabberdctl foreground runs erl as user ejabberd: stop that PID too.
+            let pid_file = self.dir.path().join("ejabberd/db/ejabberd.pid");
+            if let Ok(pid) = std::fs::read_to_string(pid_file) {
+                let _ = Command::new("kill").arg("-TERM").arg(pid.trim()).status();
+            }
+        }
+        // Wait until the ports are free for a restart.
+        let end = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.component_port)).is_ok() && Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn log(&self) -> String {
+        let mut out =
+            std::fs::read_to_string(self.dir.path().join(format!("{:?}.stdout", self.kind)))
+                .unwrap_or_default();
+        for extra in ["prosody.log", "ejabberd/logs/ejabberd.log"] {
+            out.push_str(&std::fs::read_to_string(self.dir.path().join(extra)).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Runs a slixmpp script from scripts/e2e against this server.
+    pub fn python(&self, script: &str, args: &[&str]) -> String {
+        let out = run(Command::new(e2e_dir().join(".venv/bin/python"))
+            .arg(e2e_dir().join(script))
+            .args(args)
+            .envs(self.env.clone())
+            .current_dir(e2e_dir()));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `user` enables push with (jid, node, secret), then leaves (`offline`/`hibernate`).
+    pub fn enable_push(
+        &self,
+        user: &str,
+        jid: &str,
+        node: &str,
+        secret: &str,
+        leave: &str,
+    ) -> String {
+        self.python(
+            "user_client.py",
+            &[
+                "--jid",
+                &format!("{user}@localhost"),
+                "--password",
+                &format!("{user}pw"),
+                "--push-jid",
+                jid,
+                "--node",
+                node,
+                "--secret",
+                secret,
+                "--leave",
+                leave,
+            ],
+        )
+    }
+
+    /// bob sends `user` one chat message.
+    pub fn message(&self, user: &str) {
+        self.python(
+            "sender.py",
+            &[
+                "--jid",
+                "bob@localhost",
+                "--password",
+                "bobpw",
+                "--to",
+                &format!("{user}@localhost"),
+            ],
+        );
+    }
+}
+
+impl Drop for RealServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
