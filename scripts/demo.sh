@@ -1,85 +1,105 @@
 #!/usr/bin/env bash
-# Local demo: starts the push server over TLS with a throw-away certificate and
-# database, registers a device the way each UWPX client generation does (their exact
-# bytes), prints every request and answer, shows what was stored, and stops.
-# Needs only cargo, python3 and the openssl CLI; no WNS credentials.
+# Local end-to-end demo, no real WNS credentials needed:
+#   Prosody (the user's XMPP server) + uwpx-push-server as its XEP-0114 component
+#   + the project's fake WNS standing in for Microsoft + two users, alice and bob.
+# It shows one push hop by hop: registration, enable, message, publish, WNS POST.
+# Then it stops everything it started. Installs Prosody and a slixmpp venv if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+E2E="$ROOT/scripts/e2e"
 
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+pids=()
 work=$(mktemp -d)
-server_pid=""
 cleanup() {
-  [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-echo "== building (release)"
-cargo build --release --quiet
+step "Setting up (Prosody, slixmpp venv, release build)"
+bash "$E2E/setup.sh" --no-ejabberd
+cargo build --release --quiet --bin uwpx-push-server --example fake-wns
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 150); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open"; exit 1; }
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
-  -keyout "$work/server.key" -out "$work/server.crt" 2>/dev/null
+export E2E_VAR="$work/prosody" E2E_C2S_PORT=$(free_port) E2E_COMPONENT_PORT=$(free_port) E2E_S2S_PORT=$(free_port)
+export E2E_COMPONENT_SECRET="demo-component-secret" E2E_CA_FILE="$work/prosody/certs/ca.crt" E2E_WIRE_DIR="$work/wire"
+WNS_PORT=$(free_port); REG_PORT=$(free_port)
+mkdir -p "$E2E_VAR"
+bash "$E2E/gen_certs.sh" "$E2E_VAR/certs"
+for u in alice bob; do prosodyctl --config "$E2E/prosody/prosody.cfg.lua" register "$u" localhost "${u}pw" >/dev/null 2>&1; done
 
+step "Starting Prosody 0.12 on 127.0.0.1:$E2E_C2S_PORT (component port $E2E_COMPONENT_PORT)"
+prosody --config "$E2E/prosody/prosody.cfg.lua" -F > "$work/prosody.out" 2>&1 & pids+=($!)
+wait_port "$E2E_COMPONENT_PORT"
+
+step "Starting the fake WNS on https://localhost:$WNS_PORT"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/wns.key" -out "$work/wns.crt" 2>/dev/null
+./target/release/examples/fake-wns --port "$WNS_PORT" --cert "$work/wns.crt" --key "$work/wns.key" \
+  > "$work/wns.out" 2>&1 & pids+=($!)
+wait_port "$WNS_PORT"
+
+step "Starting uwpx-push-server as component push.localhost"
 cat > "$work/configuration.json" <<JSON
 {
-  "xmpp": { "bare_jid": "push@push.localhost" },
-  "tcp":  { "host": "127.0.0.1", "port": 0,
-            "tls": { "cert_path": "server.crt", "key_path": "server.key" } },
-  "db":   { "path": "pushServer.db" }
+  "wns":  { "packet_id": "ms-app://s-1-15-2-1111111111-2222222222-3333333333-4444444444-5555555555-6666666666-7777777777",
+            "client_secret": "fake-wns-client-secret",
+            "token_url": "https://localhost:$WNS_PORT/accesstoken.srf",
+            "ca_file": "$work/wns.crt", "channel_hosts": ["localhost"] },
+  "xmpp": { "bare_jid": "push@localhost",
+            "component": { "jid": "push.localhost", "secret": "$E2E_COMPONENT_SECRET",
+                           "host": "127.0.0.1", "port": $E2E_COMPONENT_PORT } },
+  "tcp":  { "host": "127.0.0.1", "port": $REG_PORT },
+  "db":   { "path": "$work/pushServer.db" },
+  "log":  { "level": "trace" }
 }
 JSON
+./target/release/uwpx-push-server --config "$work/configuration.json" 2> "$work/server.log" & pids+=($!)
+for _ in $(seq 100); do grep -q "xmpp: connected" "$work/server.log" && break; sleep 0.1; done
+grep -E "INFO|WARN" "$work/server.log" | sed 's/^/   [push server] /'
 
-echo "== starting uwpx-push-server"
-./target/release/uwpx-push-server --config "$work/configuration.json" 2> >(tee "$work/server.log" | sed 's/^/   [server] /' >&2) &
-server_pid=$!
-for _ in $(seq 100); do
-  addr=$(grep -o 'listening on [0-9.:]*' "$work/server.log" 2>/dev/null | awk '{print $3}') || true
-  [ -n "${addr:-}" ] && break
-  sleep 0.1
-done
-[ -n "${addr:-}" ] || { echo "server did not start"; exit 1; }
-
-python3 - "$addr" "$work/server.crt" <<'PY'
-import socket, ssl, sys, json
-host, port = sys.argv[1].rsplit(":", 1)
-ctx = ssl.create_default_context(cafile=sys.argv[2])
-ctx.maximum_version = ssl.TLSVersion.TLSv1_2   # what UWPX clients speak
-DEV = "5486bd868050a620141f4e81c9f1d2c67ab0de27e5e26d218ca41c9394ee806b"
-def newtonsoft(obj):
-    return json.dumps(obj, indent=2).replace("\n", "\r\n").encode() + b"\0"
-def send(title, obj):
-    raw = newtonsoft(obj)
-    with socket.create_connection((host, int(port))) as tcp, ctx.wrap_socket(tcp, server_hostname="localhost") as s:
+step "1. Registration: alice's UWPX device (v2 client bytes) -> push server, TCP port $REG_PORT"
+DEVICE=5486bd868050a620141f4e81c9f1d2c67ab0de27e5e26d218ca41c9394ee806b
+read -r NODE SECRET PUSHJID < <("$E2E/.venv/bin/python" - "$REG_PORT" "$WNS_PORT" "$DEVICE" <<'PY'
+import hashlib, json, socket, sys
+port, wns_port, dev = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+def send(obj):
+    raw = json.dumps(obj, indent=2).replace("\n", "\r\n").encode() + b"\0"
+    with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(raw)
         answer = b""
         while not answer.endswith(b"\0"):
             chunk = s.recv(4096)
             if not chunk: break
             answer += chunk
-    print(f"\n-- {title}\n   -> {raw!r}\n   <- {answer!r}")
-uri = "https://db5p.notify.windows.com/?token=AwYAAAB%2bExample%2fToken%3d"
-send("v2 client (0.39+): set_channel_uri", {"version": 2, "action": "set_channel_uri", "device_id": DEV, "channel_uri": uri})
-send("v2 client: set_push_accounts", {"version": 2, "action": "set_push_accounts", "device_id": DEV, "accounts": [
-    {"account_id": "e5397e96c6ff4d629ab9f203eec3ff17c777b2127cf1b41005e54877487ba982"},
-    {"account_id": "98d0e1085fc483d8371c8cde438fed253918a4ceae30a527da34c3dca4918e62"}]})
-send("v2 client: the same accounts again (node and secret stay)", {"version": 2, "action": "set_push_accounts", "device_id": DEV, "accounts": [
-    {"account_id": "e5397e96c6ff4d629ab9f203eec3ff17c777b2127cf1b41005e54877487ba982"}]})
-send("v1 account_id client (0.35-0.38): set_push_accounts", {"version": 1, "action": "set_push_accounts", "device_id": "ab" * 32, "accounts": [{"account_id": "x"}]})
-send("v1 bare_jid client (0.26-0.34): set_channel_uri", {"version": 1, "action": "set_channel_uri", "device_id": "cd" * 32, "channel_uri": uri})
-send("v1 bare_jid client: set_push_accounts", {"version": 1, "action": "set_push_accounts", "device_id": "cd" * 32, "accounts": [{"bare_jid": "someClient@xmpp.uwpx.org"}]})
-send("request_test_push (WNS delivery not configured in this demo)", {"version": 2, "action": "request_test_push", "device_id": DEV})
-send("a channel URI that is not a WNS host is refused", {"version": 2, "action": "set_channel_uri", "device_id": DEV, "channel_uri": "https://attacker.example/"})
+    print(f"   -> {raw.decode()!r}\n   <- {answer.decode()!r}", file=sys.stderr)
+    return json.loads(answer.rstrip(b"\0"))
+account_id = hashlib.sha256((dev + "alice@localhost").encode()).hexdigest()
+send({"version": 2, "action": "set_channel_uri", "device_id": dev,
+      "channel_uri": f"https://localhost:{wns_port}/ch/alice-laptop?token=AwYAAAB%2bdemo%2fToken%3d"})
+a = send({"version": 2, "action": "set_push_accounts", "device_id": dev, "accounts": [{"account_id": account_id}]})
+print(a["accounts"][0]["node"], a["accounts"][0]["secret"], a["push_bare_jid"])
 PY
+)
 
-kill -TERM "$server_pid"; wait "$server_pid" || true; server_pid=""
-echo
-echo "== what the database holds (hashes and domains, never bare JIDs)"
-python3 - "$work/pushServer.db" <<'PY'
-import sqlite3, sys
-db = sqlite3.connect(sys.argv[1])
-for row in db.execute("SELECT device_id, version, account_form, substr(channel_uri, 1, 40) || '…' FROM devices"):
-    print("   device ", row)
-for row in db.execute("SELECT substr(device_id,1,12) || '…', account_key, domain, node, substr(secret,1,6) || '…' FROM accounts"):
-    print("   account", row)
-PY
+step "2. Enable: alice tells Prosody to push to $PUSHJID (node $NODE), then goes offline"
+"$E2E/.venv/bin/python" "$E2E/user_client.py" --jid alice@localhost --password alicepw \
+  --push-jid "$PUSHJID" --node "$NODE" --secret "$SECRET" --leave offline 2>/dev/null | sed 's/^/   /'
+
+step "3. Message: bob writes to alice while she is offline"
+"$E2E/.venv/bin/python" "$E2E/sender.py" --jid bob@localhost --password bobpw --to alice@localhost 2>/dev/null | sed 's/^/   /'
+
+step "4. Publish: Prosody -> push server (XEP-0357 over the component stream), and the IQ reply"
+for _ in $(seq 100); do grep -q "push: from" "$work/server.log" && break; sleep 0.1; done
+grep -E "xmpp: <- <iq|xmpp: -> <iq|push: from|wns: device|access token" "$work/server.log" | grep -v ping | sed 's/^/   [push server] /'
+grep -E "cloud_notify" "$E2E_VAR/prosody.log" | grep -E "Sending|Push notification|result" | tail -3 | sed 's/^/   [prosody] /' || true
+
+step "5. WNS: what the fake WNS received (this is what wakes the device)"
+for _ in $(seq 50); do grep -q "POST /ch/" "$work/wns.out" && break; sleep 0.1; done
+sed 's/^/   /' "$work/wns.out"
+
+step "Stopping everything"

@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 
 echo "== e2e setup (Prosody, ejabberd, slixmpp venv)"
 bash scripts/e2e/setup.sh
-rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+if command -v rustup >/dev/null 2>&1; then
+  installed=$(rustup component list --installed 2>/dev/null || true)
+  echo "$installed" | grep -q '^rustfmt' && echo "$installed" | grep -q '^clippy' || rustup component add rustfmt clippy
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

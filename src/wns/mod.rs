@@ -456,6 +456,11 @@ fn backoff(attempt: u32) -> Duration {
 
 /// The `wns-timer` thread: re-queues delayed jobs when due and flushes last-seen times.
 fn timer(shared: &Shared, rx: &Receiver<Delayed>) {
+    // Fetch (or load) the token now: the first push is not slowed by it, and wrong
+    // credentials show up in the log at start, not at the first message.
+    if let Err(e) = shared.tokens.get(unix_now()) {
+        log::warn!("wns: no access token at start ({e}); will retry on the first push");
+    }
     let mut heap: BinaryHeap<Delayed> = BinaryHeap::new();
     let mut next_flush = Instant::now() + SEEN_FLUSH;
     loop {

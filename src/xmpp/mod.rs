@@ -183,6 +183,17 @@ fn run(
     }
 }
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_are_masked_in_trace_logs() {
+        let xml = "<x><field var='secret'><value>s3cret</value></field><field var=\"secret\"><value>two</value></field><value>keep</value></x>";
+        let red = super::redact_secret(xml);
+        assert!(!red.contains("s3cret") && !red.contains("two"), "{red}");
+        assert!(red.contains("<value>keep</value>"));
+    }
+}
+
 /// Backoff with ±25 % jitter so a fleet does not reconnect in lockstep.
 fn jitter(d: Duration) -> Duration {
     let mut r = [0u8; 1];
@@ -248,7 +259,7 @@ fn session(
         }
         match reader.next_event() {
             Ok(StreamEvent::Stanza(stanza)) => {
-                log::trace!("xmpp: <- {}", String::from(&stanza));
+                log::trace!("xmpp: <- {}", redact_secret(&String::from(&stanza)));
                 match publish::classify(&stanza, ns) {
                     Inbound::Publish(h, p) => match dispatcher.publish(&h.from, &p, Instant::now())
                     {
@@ -353,6 +364,32 @@ fn session(
             out.clear();
         }
     }
+}
+
+/// Masks the value of a `secret` form field, for trace logs of whole stanzas.
+fn redact_secret(xml: &str) -> String {
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(i) = rest
+        .find("var='secret'")
+        .or_else(|| rest.find("var=\"secret\""))
+    {
+        let (head, tail) = rest.split_at(i);
+        out.push_str(head);
+        match (tail.find("<value>"), tail.find("</value>")) {
+            (Some(a), Some(b)) if a < b => {
+                out.push_str(&tail[..a + 7]);
+                out.push_str("********");
+                rest = &tail[b..];
+            }
+            _ => {
+                out.push_str(tail);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// One info line per push outcome; no secrets, no user JIDs (the `from` is a domain).
