@@ -183,17 +183,6 @@ fn run(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn secrets_are_masked_in_trace_logs() {
-        let xml = "<x><field var='secret'><value>s3cret</value></field><field var=\"secret\"><value>two</value></field><value>keep</value></x>";
-        let red = super::redact_secret(xml);
-        assert!(!red.contains("s3cret") && !red.contains("two"), "{red}");
-        assert!(red.contains("<value>keep</value>"));
-    }
-}
-
 /// Backoff with ±25 % jitter so a fleet does not reconnect in lockstep.
 fn jitter(d: Duration) -> Duration {
     let mut r = [0u8; 1];
@@ -399,5 +388,16 @@ fn log_outcome(h: &IqHeader, outcome: &PushOutcome) {
             log::info!("push: from {} {:?}", h.from, outcome)
         }
         other => log::info!("push: from {} not delivered: {other:?}", h.from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_are_masked_in_trace_logs() {
+        let xml = "<x><field var='secret'><value>s3cret</value></field><field var=\"secret\"><value>two</value></field><value>keep</value></x>";
+        let red = super::redact_secret(xml);
+        assert!(!red.contains("s3cret") && !red.contains("two"), "{red}");
+        assert!(red.contains("<value>keep</value>"));
     }
 }
