@@ -9,13 +9,18 @@
 //!
 //! Threads: `xmpp-io` only. No locks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// The coalescing state of every recently pushed node.
+/// The coalescing state of every recently pushed node. Every operation is O(1) except a
+/// sweep of idle windows once per interval, so a busy XMPP thread can call it per
+/// stanza.
 pub struct Coalescer<T> {
     interval: Duration,
     windows: HashMap<String, Window<T>>,
+    /// (due time, node) of trailing pushes, in due order; entries may be stale.
+    queue: VecDeque<(Instant, String)>,
+    next_sweep: Option<Instant>,
 }
 
 struct Window<T> {
@@ -38,6 +43,8 @@ impl<T> Coalescer<T> {
         Self {
             interval,
             windows: HashMap::new(),
+            queue: VecDeque::new(),
+            next_sweep: None,
         }
     }
 
@@ -47,12 +54,18 @@ impl<T> Coalescer<T> {
         if self.interval.is_zero() {
             return (Admit::Send, Some(push));
         }
+        self.next_sweep.get_or_insert(now + self.interval);
         match self.windows.get_mut(node) {
             Some(w) if now < w.sent_at + self.interval => {
+                if w.trailing.is_none() {
+                    self.queue
+                        .push_back((w.sent_at + self.interval, node.to_owned()));
+                }
                 w.trailing = Some(push);
                 (Admit::Coalesced, None)
             }
             Some(w) => {
+                // A trailing push not yet sent is superseded by this one.
                 w.sent_at = now;
                 w.trailing = None;
                 (Admit::Send, Some(push))
@@ -70,33 +83,32 @@ impl<T> Coalescer<T> {
         }
     }
 
-    /// Trailing pushes whose window has ended; forgets idle windows.
+    /// Trailing pushes whose window has ended; forgets idle windows now and then.
     pub fn due(&mut self, now: Instant) -> Vec<T> {
-        let interval = self.interval;
         let mut out = Vec::new();
-        self.windows.retain(|_, w| {
-            if now < w.sent_at + interval {
-                return true;
+        while self.queue.front().is_some_and(|(t, _)| *t <= now) {
+            let Some((_, node)) = self.queue.pop_front() else {
+                break;
+            };
+            if let Some(w) = self.windows.get_mut(&node)
+                && let Some(push) = w.trailing.take()
+            {
+                out.push(push);
+                w.sent_at = now; // the trailing push opens a new window
             }
-            match w.trailing.take() {
-                Some(t) => {
-                    out.push(t);
-                    w.sent_at = now; // the trailing push opens a new window
-                    true
-                }
-                None => false,
-            }
-        });
+        }
+        if self.next_sweep.is_some_and(|t| now >= t) {
+            let interval = self.interval;
+            self.windows
+                .retain(|_, w| w.trailing.is_some() || now < w.sent_at + interval);
+            self.next_sweep = (!self.windows.is_empty()).then_some(now + interval);
+        }
         out
     }
 
     /// When the next trailing push is due, if any (to size the I/O thread's wait).
     pub fn next_due(&self) -> Option<Instant> {
-        self.windows
-            .values()
-            .filter(|w| w.trailing.is_some())
-            .map(|w| w.sent_at + self.interval)
-            .min()
+        self.queue.front().map(|(t, _)| *t)
     }
 }
 
@@ -121,7 +133,13 @@ mod tests {
         assert_eq!(c.due(t0 + ms(4000)), vec![4]);
         // Quiet nodes are forgotten, and the next publish goes straight out.
         assert!(c.due(t0 + ms(7000)).is_empty());
-        assert_eq!(c.admit("n", 5, t0 + ms(7001)), (Admit::Send, Some(5)));
+        assert!(c.due(t0 + ms(9500)).is_empty());
+        assert!(c.windows.is_empty(), "idle windows are swept");
+        assert_eq!(c.admit("n", 5, t0 + ms(9501)), (Admit::Send, Some(5)));
+        // A send after the window supersedes a trailing push not yet sent.
+        assert_eq!(c.admit("n", 6, t0 + ms(9600)), (Admit::Coalesced, None));
+        assert_eq!(c.admit("n", 7, t0 + ms(11_600)), (Admit::Send, Some(7)));
+        assert!(c.due(t0 + ms(11_601)).is_empty());
     }
 
     #[test]

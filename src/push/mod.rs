@@ -151,17 +151,21 @@ impl Dispatcher {
         let body = payload::push(generation, t.account_key.as_str(), &push.summary);
         let outcomes = self.outcomes.clone();
         let device = t.device_id.short().to_owned();
-        pool.submit(Job::new(
-            t.device_id,
-            t.channel_uri,
-            body,
-            now + self.deadline,
-            Box::new(move |outcome| match token {
-                Some(token) => {
-                    let _ = outcomes.send(Completed { token, outcome });
-                }
-                None => log::debug!("push: trailing push to device {device}: {outcome}"),
-            }),
-        ));
+        let touch = t.last_seen_at < crate::registration::handler::unix_now() - 3600;
+        pool.submit(
+            Job::new(
+                t.device_id,
+                t.channel_uri,
+                body,
+                now + self.deadline,
+                Box::new(move |outcome| match token {
+                    Some(token) => {
+                        let _ = outcomes.send(Completed { token, outcome });
+                    }
+                    None => log::debug!("push: trailing push to device {device}: {outcome}"),
+                }),
+            )
+            .touch_on_delivery(touch),
+        );
     }
 }

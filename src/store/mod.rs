@@ -141,6 +141,8 @@ pub struct NodeTarget {
     pub version: ProtocolVersion,
     /// The device's account form.
     pub account_form: Option<AccountForm>,
+    /// Unix seconds of the device's last registration or recorded delivery.
+    pub last_seen_at: i64,
 }
 
 /// Counts for `stats` and tests.
@@ -155,6 +157,10 @@ pub struct Counts {
 /// The database handle. Cheap to share as `Arc<Store>`.
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// A second connection for reads, so a lookup on the publish path never waits for a
+    /// write transaction (WAL lets readers and the writer run at once). `None` for the
+    /// in-memory database, which a second connection could not see.
+    read: Option<Mutex<Connection>>,
     batcher: commit::Batcher,
 }
 
@@ -162,7 +168,16 @@ impl Store {
     /// Opens (creating if needed) the database at `path` in WAL mode and migrates it.
     pub fn open(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
-        Self::setup(conn, sync)
+        let mut store = Self::setup(conn, sync)?;
+        let read = Connection::open(path)?;
+        read.busy_timeout(Duration::from_secs(5))?;
+        // Node lookups hit random pages: map the file (no read syscall per page) and
+        // keep a larger page cache.
+        read.pragma_update(None, "mmap_size", 256i64 * 1024 * 1024)?;
+        read.pragma_update(None, "cache_size", -16_000i64)?;
+        read.set_prepared_statement_cache_capacity(32);
+        store.read = Some(Mutex::new(read));
+        Ok(store)
     }
 
     /// An in-memory database with the same schema, for unit tests.
@@ -183,6 +198,7 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(32);
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            read: None,
             batcher: commit::Batcher::default(),
         })
     }
@@ -191,6 +207,14 @@ impl Store {
     /// transaction half-applied (rusqlite rolls back on drop), so poisoning is ignored.
     fn lock(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The read connection (or the only one, in memory).
+    fn reader(&self) -> MutexGuard<'_, Connection> {
+        match &self.read {
+            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()),
+            None => self.lock(),
+        }
     }
 
     /// Creates the device or updates its channel and version, keeping its accounts,
@@ -236,7 +260,7 @@ impl Store {
 
     /// Loads one device.
     pub fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader();
         let row = conn
             .prepare_cached(
                 "SELECT channel_uri, version, account_form, updated_at, last_seen_at
@@ -271,10 +295,10 @@ impl Store {
     /// The push target behind a node, if the node exists (the publish hot path: one
     /// indexed join).
     pub fn node_target(&self, node: &str) -> Result<Option<NodeTarget>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader();
         let row = conn
             .prepare_cached(
-                "SELECT a.device_id, a.account_key, a.domain, a.secret, d.channel_uri, d.version, d.account_form
+                "SELECT a.device_id, a.account_key, a.domain, a.secret, d.channel_uri, d.version, d.account_form, d.last_seen_at
                  FROM accounts a JOIN devices d USING (device_id) WHERE a.node = ?1",
             )?
             .query_row([node], |r| {
@@ -293,6 +317,7 @@ impl Store {
                         .get::<_, Option<String>>(6)?
                         .as_deref()
                         .and_then(AccountForm::from_json_key),
+                    last_seen_at: r.get(7)?,
                 })
             })
             .optional()?;
@@ -301,7 +326,7 @@ impl Store {
 
     /// The accounts of one device, ordered by key.
     pub fn accounts(&self, device: &DeviceId) -> Result<Vec<AccountRecord>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader();
         let mut stmt = conn.prepare_cached(
             "SELECT account_key, node, secret FROM accounts WHERE device_id = ?1 ORDER BY account_key",
         )?;
@@ -336,7 +361,14 @@ impl Store {
 
     /// Records successful deliveries: `last_seen_at` moves forward, never back.
     pub fn touch_devices(&self, seen: &[(DeviceId, i64)]) -> Result<(), StoreError> {
-        let seen = seen.to_vec();
+        // In chunks, so one write transaction never holds the writer for long.
+        for chunk in seen.chunks(500) {
+            self.touch_chunk(chunk.to_vec())?;
+        }
+        Ok(())
+    }
+
+    fn touch_chunk(&self, seen: Vec<(DeviceId, i64)>) -> Result<(), StoreError> {
         self.batcher.write(&self.conn, move |tx| {
             let mut stmt = tx.prepare_cached(
                 "UPDATE devices SET last_seen_at = max(last_seen_at, ?2) WHERE device_id = ?1",
@@ -350,7 +382,7 @@ impl Store {
 
     /// The persisted WNS token, if any.
     pub fn load_token(&self) -> Result<Option<StoredToken>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader();
         let row = conn
             .prepare_cached("SELECT access_token, expires_at FROM wns_token WHERE id = 1")?
             .query_row([], |r| {
@@ -379,7 +411,7 @@ impl Store {
 
     /// How many devices and accounts are stored.
     pub fn counts(&self) -> Result<Counts, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader();
         let (devices, accounts) = conn.query_row(
             "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM accounts)",
             [],
@@ -393,7 +425,8 @@ impl Store {
 
     /// Checkpoints the WAL into the main file and closes the connection, so the file is
     /// complete on its own after a clean shutdown.
-    pub fn close(self) -> Result<(), StoreError> {
+    pub fn close(mut self) -> Result<(), StoreError> {
+        drop(self.read.take());
         let (batches, jobs) = (
             self.batcher
                 .batches

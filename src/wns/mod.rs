@@ -87,6 +87,7 @@ pub struct Job {
     attempts: u32,
     refreshed: bool,
     last_error: String,
+    touch: bool,
 }
 
 impl Job {
@@ -107,7 +108,16 @@ impl Job {
             attempts: 0,
             refreshed: false,
             last_error: String::new(),
+            touch: true,
         }
+    }
+
+    /// Whether a delivery should move the device's last-seen time (default yes). The
+    /// dispatcher skips it for devices seen within the last hour: expiry counts in
+    /// days, and a write per push would be wasted.
+    pub fn touch_on_delivery(mut self, touch: bool) -> Self {
+        self.touch = touch;
+        self
     }
 
     fn finish(self, outcome: Outcome) {
@@ -339,18 +349,21 @@ fn process(shared: &Shared, mut job: Job) {
         Answer::Http { diagnostics, .. } => diagnostics.to_string(),
         Answer::Transport(_) => String::new(),
     };
-    let who = format!("device {} ({})", job.device.short(), job.channel.host());
+    let who = WhoLog(&job.device, &job.channel);
     match verdict {
         Verdict::Delivered { status } => {
-            log::info!(
+            // The push's one info line is written by whoever submitted it.
+            log::debug!(
                 "wns: {who} delivered ({})",
                 status.as_deref().unwrap_or("no status")
             );
-            shared
-                .seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(job.device.clone(), unix_now());
+            if job.touch {
+                shared
+                    .seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(job.device.clone(), unix_now());
+            }
             job.finish(Outcome::Delivered)
         }
         Verdict::ChannelGone(code) => {
@@ -417,6 +430,15 @@ fn process(shared: &Shared, mut job: Job) {
             log::error!("wns: {who} rejected our request: {e} {diag}");
             job.finish(Outcome::OurBug(e))
         }
+    }
+}
+
+/// "device <short id> (<host>)" for log lines, formatted only if a line is written.
+struct WhoLog<'a>(&'a DeviceId, &'a ChannelUri);
+
+impl fmt::Display for WhoLog<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "device {} ({})", self.0.short(), self.1.host())
     }
 }
 

@@ -17,7 +17,7 @@ pub mod publish;
 pub mod reader;
 pub mod reply;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -211,7 +211,6 @@ fn connect(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
 /// A publish waiting for its WNS outcome.
 struct Pending {
     header: IqHeader,
-    deadline: Instant,
 }
 
 /// The authenticated stream: read, dispatch, reply, ping, until it ends.
@@ -227,10 +226,15 @@ fn session(
     let server = jid.split_once('.').map_or(jid, |(_, d)| d).to_owned();
     let ping_timeout = s.ping_interval.min(Duration::from_secs(30));
     let mut pending: HashMap<u64, Pending> = HashMap::new();
+    // Deadlines in arrival order (all publishes get the same budget), so expiry is a
+    // look at the front, not a scan; entries of answered IQs are skipped.
+    let mut deadlines: VecDeque<(Instant, u64)> = VecDeque::new();
+    let mut next_timers = Instant::now();
     let mut out = String::new();
     let mut next_ping = Instant::now() + s.ping_interval;
     let mut ping_sent: Option<(String, Instant)> = None;
     let mut ping_seq = 0u64;
+    let mut current_wait = Duration::ZERO;
     loop {
         let now = Instant::now();
         let mut wait = Duration::from_millis(200);
@@ -243,8 +247,11 @@ fn session(
                     .max(Duration::from_millis(1)),
             );
         }
-        if reader.get_ref().set_read_timeout(Some(wait)).is_err() {
-            return End::Lost("cannot set the read timeout".into());
+        if wait != current_wait {
+            if reader.get_ref().set_read_timeout(Some(wait)).is_err() {
+                return End::Lost("cannot set the read timeout".into());
+            }
+            current_wait = wait;
         }
         match reader.next_event() {
             Ok(StreamEvent::Stanza(stanza)) => {
@@ -257,13 +264,9 @@ fn session(
                             out.push_str(&reply::iq_reply(&h, reply::for_outcome(&outcome)));
                         }
                         Decision::Later(token) => {
-                            pending.insert(
-                                token,
-                                Pending {
-                                    header: h,
-                                    deadline: Instant::now() + s.deadline,
-                                },
-                            );
+                            let deadline = Instant::now() + s.deadline;
+                            pending.insert(token, Pending { header: h });
+                            deadlines.push_back((deadline, token));
                         }
                     },
                     Inbound::BadPublish(h, why) => {
@@ -309,31 +312,37 @@ fn session(
             }
         }
         let now = Instant::now();
-        if !pending.is_empty() {
-            pending.retain(|_, p| {
-                if now < p.deadline {
-                    return true;
+        if now >= next_timers {
+            // Timers at most every 2 ms: cheap per stanza under load.
+            next_timers = now + Duration::from_millis(2);
+            while deadlines.front().is_some_and(|(d, _)| *d <= now) {
+                let Some((_, token)) = deadlines.pop_front() else {
+                    break;
+                };
+                if let Some(p) = pending.remove(&token) {
+                    log_outcome(&p.header, &PushOutcome::TimedOut);
+                    out.push_str(&reply::iq_reply(
+                        &p.header,
+                        reply::for_outcome(&PushOutcome::TimedOut),
+                    ));
                 }
-                log_outcome(&p.header, &PushOutcome::TimedOut);
-                out.push_str(&reply::iq_reply(
-                    &p.header,
-                    reply::for_outcome(&PushOutcome::TimedOut),
-                ));
-                false
-            });
-        }
-        dispatcher.tick(now);
-        if let Some((_, sent)) = &ping_sent
-            && now.duration_since(*sent) > ping_timeout
-        {
-            return End::Lost("no answer to our ping".into());
-        }
-        if now >= next_ping && ping_sent.is_none() {
-            ping_seq += 1;
-            let id = format!("uwpx-ping-{ping_seq}");
-            out.push_str(&reply::ping(&id, jid, &server));
-            ping_sent = Some((id, now));
-            next_ping = now + s.ping_interval;
+            }
+            if pending.is_empty() {
+                deadlines.clear();
+            }
+            dispatcher.tick(now);
+            if let Some((_, sent)) = &ping_sent
+                && now.duration_since(*sent) > ping_timeout
+            {
+                return End::Lost("no answer to our ping".into());
+            }
+            if now >= next_ping && ping_sent.is_none() {
+                ping_seq += 1;
+                let id = format!("uwpx-ping-{ping_seq}");
+                out.push_str(&reply::ping(&id, jid, &server));
+                ping_sent = Some((id, now));
+                next_ping = now + s.ping_interval;
+            }
         }
         if shutdown.is_triggered() {
             for (_, p) in pending.drain() {

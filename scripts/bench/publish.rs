@@ -1,0 +1,368 @@
+//! Publish benchmark: the whole inbound path of the real binary under load. A load
+//! generator takes the XMPP server's place on the component port (XEP-0114), sends
+//! XEP-0357 publish IQs (Prosody's shape, with the secret) for random nodes out of
+//! 100,000 registered devices, and times each IQ until its reply; the server looks up
+//! the node, checks the secret, POSTs to the project's fake WNS over keep-alive TLS
+//! (answering 200), and replies `result`.
+//!
+//! Run: `cargo bench --bench publish` (or `scripts/bench-publish.sh`). Options after
+//! `--`: `--seconds N` (default 5), `--runs N` (default 3, median), `--devices N`
+//! (default 100000), `--rate R` (open-loop row, default 2000/s), `--window W`
+//! (closed-loop IQs outstanding, default 256), `--workers K` (wns.workers, default 4).
+//!
+//! "server CPU/push" is the server process's CPU time (all its threads) per reply.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::params;
+use uwpx_push_server::xmpp::component::handshake;
+use uwpx_push_server::xmpp::reader::{ReadError, StanzaReader, StreamEvent};
+
+#[path = "../../tests/util/cert.rs"]
+mod cert;
+#[path = "../../tests/fake_wns/lib.rs"]
+mod fake_wns;
+
+const JID: &str = "push.localhost";
+const SECRET: &str = "bench-component-secret";
+
+struct Opts {
+    seconds: u64,
+    runs: usize,
+    devices: usize,
+    rate: f64,
+    window: usize,
+    workers: usize,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        seconds: 5,
+        runs: 3,
+        devices: 100_000,
+        rate: 2000.0,
+        window: 256,
+        workers: 4,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().expect("option needs a value");
+        match a.as_str() {
+            "--seconds" => o.seconds = val().parse().unwrap(),
+            "--runs" => o.runs = val().parse().unwrap(),
+            "--devices" => o.devices = val().parse().unwrap(),
+            "--rate" => o.rate = val().parse().unwrap(),
+            "--window" => o.window = val().parse().unwrap(),
+            "--workers" => o.workers = val().parse().unwrap(),
+            "--bench" => {}
+            other => panic!("unknown option {other}"),
+        }
+    }
+    o
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / 100.0
+}
+
+/// Fills the database with `n` devices, one account each (node "n<i>", secret "s<i>").
+fn populate(db: &std::path::Path, n: usize, channel: &dyn Fn(usize) -> String) {
+    // Let the server's own schema code create the file first.
+    uwpx_push_server::store::Store::open(db, uwpx_push_server::config::Synchronous::Normal)
+        .unwrap()
+        .close()
+        .unwrap();
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    let tx = conn.transaction().unwrap();
+    {
+        let mut dev = tx.prepare("INSERT INTO devices (device_id, channel_uri, version, account_form, created_at, updated_at, last_seen_at) VALUES (?1, ?2, 2, 'account_id', 0, 0, 0)").unwrap();
+        let mut acc = tx.prepare("INSERT INTO accounts (device_id, account_key, domain, node, secret, created_at) VALUES (?1, ?2, NULL, ?3, ?4, 0)").unwrap();
+        for i in 0..n {
+            let d = format!("{i:064x}");
+            dev.execute(params![d, channel(i)]).unwrap();
+            acc.execute(params![
+                d,
+                format!("{:064x}", i + 7),
+                node(i),
+                format!("s{i:040}")
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+fn node(i: usize) -> String {
+    format!("n{i:031x}")
+}
+
+fn publish(id: u64, i: usize) -> String {
+    format!(
+        "<iq id='{id}' to='{JID}' from='localhost' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{}'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='form'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:push:summary</value></field><field var='message-count' type='text-single'><value>1</value></field><field var='pending-subscription-count' type='text-single'/><field var='last-message-sender' type='jid-single'/><field var='last-message-body' type='text-single'><value>New Message!</value></field></x></notification></item></publish><publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>s{i:040}</value></field></x></publish-options></pubsub></iq>",
+        node(i)
+    )
+}
+
+/// A tiny xorshift for picking nodes (no need for a crypto RNG here).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+struct Measurement {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    cpu_us: f64,
+    errors: u64,
+}
+
+/// Sends publishes (closed loop with `window` outstanding, or open loop at `rate`) and
+/// times each until its reply.
+fn measure(
+    conn: &TcpStream,
+    reader: &mut StanzaReader<TcpStream>,
+    pid: u32,
+    o: &Opts,
+    rate: Option<f64>,
+    seq: &mut u64,
+) -> Measurement {
+    let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let outstanding = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now() + Duration::from_millis(20);
+    let end = start + Duration::from_secs(o.seconds);
+    let first_id = *seq;
+    let writer = {
+        let (sent_at, outstanding, stop) = (sent_at.clone(), outstanding.clone(), stop.clone());
+        let mut w = conn.try_clone().unwrap();
+        let (window, devices) = (o.window as u64, o.devices);
+        let mut id = first_id;
+        std::thread::spawn(move || {
+            let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ id);
+            let mut buf = String::new();
+            while !stop.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let (due, batch) = match rate {
+                    None => {
+                        let free = window.saturating_sub(outstanding.load(Ordering::Acquire));
+                        if free == 0 {
+                            std::thread::yield_now();
+                            continue;
+                        }
+                        (now, free.min(32))
+                    }
+                    Some(r) => {
+                        let due = start + Duration::from_secs_f64((id - first_id) as f64 / r);
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        (due, 1)
+                    }
+                };
+                buf.clear();
+                let mut map = sent_at.lock().unwrap();
+                for _ in 0..batch {
+                    id += 1;
+                    buf.push_str(&publish(id, (rng.next() % devices as u64) as usize));
+                    map.insert(id, due);
+                }
+                drop(map);
+                outstanding.fetch_add(batch, Ordering::AcqRel);
+                if w.write_all(buf.as_bytes()).is_err() {
+                    break;
+                }
+            }
+            id
+        })
+    };
+    let cpu0 = cpu_seconds(pid);
+    let mut lat = Vec::with_capacity(200_000);
+    let mut errors = 0;
+    let mut counted = 0u64;
+    loop {
+        let writer_done = writer.is_finished();
+        if writer_done && outstanding.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        match reader.next_event() {
+            Ok(StreamEvent::Stanza(e)) => {
+                let Some(id) = e.attr("id").and_then(|i| i.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let Some(t0) = sent_at.lock().unwrap().remove(&id) else {
+                    continue;
+                };
+                outstanding.fetch_sub(1, Ordering::AcqRel);
+                if e.attr("type") != Some("result") {
+                    errors += 1;
+                }
+                lat.push(t0.elapsed());
+                if Instant::now() <= end {
+                    counted += 1;
+                }
+            }
+            Ok(_) => panic!("stream ended"),
+            Err(ReadError::Idle) => {
+                if Instant::now() > end + Duration::from_secs(30) {
+                    panic!("{} replies missing", outstanding.load(Ordering::Acquire));
+                }
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    *seq = writer.join().unwrap();
+    let elapsed = o.seconds as f64;
+    let cpu = cpu_seconds(pid) - cpu0;
+    lat.sort();
+    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    Measurement {
+        rate: counted as f64 / elapsed,
+        p50: pct(0.5),
+        p99: pct(0.99),
+        cpu_us: cpu * 1e6 / lat.len() as f64,
+        errors,
+    }
+}
+
+fn main() {
+    let o = opts();
+    let dir = std::env::temp_dir().join(format!("uwpx-bench-publish-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = cert::TestCert::new();
+    std::fs::write(dir.join("ca.pem"), &c.cert_pem).unwrap();
+    let fake = fake_wns::FakeWns::start(&c.cert_pem, &c.key_pem, 0, false);
+    let t = Instant::now();
+    populate(&dir.join("bench.db"), o.devices, &|i| {
+        fake.channel_uri(&format!("c{i}"))
+    });
+    println!(
+        "{} devices stored in {:.1} s",
+        o.devices,
+        t.elapsed().as_secs_f64()
+    );
+
+    let component = TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = serde_json::json!({
+        "wns": {"packet_id": fake_wns::CLIENT_ID, "client_secret": fake_wns::CLIENT_SECRET,
+                "token_url": fake.token_url(), "ca_file": dir.join("ca.pem"), "channel_hosts": ["localhost"],
+                "workers": o.workers, "queue_capacity": 100000},
+        "xmpp": {"bare_jid": "push@localhost",
+                 "component": {"jid": JID, "secret": SECRET, "host": "127.0.0.1", "port": component.local_addr().unwrap().port()}},
+        "tcp": {"host": "127.0.0.1", "port": 0},
+        "db": {"path": "bench.db"},
+        "push": {"min_interval_ms": 0},
+        "log": {"level": std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into())},
+    });
+    std::fs::write(
+        dir.join("configuration.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    let mut server: Child = Command::new(env!("CARGO_BIN_EXE_uwpx-push-server"))
+        .arg("--config")
+        .arg(dir.join("configuration.json"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+
+    // Be the XMPP server: accept, open the stream, check the handshake.
+    let (tcp, _) = component.accept().unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut reader = StanzaReader::new(tcp.try_clone().unwrap());
+    let Ok(StreamEvent::Open(_)) = reader.next_event() else {
+        panic!("no stream header")
+    };
+    write!(reader.get_mut(), "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='bench1' from='{JID}'>").unwrap();
+    let hs = loop {
+        match reader.next_event() {
+            Ok(StreamEvent::Stanza(e)) => break e,
+            Err(ReadError::Idle) => continue,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(hs.text(), handshake("bench1", SECRET));
+    reader.get_mut().write_all(b"<handshake/>").unwrap();
+
+    let pid = server.id();
+    let mut seq = 0u64;
+    // Warm up: token, TLS connections, page cache.
+    let _ = measure(
+        &tcp,
+        &mut reader,
+        pid,
+        &Opts {
+            seconds: 2,
+            ..opts()
+        },
+        None,
+        &mut seq,
+    );
+    println!(
+        "publish → WNS → reply through the real binary, {} devices, {} WNS workers, {} s per run, median of {} runs",
+        o.devices, o.workers, o.seconds, o.runs
+    );
+    println!(
+        "{:>14} {:>10} {:>10} {:>10} {:>16} {:>7}",
+        "load", "pushes/s", "p50 ms", "p99 ms", "server CPU/push", "errors"
+    );
+    for rate in [None, Some(o.rate)] {
+        let mut runs: Vec<Measurement> = (0..o.runs)
+            .map(|_| measure(&tcp, &mut reader, pid, &o, rate, &mut seq))
+            .collect();
+        runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
+        let m = &runs[runs.len() / 2];
+        println!(
+            "{:>14} {:>10.0} {:>10.2} {:>10.2} {:>13.1} µs {:>7}   (runs: {})",
+            rate.map_or(format!("closed/{}", o.window), |r| format!("{r:.0}/s")),
+            m.rate,
+            m.p50.as_secs_f64() * 1e3,
+            m.p99.as_secs_f64() * 1e3,
+            m.cpu_us,
+            m.errors,
+            runs.iter()
+                .map(|r| format!("{:.0}/{:.2}ms", r.rate, r.p99.as_secs_f64() * 1e3))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+    }
+    println!(
+        "fake WNS: {} POSTs, {} connections",
+        fake.notifies(),
+        fake.connections()
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
