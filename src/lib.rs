@@ -32,6 +32,7 @@
 //! - [`push`]: publish → node → device → WNS job → outcome; burst coalescing.
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`shutdown`]: the stop flag.
+//! - [`xml`]: XML escaping.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -44,4 +45,5 @@ pub mod shutdown;
 pub mod store;
 pub mod types;
 pub mod wns;
+pub mod xml;
 pub mod xmpp;

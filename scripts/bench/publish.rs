@@ -32,6 +32,9 @@ mod fake_wns;
 const JID: &str = "push.localhost";
 const SECRET: &str = "bench-component-secret";
 
+#[path = "common.rs"]
+mod common;
+
 struct Opts {
     seconds: u64,
     runs: usize,
@@ -42,41 +45,15 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let mut o = Opts {
-        seconds: 5,
-        runs: 3,
-        devices: 100_000,
-        rate: 2000.0,
-        window: 256,
-        workers: 4,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().expect("option needs a value");
-        match a.as_str() {
-            "--seconds" => o.seconds = val().parse().unwrap(),
-            "--runs" => o.runs = val().parse().unwrap(),
-            "--devices" => o.devices = val().parse().unwrap(),
-            "--rate" => o.rate = val().parse().unwrap(),
-            "--window" => o.window = val().parse().unwrap(),
-            "--workers" => o.workers = val().parse().unwrap(),
-            "--bench" => {}
-            other => panic!("unknown option {other}"),
-        }
+    let a = common::Args::parse(&["seconds", "runs", "devices", "rate", "window", "workers"]);
+    Opts {
+        seconds: a.get("seconds", 5),
+        runs: a.get("runs", 3),
+        devices: a.get("devices", 100_000),
+        rate: a.get("rate", 2000.0),
+        window: a.get("window", 256),
+        workers: a.get("workers", 4),
     }
-    o
-}
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / 100.0
 }
 
 /// Fills the database with `n` devices, one account each (node "n<i>", secret "s<i>").
@@ -198,7 +175,7 @@ fn measure(
             id
         })
     };
-    let cpu0 = cpu_seconds(pid);
+    let cpu0 = common::process_cpu(pid);
     let mut lat = Vec::with_capacity(200_000);
     let mut errors = 0;
     let mut counted = 0u64;
@@ -236,9 +213,9 @@ fn measure(
     stop.store(true, Ordering::Relaxed);
     *seq = writer.join().unwrap();
     let elapsed = o.seconds as f64;
-    let cpu = cpu_seconds(pid) - cpu0;
+    let cpu = common::process_cpu(pid) - cpu0;
     lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let pct = |p| common::percentile(&lat, p);
     Measurement {
         rate: counted as f64 / elapsed,
         p50: pct(0.5),

@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[path = "common.rs"]
+mod common;
+
 struct Opts {
     seconds: u64,
     runs: usize,
@@ -31,34 +34,22 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let mut o = Opts {
-        seconds: 4,
-        runs: 3,
-        sync: "full".into(),
-        clients: vec![1, 16, 64],
-        rate_plain: 5000.0,
-        rate_tls: 1000.0,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().expect("option needs a value");
-        match a.as_str() {
-            "--seconds" => o.seconds = val().parse().expect("--seconds N"),
-            "--runs" => o.runs = val().parse().expect("--runs N"),
-            "--sync" => o.sync = val(),
-            "--clients" => {
-                o.clients = val()
-                    .split(',')
-                    .map(|s| s.parse().expect("--clients 1,16"))
-                    .collect()
-            }
-            "--rate-plain" => o.rate_plain = val().parse().expect("--rate-plain N"),
-            "--rate-tls" => o.rate_tls = val().parse().expect("--rate-tls N"),
-            "--bench" => {}
-            other => panic!("unknown option {other}"),
-        }
+    let a = common::Args::parse(&[
+        "seconds",
+        "runs",
+        "sync",
+        "clients",
+        "rate-plain",
+        "rate-tls",
+    ]);
+    Opts {
+        seconds: a.get("seconds", 4),
+        runs: a.get("runs", 3),
+        sync: a.get("sync", "full".to_owned()),
+        clients: a.list("clients", &[1, 16, 64]),
+        rate_plain: a.get("rate-plain", 5000.0),
+        rate_tls: a.get("rate-tls", 1000.0),
     }
-    o
 }
 
 #[path = "../../tests/util/cert.rs"]
@@ -116,13 +107,7 @@ fn start(dir: &std::path::Path, tls: bool, sync: &str) -> Server {
         .unwrap();
     // Drain stderr so the server never blocks on a full pipe, then wait for the port.
     let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("writes committed") {
-                eprintln!("{line}");
-            }
-        }
-    });
+    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
     let t0 = Instant::now();
     while TcpStream::connect(addr).is_err() {
         assert!(
@@ -187,16 +172,6 @@ struct Measurement {
     p99: Duration,
     /// Server CPU (user + system) per request.
     cpu_us: f64,
-}
-
-/// User + system CPU seconds of a process so far, from /proc (Linux).
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the ")" that closes the command name; utime and stime are 14 and 15.
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// One request on a fresh connection; panics unless the answer has `status` 1.
@@ -266,7 +241,7 @@ fn measure(
         })
         .collect();
     std::thread::sleep(start.saturating_duration_since(Instant::now()));
-    let cpu0 = cpu_seconds(pid);
+    let cpu0 = common::process_cpu(pid);
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     stop.store(true, Ordering::Relaxed);
     let mut all: Vec<Duration> = threads
@@ -274,9 +249,9 @@ fn measure(
         .flat_map(|t| t.join().unwrap())
         .collect();
     let elapsed = start.elapsed();
-    let cpu = cpu_seconds(pid) - cpu0;
+    let cpu = common::process_cpu(pid) - cpu0;
     all.sort();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    let pct = |p| common::percentile(&all, p);
     Measurement {
         rate: all.len() as f64 / elapsed.as_secs_f64(),
         p50: pct(0.50),

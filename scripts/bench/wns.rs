@@ -29,6 +29,9 @@ mod cert;
 #[path = "../../tests/fake_wns/lib.rs"]
 mod fake_wns;
 
+#[path = "common.rs"]
+mod common;
+
 struct Opts {
     seconds: u64,
     runs: usize,
@@ -38,56 +41,14 @@ struct Opts {
 }
 
 fn opts() -> Opts {
-    let mut o = Opts {
-        seconds: 4,
-        runs: 3,
-        workers: vec![1, 4, 16],
-        inflight: 64,
-        rate: 2500.0,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut val = || args.next().expect("option needs a value");
-        match a.as_str() {
-            "--seconds" => o.seconds = val().parse().expect("--seconds N"),
-            "--runs" => o.runs = val().parse().expect("--runs N"),
-            "--workers" => {
-                o.workers = val()
-                    .split(',')
-                    .map(|s| s.parse().expect("--workers 1,4"))
-                    .collect()
-            }
-            "--inflight" => o.inflight = val().parse().expect("--inflight N"),
-            "--rate" => o.rate = val().parse().expect("--rate N"),
-            "--bench" => {}
-            other => panic!("unknown option {other}"),
-        }
+    let a = common::Args::parse(&["seconds", "runs", "workers", "inflight", "rate"]);
+    Opts {
+        seconds: a.get("seconds", 4),
+        runs: a.get("runs", 3),
+        workers: a.list("workers", &[1, 4, 16]),
+        inflight: a.get("inflight", 64),
+        rate: a.get("rate", 2500.0),
     }
-    o
-}
-
-/// CPU seconds used so far by this process's threads whose name starts with `wns-`.
-fn pool_cpu() -> f64 {
-    let mut total = 0.0;
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    for t in tasks.flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with("wns-") {
-            continue;
-        }
-        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-        let f: Vec<&str> = stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        total += (ticks(11) + ticks(12)) / 100.0;
-    }
-    total
 }
 
 struct Measurement {
@@ -120,7 +81,7 @@ fn measure(
     };
     let start = Instant::now();
     let end = start + Duration::from_secs(o.seconds);
-    let cpu0 = pool_cpu();
+    let cpu0 = common::threads_cpu("wns-");
     let mut lat = Vec::with_capacity(200_000);
     let mut sent = 0u64;
     match rate {
@@ -162,7 +123,7 @@ fn measure(
         }
     }
     let elapsed = start.elapsed();
-    let cpu = pool_cpu() - cpu0;
+    let cpu = common::threads_cpu("wns-") - cpu0;
     let counted = lat.len();
     // Drain the rest so the next run starts clean (not counted in the rate).
     while (lat.len() as u64) < sent {
@@ -171,7 +132,7 @@ fn measure(
         lat.push(t0.elapsed());
     }
     lat.sort();
-    let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+    let pct = |p| common::percentile(&lat, p);
     Measurement {
         rate: counted as f64 / elapsed.as_secs_f64(),
         p50: pct(0.5),

@@ -234,12 +234,7 @@ impl WnsClient {
             .send_form(form)
             .map_err(|e| TokenError::Unreachable(e.to_string()))?;
         let status = resp.status().as_u16();
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(BODY_LIMIT)
-            .read_to_string()
-            .map_err(|e| TokenError::Unreachable(e.to_string()))?;
+        let body = read_body(&mut resp).map_err(|e| TokenError::Unreachable(e.to_string()))?;
         parse_token(status, &body)
     }
 
@@ -293,12 +288,7 @@ impl WnsClient {
                 };
                 let status = resp.status().as_u16();
                 // Read the body to the end so the connection goes back to the pool.
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(BODY_LIMIT)
-                    .read_to_string()
-                    .unwrap_or_default();
+                let body = read_body(&mut resp).unwrap_or_default();
                 Answer::Http {
                     status,
                     diagnostics,
@@ -308,6 +298,15 @@ impl WnsClient {
             Err(e) => Answer::Transport(e.to_string()),
         }
     }
+}
+
+/// Reads a response body to the end (so the connection returns to the pool), at most
+/// [`BODY_LIMIT`] bytes: WNS bodies are tiny, a huge one is not read into memory.
+fn read_body(resp: &mut ureq::http::Response<ureq::Body>) -> Result<String, ureq::Error> {
+    resp.body_mut()
+        .with_config()
+        .limit(BODY_LIMIT)
+        .read_to_string()
 }
 
 /// Parses the token endpoint's answer. `expires_in` may be a number or a string

@@ -15,6 +15,7 @@
 use serde::Serialize;
 
 use crate::types::ClientGeneration;
+use crate::xml::escape;
 
 /// WNS refuses bodies over 5000 bytes with 413.
 pub const MAX_PAYLOAD: usize = 5000;
@@ -122,22 +123,6 @@ fn v1_xml(account_id: &str, s: &Summary, with_text: bool) -> Vec<u8> {
         escape(account_id)
     ));
     x.into_bytes()
-}
-
-/// XML-escapes text and attribute values.
-fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

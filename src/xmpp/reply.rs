@@ -27,6 +27,7 @@ use std::fmt::Write as _;
 use super::publish::IqHeader;
 use crate::push::PushOutcome;
 use crate::wns::Outcome;
+pub use crate::xml::escape as esc;
 
 /// XMPP stanza error types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,22 +154,6 @@ pub fn stream_error(condition: &str) -> String {
     format!(
         "<stream:error><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
     )
-}
-
-/// Escapes text for an XML attribute in single quotes (or element text).
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '\'' => out.push_str("&apos;"),
-            '"' => out.push_str("&quot;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
