@@ -103,6 +103,9 @@ fn sigterm_stops_cleanly_with_exit_0() {
         .client()
         .send_json(&set_channel(2, "ab", &channel(1)));
     assert_eq!(server.stop(), Some(0));
-    let log = server.log_text();
-    assert!(log.contains("store: closed cleanly"), "{log}");
+    assert!(
+        server.log_shows("store: closed cleanly"),
+        "{}",
+        server.log_text()
+    );
 }

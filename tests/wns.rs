@@ -273,9 +273,8 @@ fn every_outcome_row() {
             .any(|row| row.starts_with(&format!("{device} ")));
         assert_eq!(present, kept, "{channel}: device kept?");
     }
-    let log = server.log_text();
     for needle in ["Domain Blocked", "403 Forbidden", "401 again", "HTTP 413"] {
-        assert!(log.contains(needle), "log lacks {needle}");
+        assert!(server.log_shows(needle), "log lacks {needle}");
     }
 }
 
@@ -344,7 +343,7 @@ fn the_token_survives_a_restart() {
     server.restart();
     assert_eq!(server.client().send_json(&test_push(2, "f1"))["status"], 1);
     assert_eq!(wns.fake.token_requests(), 1);
-    assert!(server.log_text().contains("reusing the saved access token"));
+    assert!(server.log_shows("reusing the saved access token"));
 }
 
 #[test]
@@ -354,7 +353,7 @@ fn token_endpoint_failures_are_transient_and_named_in_the_log() {
     let c = server.client();
     register(&c, &wns, 2, "b1", "t", None);
     assert_error(&c.send_json(&test_push(2, "b1")), 2, "WNS unavailable");
-    assert!(server.log_text().contains("rejected our credentials"));
+    assert!(server.log_shows("rejected our credentials"));
     assert!(wns.fake.channel_requests("t").is_empty());
     assert!(!server.log_text().contains("wrong"), "secret logged");
     // Unreachable endpoint.
@@ -368,7 +367,7 @@ fn token_endpoint_failures_are_transient_and_named_in_the_log() {
     let c = server.client();
     register(&c, &wns, 2, "b2", "t", None);
     assert_error(&c.send_json(&test_push(2, "b2")), 2, "WNS unavailable");
-    assert!(server.log_text().contains("token endpoint is unreachable"));
+    assert!(server.log_shows("token endpoint is unreachable"));
 }
 
 #[test]
@@ -453,7 +452,7 @@ fn a_channel_outside_the_allowlist_is_never_contacted() {
         wns.fake.channel_requests("x").is_empty(),
         "the fake must see nothing"
     );
-    assert!(server.log_text().contains("not in wns.channel_hosts"));
+    assert!(server.log_shows("not in wns.channel_hosts"));
 }
 
 #[test]

@@ -237,6 +237,21 @@ impl Server {
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+
+    /// Whether `needle` shows up in the server's log within a few seconds (the log is
+    /// read from a pipe by another thread, so a line may trail the answer it explains).
+    pub fn log_shows(&self, needle: &str) -> bool {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.log_text().contains(needle) {
+                return true;
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
