@@ -23,7 +23,8 @@ use crate::store::{Store, StoreError};
 use crate::wns::WnsPool;
 use crate::wns::client::{WnsClient, parse_certs};
 use crate::wns::token::TokenCache;
-use crate::xmpp::{LinkSettings, LinkStatus, XmppLink};
+use crate::xmpp::pep::Pep;
+use crate::xmpp::{LinkSettings, LinkStatus, Mode, XmppLink};
 
 /// Why the server could not start. `main` prints it and exits 1.
 #[derive(Debug)]
@@ -113,28 +114,40 @@ impl App {
                 Some(Arc::new(pool))
             }
         };
-        let xmpp = match &config.xmpp.component {
-            None => {
-                log::warn!("xmpp: no xmpp.component configured; publishes are not received");
+        let status = Arc::new(LinkStatus::default());
+        let (pep_tx, pep_rx) = crossbeam_channel::unbounded();
+        let mode = match (&config.xmpp.component, &config.xmpp.client) {
+            (Some(c), _) => Some(Mode::Component(c.clone())),
+            (None, Some(c)) => Some(Mode::Client(c.clone())),
+            (None, None) => {
+                log::warn!(
+                    "xmpp: neither xmpp.component nor xmpp.password is set; publishes are not received"
+                );
                 None
             }
-            Some(component) => {
+        };
+        let pep = matches!(mode, Some(Mode::Client(_)))
+            .then(|| Pep::new(pep_tx, status.clone(), Duration::from_secs(10)));
+        let xmpp = match mode {
+            None => None,
+            Some(mode) => {
                 let (tx, rx) = crossbeam_channel::unbounded();
                 let dispatcher = Dispatcher::new(
                     store.clone(),
                     wns.clone(),
                     config.wns.deadline,
                     config.push.min_interval,
-                    true,
+                    matches!(mode, Mode::Component(_)),
                     tx,
                 );
                 let settings = LinkSettings {
-                    component: component.clone(),
+                    mode,
+                    store: store.clone(),
                     ping_interval: config.xmpp.ping_interval,
                     deadline: config.wns.deadline,
                 };
                 Some(
-                    XmppLink::start(settings, dispatcher, rx, shutdown.clone())
+                    XmppLink::start(settings, dispatcher, rx, pep_rx, status, shutdown.clone())
                         .map_err(StartError::Thread)?,
                 )
             }
@@ -159,6 +172,7 @@ impl App {
                     pool: pool.clone(),
                     deadline: config.wns.deadline,
                 }),
+                pep,
             ),
             rules: Rules {
                 max_accounts: config.limits.max_accounts,

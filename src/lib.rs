@@ -32,6 +32,7 @@
 //! - [`push`]: publish → node → device → WNS job → outcome; burst coalescing.
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`shutdown`]: the stop flag.
+//! - [`net`]: plain-or-TLS sockets.
 //! - [`xml`]: XML escaping.
 
 #![forbid(unsafe_code)]
@@ -39,6 +40,7 @@
 
 pub mod app;
 pub mod config;
+pub mod net;
 pub mod push;
 pub mod registration;
 pub mod shutdown;

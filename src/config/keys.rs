@@ -117,8 +117,28 @@ pub const KEYS: &[Key] = &[
         "Password of `xmpp.bare_jid` (client mode). Masked by `check-config`.",
     ),
     key(
+        "xmpp.host",
+        "(the JID's domain)",
+        "Client mode: the XMPP server to connect to.",
+    ),
+    key(
+        "xmpp.port",
+        "5222",
+        "Client mode: its client port (STARTTLS is required).",
+    ),
+    key(
+        "xmpp.resource",
+        "\"push\"",
+        "Client mode: the resource to bind.",
+    ),
+    key(
+        "xmpp.ca_file",
+        "(none)",
+        "Client mode: a PEM root certificate trusted in addition to the system's, for the XMPP server's certificate (tests, private CAs).",
+    ),
+    key(
         "xmpp.component",
-        "(none: client mode, a later release)",
+        "(none: client mode if xmpp.password is set)",
         "Section: run as an XEP-0114 component; `push_bare_jid` in answers is then the component JID.",
     ),
     key(

@@ -181,6 +181,8 @@ pub struct XmppConfig {
     pub password: Option<Masked>,
     /// `xmpp.component`: component mode when present.
     pub component: Option<ComponentConfig>,
+    /// Client mode's login, when `xmpp.component` is absent and a password is set.
+    pub client: Option<ClientConfig>,
     /// `xmpp.ping_interval_s`.
     pub ping_interval: Duration,
 }
@@ -196,6 +198,23 @@ pub struct ComponentConfig {
     pub host: String,
     /// The server's component port.
     pub port: u16,
+}
+
+/// Client mode: log in as `xmpp.bare_jid`.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The account.
+    pub bare_jid: String,
+    /// Its password.
+    pub password: Masked,
+    /// `xmpp.host`.
+    pub host: String,
+    /// `xmpp.port`.
+    pub port: u16,
+    /// `xmpp.resource`.
+    pub resource: String,
+    /// `xmpp.ca_file`, read at load time.
+    pub ca_pem: Option<Pem>,
 }
 
 /// `push.*`.
@@ -379,10 +398,27 @@ impl Config {
             }
             Some(_) => return Err(invalid("xmpp.component", "must be an object")),
         };
+        let password = doc.string("xmpp.password")?.map(Masked);
+        let client = match (&component, &password) {
+            (None, Some(password)) => Some(ClientConfig {
+                host: doc
+                    .string("xmpp.host")?
+                    .unwrap_or_else(|| bare_jid.split_once('@').map_or("", |(_, d)| d).to_owned()),
+                port: doc.integer("xmpp.port", 1, 65535)?.unwrap_or(5222) as u16,
+                resource: doc
+                    .string("xmpp.resource")?
+                    .unwrap_or_else(|| "push".into()),
+                ca_pem: read_pem(&doc, "xmpp.ca_file")?,
+                bare_jid: bare_jid.clone(),
+                password: password.clone(),
+            }),
+            _ => None,
+        };
         let xmpp = XmppConfig {
             bare_jid,
-            password: doc.string("xmpp.password")?.map(Masked),
+            password,
             component,
+            client,
             ping_interval: Duration::from_secs(
                 doc.integer("xmpp.ping_interval_s", 5, 3600)?.unwrap_or(60),
             ),
@@ -443,21 +479,7 @@ impl Config {
         if !token_url.starts_with("https://") {
             return Err(invalid("wns.token_url", "must be an https URL"));
         }
-        let ca_pem = match doc.path("wns.ca_file")? {
-            None => None,
-            Some(p) => {
-                let pem = std::fs::read(&p).map_err(|e| {
-                    invalid("wns.ca_file", format!("cannot read {}: {e}", p.display()))
-                })?;
-                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                    return Err(invalid(
-                        "wns.ca_file",
-                        format!("{} holds no PEM certificate", p.display()),
-                    ));
-                }
-                Some(Pem(pem))
-            }
-        };
+        let ca_pem = read_pem(&doc, "wns.ca_file")?;
         let timeout =
             Duration::from_millis(doc.integer("wns.timeout_ms", 100, 120_000)?.unwrap_or(5000));
         let deadline = Duration::from_millis(
@@ -542,6 +564,22 @@ impl Config {
             .as_ref()
             .map_or(&self.xmpp.bare_jid, |c| &c.jid)
     }
+}
+
+/// Reads a PEM file of certificates named by `key`, if set.
+fn read_pem(doc: &Doc<'_>, key: &str) -> Result<Option<Pem>, ConfigError> {
+    let Some(p) = doc.path(key)? else {
+        return Ok(None);
+    };
+    let pem =
+        std::fs::read(&p).map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(invalid(
+            key,
+            format!("{} holds no PEM certificate", p.display()),
+        ));
+    }
+    Ok(Some(Pem(pem)))
 }
 
 fn load_tls(doc: &Doc<'_>) -> Result<TlsConfig, ConfigError> {

@@ -19,6 +19,7 @@ use native_tls::{HandshakeError, TlsAcceptor, TlsStream};
 use super::codec::{Frame, Framer, Rules, decode};
 use super::handler::Handler;
 use super::wire::{RegError, encode};
+use crate::net::Socket;
 use crate::shutdown::Shutdown;
 use crate::types::ProtocolVersion;
 
@@ -39,24 +40,6 @@ pub struct ConnContext {
     pub max_request_bytes: usize,
     /// Set on Ctrl+C/SIGTERM.
     pub shutdown: Shutdown,
-}
-
-/// A byte stream over a TCP socket, plain or TLS, with access to the socket for
-/// timeouts and half-close.
-trait Transport: Read + Write {
-    fn tcp(&self) -> &TcpStream;
-}
-
-impl Transport for TcpStream {
-    fn tcp(&self) -> &TcpStream {
-        self
-    }
-}
-
-impl Transport for TlsStream<TcpStream> {
-    fn tcp(&self) -> &TcpStream {
-        self.get_ref()
-    }
 }
 
 /// Serves one accepted connection until the client closes, an error, a timeout, or
@@ -104,7 +87,7 @@ fn handshake(
     }
 }
 
-fn frame_loop<S: Transport>(mut stream: S, ctx: &ConnContext) {
+fn frame_loop<S: Socket>(mut stream: S, ctx: &ConnContext) {
     let mut framer = Framer::new(ctx.max_request_bytes);
     let mut buf = [0u8; 8192];
     let mut deadline = Instant::now() + ctx.read_timeout;

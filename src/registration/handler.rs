@@ -14,12 +14,14 @@ use super::wire::{AccountAnswer, Answer, RegError};
 use crate::store::Store;
 use crate::types::ClientGeneration;
 use crate::wns::{Job, Outcome, WnsPool, payload};
+use crate::xmpp::pep::Pep;
 
 /// Shared, read-only state of the registration service.
 pub struct Handler {
     store: Arc<Store>,
     push_jid: String,
     wns: Option<TestPush>,
+    pep: Option<Pep>,
 }
 
 /// What request_test_push needs: the pool, and how long a push may take.
@@ -34,11 +36,19 @@ impl Handler {
     /// `push_jid` is what clients put in `<enable jid=…/>`: the configured bare JID, or
     /// the component JID once component mode exists. Without `wns`, test pushes are
     /// answered "not available".
-    pub fn new(store: Arc<Store>, push_jid: String, wns: Option<TestPush>) -> Self {
+    /// In client mode, `pep` creates a PEP node for each new account; an account whose
+    /// node could not be created is answered `success: false`.
+    pub fn new(
+        store: Arc<Store>,
+        push_jid: String,
+        wns: Option<TestPush>,
+        pep: Option<Pep>,
+    ) -> Self {
         Self {
             store,
             push_jid,
             wns,
+            pep,
         }
     }
 
@@ -61,11 +71,20 @@ impl Handler {
                     .entries
                     .into_iter()
                     .zip(records)
-                    .map(|(entry, rec)| AccountAnswer {
-                        form: list.form.unwrap_or(crate::types::AccountForm::AccountId),
-                        echo: entry.echo,
-                        node: rec.node,
-                        secret: rec.secret,
+                    .map(|(entry, rec)| {
+                        // Committed first: a crash before the node exists is repaired by
+                        // the reconciliation at the next connect.
+                        let success = match (&self.pep, rec.created) {
+                            (Some(pep), true) => pep.create(rec.node.as_str()).is_ok(),
+                            _ => true,
+                        };
+                        AccountAnswer {
+                            form: list.form.unwrap_or(crate::types::AccountForm::AccountId),
+                            echo: entry.echo,
+                            node: rec.node,
+                            secret: rec.secret,
+                            success,
+                        }
                     })
                     .collect();
                 Ok(Answer::Accounts {
@@ -129,7 +148,7 @@ mod tests {
     #[test]
     fn unknown_device_changes_nothing() {
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let h = Handler::new(store.clone(), "push@example.org".into(), None);
+        let h = Handler::new(store.clone(), "push@example.org".into(), None, None);
         let r = run(
             &h,
             r#"{"version":2,"action":"set_push_accounts","device_id":"ab","accounts":[{"account_id":"x"}]}"#,

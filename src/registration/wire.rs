@@ -198,6 +198,9 @@ pub struct AccountAnswer {
     pub node: Node,
     /// The account's secret.
     pub secret: Secret,
+    /// False if the account cannot receive pushes (client mode: its PEP node could not
+    /// be created); the client then disables push for it.
+    pub success: bool,
 }
 
 #[derive(Serialize)]
@@ -247,7 +250,7 @@ pub fn encode(version: ProtocolVersion, result: &Result<Answer, RegError>) -> Ve
                         bare_jid: (a.form == AccountForm::BareJid).then_some(a.echo.as_str()),
                         node: a.node.as_str(),
                         secret: a.secret.expose(),
-                        success: true,
+                        success: a.success,
                     })
                     .collect(),
             );
@@ -291,6 +294,7 @@ mod tests {
                 echo: "someClient@xmpp.uwpx.org".into(),
                 node: Node::from_stored("n1".into()),
                 secret: Secret::from_stored("s1".into()),
+                success: true,
             }],
         };
         assert_eq!(

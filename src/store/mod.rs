@@ -90,6 +90,8 @@ pub struct AccountRecord {
     pub node: Node,
     /// Its publish-options secret, stable likewise.
     pub secret: Secret,
+    /// True if this call created it (client mode then creates its PEP node).
+    pub created: bool,
 }
 
 /// A stored device.
@@ -336,6 +338,7 @@ impl Store {
                     key: AccountKey::from_stored(r.get(0)?),
                     node: Node::from_stored(r.get(1)?),
                     secret: Secret::from_stored(r.get(2)?),
+                    created: false,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?;
@@ -409,6 +412,39 @@ impl Store {
         })
     }
 
+    /// Every node in the database (client mode reconciles the push account against it).
+    pub fn all_nodes(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT node FROM accounts")?;
+        let nodes = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(nodes)
+    }
+
+    /// Up to `limit` nodes whose accounts were deleted and whose PEP node may still
+    /// exist on the push account.
+    pub fn removed_nodes(&self, limit: usize) -> Result<Vec<String>, StoreError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare_cached("SELECT node FROM removed_nodes LIMIT ?1")?;
+        let nodes = stmt
+            .query_map([limit as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(nodes)
+    }
+
+    /// Forgets nodes whose PEP node is gone (or that never had one: component mode).
+    pub fn forget_removed_nodes(&self, nodes: &[String]) -> Result<(), StoreError> {
+        let nodes = nodes.to_vec();
+        self.batcher.write(&self.conn, move |tx| {
+            let mut stmt = tx.prepare_cached("DELETE FROM removed_nodes WHERE node = ?1")?;
+            for n in &nodes {
+                stmt.execute([n])?;
+            }
+            Ok(())
+        })
+    }
+
     /// How many devices and accounts are stored.
     pub fn counts(&self) -> Result<Counts, StoreError> {
         let conn = self.reader();
@@ -474,14 +510,18 @@ fn replace_accounts(
         .collect::<rusqlite::Result<_>>()?;
     let mut out = Vec::with_capacity(accounts.len());
     for spec in accounts {
-        let (node, secret) = match existing.remove(spec.key.as_str()) {
-            Some((node, secret)) => (Node::from_stored(node), Secret::from_stored(secret)),
-            None => insert_account(tx, device, spec, now)?,
+        let (node, secret, created) = match existing.remove(spec.key.as_str()) {
+            Some((node, secret)) => (Node::from_stored(node), Secret::from_stored(secret), false),
+            None => {
+                let (node, secret) = insert_account(tx, device, spec, now)?;
+                (node, secret, true)
+            }
         };
         out.push(AccountRecord {
             key: spec.key.clone(),
             node,
             secret,
+            created,
         });
     }
     let mut delete =
@@ -617,6 +657,45 @@ mod tests {
             s.device(&d).unwrap().unwrap().account_form,
             Some(AccountForm::AccountId)
         );
+    }
+
+    #[test]
+    fn every_way_an_account_goes_leaves_its_node_to_delete() {
+        let s = Store::open_in_memory().unwrap();
+        let d = dev("ab");
+        let u = uri("https://a.notify.windows.com/?t=1");
+        s.set_channel(&d, &u, ProtocolVersion::V2, 1).unwrap();
+        let recs = s
+            .set_accounts(
+                &d,
+                ProtocolVersion::V2,
+                None,
+                &[spec("a"), spec("b"), spec("c")],
+                1,
+            )
+            .unwrap()
+            .unwrap();
+        assert!(recs.iter().all(|r| r.created));
+        assert!(s.removed_nodes(10).unwrap().is_empty());
+        // Removed by the client.
+        let again = s
+            .set_accounts(&d, ProtocolVersion::V2, None, &[spec("b"), spec("c")], 2)
+            .unwrap()
+            .unwrap();
+        assert!(again.iter().all(|r| !r.created));
+        assert_eq!(
+            s.removed_nodes(10).unwrap(),
+            vec![recs[0].node.as_str().to_owned()]
+        );
+        // The device goes (ChannelGone): its accounts go by cascade.
+        assert!(s.delete_device_if_channel(&d, &u).unwrap());
+        let mut gone = s.removed_nodes(10).unwrap();
+        gone.sort();
+        let mut want: Vec<String> = recs.iter().map(|r| r.node.as_str().to_owned()).collect();
+        want.sort();
+        assert_eq!(gone, want);
+        s.forget_removed_nodes(&gone).unwrap();
+        assert!(s.removed_nodes(10).unwrap().is_empty());
     }
 
     #[test]

@@ -37,6 +37,15 @@ const MIGRATIONS: &[&str] = &[
         token_type   TEXT NOT NULL,
         expires_at   INTEGER NOT NULL
     ) STRICT;",
+    // 1 -> 2: a durable to-do list of PEP nodes to delete on the push account (client
+    // mode). Every way an account disappears (removed by the client, device gone,
+    // expiry, admin) goes through a DELETE on accounts, cascaded deletes included, so
+    // one trigger catches them all in the same transaction: nothing leaks even if the
+    // process dies before the XMPP request.
+    "CREATE TABLE removed_nodes (node TEXT PRIMARY KEY NOT NULL) STRICT, WITHOUT ROWID;
+    CREATE TRIGGER accounts_removed AFTER DELETE ON accounts BEGIN
+        INSERT OR IGNORE INTO removed_nodes (node) VALUES (old.node);
+    END;",
 ];
 
 /// The schema version this binary writes.

@@ -12,14 +12,16 @@
 //! keep-alive pings. It never waits on WNS. It reconnects forever with exponential
 //! backoff (1 s to 60 s, with jitter) and logs every state change.
 
+pub mod client;
 pub mod component;
+pub mod pep;
 pub mod publish;
 pub mod reader;
 pub mod reply;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,11 +30,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use crate::config::ComponentConfig;
+use crate::config::{ClientConfig, ComponentConfig};
+use crate::net::Socket;
 use crate::push::{Completed, Decision, Dispatcher, PushOutcome};
 use crate::shutdown::Shutdown;
+use crate::store::Store;
 use crate::wns::Outcome;
-use publish::{Inbound, IqHeader};
+use pep::PepRequest;
+use publish::{Inbound, IqHeader, Publish};
 use reader::{ReadError, StanzaReader, StreamEvent};
 
 /// Why a connection ended or could not be made. Drives the reconnect backoff and the log;
@@ -81,11 +86,23 @@ impl LinkStatus {
     }
 }
 
-/// What the link needs besides the dispatcher.
+/// How the server is connected to XMPP.
 #[derive(Debug, Clone)]
+pub enum Mode {
+    /// XEP-0114 component: users' servers publish IQs to the component JID.
+    Component(ComponentConfig),
+    /// An ordinary account with one PEP node per registered account: pushes arrive as
+    /// pubsub event messages.
+    Client(ClientConfig),
+}
+
+/// What the link needs besides the dispatcher.
+#[derive(Clone)]
 pub struct LinkSettings {
-    /// The component's address and credentials.
-    pub component: ComponentConfig,
+    /// Component or client mode.
+    pub mode: Mode,
+    /// The store, for client mode's node reconciliation and removed-node list.
+    pub store: Arc<Store>,
     /// How often to ping the server.
     pub ping_interval: Duration,
     /// Longest wait for WNS before answering `wait`.
@@ -99,18 +116,28 @@ pub struct XmppLink {
 }
 
 impl XmppLink {
-    /// Starts the `xmpp-io` thread.
+    /// Starts the `xmpp-io` thread. `peps` carries client mode's node requests.
     pub fn start(
         settings: LinkSettings,
         dispatcher: Dispatcher,
         outcomes: Receiver<Completed>,
+        peps: Receiver<PepRequest>,
+        status: Arc<LinkStatus>,
         shutdown: Shutdown,
     ) -> io::Result<Self> {
-        let status = Arc::new(LinkStatus::default());
         let st = status.clone();
         let thread = thread::Builder::new()
             .name("xmpp-io".into())
-            .spawn(move || run(&settings, dispatcher, &outcomes, &shutdown, &st))?;
+            .spawn(move || {
+                let mut io = Io {
+                    s: &settings,
+                    dispatcher,
+                    outcomes: &outcomes,
+                    peps: &peps,
+                    shutdown: &shutdown,
+                };
+                io.run(&st)
+            })?;
         Ok(Self { thread, status })
     }
 
@@ -134,53 +161,459 @@ enum End {
     Lost(String),
 }
 
-fn run(
-    s: &LinkSettings,
-    mut dispatcher: Dispatcher,
-    outcomes: &Receiver<Completed>,
-    shutdown: &Shutdown,
-    status: &LinkStatus,
-) {
-    let mut backoff = Duration::from_secs(1);
-    let mut first = true;
-    while !shutdown.is_triggered() {
-        let c = &s.component;
-        log::info!(
-            "xmpp: connecting to {}:{} as component {}",
-            c.host,
-            c.port,
-            c.jid
-        );
-        match connect(c) {
-            Ok(mut reader) => {
-                status.connected.store(true, Ordering::Release);
-                if !first {
-                    status.reconnects.fetch_add(1, Ordering::Relaxed);
+/// Everything the I/O thread works with.
+struct Io<'a> {
+    s: &'a LinkSettings,
+    dispatcher: Dispatcher,
+    outcomes: &'a Receiver<Completed>,
+    peps: &'a Receiver<PepRequest>,
+    shutdown: &'a Shutdown,
+}
+
+/// Who we are on the current stream.
+struct Identity {
+    /// The stream's default namespace.
+    ns: &'static str,
+    /// Our JID: the component JID, or the account's bare JID.
+    own: String,
+    /// Where pings go.
+    server: String,
+    /// Client mode (PEP nodes, events) rather than component mode (publish IQs).
+    client: bool,
+}
+
+impl Io<'_> {
+    fn run(&mut self, status: &LinkStatus) {
+        let mut backoff = Duration::from_secs(1);
+        let mut first = true;
+        while !self.shutdown.is_triggered() {
+            let end = match &self.s.mode {
+                Mode::Component(c) => {
+                    log::info!(
+                        "xmpp: connecting to {}:{} as component {}",
+                        c.host,
+                        c.port,
+                        c.jid
+                    );
+                    connect_component(c).map(|mut reader| {
+                        let id = Identity {
+                            ns: component::NS_COMPONENT,
+                            own: c.jid.clone(),
+                            server: c
+                                .jid
+                                .split_once('.')
+                                .map_or(c.jid.as_str(), |(_, d)| d)
+                                .to_owned(),
+                            client: false,
+                        };
+                        self.connected(status, &mut first, &id.own);
+                        backoff = Duration::from_secs(1);
+                        self.session(&id, &mut reader)
+                    })
                 }
-                first = false;
-                backoff = Duration::from_secs(1);
-                log::info!("xmpp: connected as {}", c.jid);
-                let end = session(s, &mut reader, &mut dispatcher, outcomes, shutdown);
-                status.connected.store(false, Ordering::Release);
-                match end {
-                    End::Shutdown => {
-                        log::info!("xmpp: stream closed for shutdown");
-                        return;
+                Mode::Client(c) => {
+                    log::info!(
+                        "xmpp: connecting to {}:{} as {}",
+                        c.host,
+                        c.port,
+                        c.bare_jid
+                    );
+                    client::login(c).and_then(|mut session| {
+                        let id = Identity {
+                            ns: client::NS_CLIENT,
+                            own: c.bare_jid.clone(),
+                            server: c.bare_jid.split_once('@').map_or("", |(_, d)| d).to_owned(),
+                            client: true,
+                        };
+                        reconcile(&mut session.reader, &id.own, &self.s.store)?;
+                        self.connected(status, &mut first, &session.full_jid);
+                        backoff = Duration::from_secs(1);
+                        Ok(self.session(&id, &mut session.reader))
+                    })
+                }
+            };
+            status.connected.store(false, Ordering::Release);
+            match end {
+                Ok(End::Shutdown) => {
+                    log::info!("xmpp: stream closed for shutdown");
+                    return;
+                }
+                Ok(End::Lost(why)) => log::warn!("xmpp: connection lost: {why}"),
+                Err(XmppError::Auth(e)) => log::error!("xmpp: {e}"),
+                Err(e) => log::warn!("xmpp: cannot connect: {e}"),
+            }
+            let wait = jitter(backoff);
+            log::info!("xmpp: reconnecting in {:.1} s", wait.as_secs_f64());
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !self.shutdown.is_triggered() {
+                thread::sleep(Duration::from_millis(50));
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    }
+
+    fn connected(&self, status: &LinkStatus, first: &mut bool, jid: &str) {
+        status.connected.store(true, Ordering::Release);
+        if !*first {
+            status.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        *first = false;
+        log::info!("xmpp: connected as {jid}");
+    }
+
+    /// The authenticated stream: read, dispatch, reply, ping, until it ends.
+    fn session<S: Socket>(&mut self, id: &Identity, reader: &mut StanzaReader<S>) -> End {
+        let s = self.s;
+        let ping_timeout = s.ping_interval.min(Duration::from_secs(30));
+        let mut pending: HashMap<u64, Pending> = HashMap::new();
+        // Deadlines in arrival order (all publishes get the same budget), so expiry is a
+        // look at the front, not a scan; entries of answered IQs are skipped.
+        let mut deadlines: VecDeque<(Instant, u64)> = VecDeque::new();
+        let mut peps: HashMap<String, PepStep> = HashMap::new();
+        let mut deleting: HashSet<String> = HashSet::new();
+        let mut seen_items = RecentIds::new(4096);
+        let mut seq = 0u64;
+        let mut next_timers = Instant::now();
+        let mut next_removed = Instant::now();
+        let mut out = String::new();
+        let mut next_ping = Instant::now() + s.ping_interval;
+        let mut ping_sent: Option<(String, Instant)> = None;
+        let mut current_wait = Duration::ZERO;
+        loop {
+            let now = Instant::now();
+            let mut wait = Duration::from_millis(200);
+            if !pending.is_empty() || !peps.is_empty() {
+                wait = Duration::from_millis(1);
+            }
+            if let Some(due) = self.dispatcher.next_due() {
+                wait = wait.min(
+                    due.saturating_duration_since(now)
+                        .max(Duration::from_millis(1)),
+                );
+            }
+            if wait != current_wait {
+                if reader.get_ref().tcp().set_read_timeout(Some(wait)).is_err() {
+                    return End::Lost("cannot set the read timeout".into());
+                }
+                current_wait = wait;
+            }
+            match reader.next_event() {
+                Ok(StreamEvent::Stanza(stanza)) => {
+                    log::trace!("xmpp: <- {}", redact_secret(&String::from(&stanza)));
+                    match publish::classify(&stanza, id.ns) {
+                        Inbound::Publish(h, p) if !id.client => {
+                            match self.dispatcher.publish(Some(&h.from), &p, Instant::now()) {
+                                Decision::Now(outcome) => {
+                                    log_outcome(&h.from, &outcome);
+                                    out.push_str(&reply::iq_reply(
+                                        &h,
+                                        reply::for_outcome(&outcome),
+                                    ));
+                                }
+                                Decision::Later(token) => {
+                                    let deadline = Instant::now() + s.deadline;
+                                    pending.insert(token, Pending { header: Some(h) });
+                                    deadlines.push_back((deadline, token));
+                                }
+                            }
+                        }
+                        Inbound::Publish(h, _) | Inbound::Unsupported(h) => {
+                            out.push_str(&reply::unsupported(&h))
+                        }
+                        Inbound::BadPublish(h, why) => {
+                            log::info!("xmpp: malformed publish from {}: {why}", h.from);
+                            out.push_str(&reply::bad_request(&h));
+                        }
+                        Inbound::DiscoInfo(h) if !id.client => out.push_str(&reply::disco_info(&h)),
+                        Inbound::DiscoItems(h) if !id.client => {
+                            out.push_str(&reply::disco_items(&h))
+                        }
+                        Inbound::DiscoInfo(h) | Inbound::DiscoItems(h) => {
+                            out.push_str(&reply::unsupported(&h))
+                        }
+                        Inbound::Ping(h) => out.push_str(&reply::iq_result(&h, "")),
+                        Inbound::Response { id: rid, error } => {
+                            if ping_sent.as_ref().is_some_and(|(p, _)| *p == rid) {
+                                ping_sent = None;
+                            } else if let Some(step) = peps.remove(&rid) {
+                                self.pep_answer(
+                                    id,
+                                    step,
+                                    error,
+                                    &mut peps,
+                                    &mut deleting,
+                                    &mut seq,
+                                    &mut out,
+                                );
+                            }
+                        }
+                        Inbound::Event {
+                            from,
+                            node,
+                            item_id,
+                            publisher,
+                            summary,
+                        } if id.client => {
+                            if bare(&from) != id.own.to_lowercase() {
+                                log::debug!("xmpp: ignoring a pubsub event from {from}");
+                            } else if item_id
+                                .as_deref()
+                                .is_some_and(|i| !seen_items.insert(&node, i))
+                            {
+                                log::debug!("xmpp: duplicate event for node {node}");
+                            } else {
+                                let p = Publish {
+                                    node,
+                                    secret: None,
+                                    summary,
+                                };
+                                let from = publisher.as_deref();
+                                match self.dispatcher.publish(from, &p, Instant::now()) {
+                                    Decision::Now(outcome) => {
+                                        log_outcome(from.unwrap_or("?"), &outcome)
+                                    }
+                                    Decision::Later(token) => {
+                                        pending.insert(token, Pending { header: None });
+                                        deadlines.push_back((Instant::now() + s.deadline, token));
+                                    }
+                                }
+                            }
+                        }
+                        Inbound::Event { .. } | Inbound::Ignored => {}
                     }
-                    End::Lost(why) => log::warn!("xmpp: connection lost: {why}"),
+                }
+                Ok(StreamEvent::Open(_)) => {
+                    return End::Lost("unexpected second stream header".into());
+                }
+                Ok(StreamEvent::Close) => return End::Lost("the server closed the stream".into()),
+                Err(ReadError::Idle) => {}
+                Err(ReadError::Eof) => return End::Lost("the server closed the connection".into()),
+                Err(ReadError::Policy(why)) => {
+                    let _ = reader
+                        .get_mut()
+                        .write_all(reply::stream_error("policy-violation").as_bytes());
+                    return End::Lost(format!("policy violation: {why}"));
+                }
+                Err(ReadError::Xml(e)) => {
+                    let _ = reader
+                        .get_mut()
+                        .write_all(reply::stream_error("not-well-formed").as_bytes());
+                    return End::Lost(format!("XML error: {e}"));
+                }
+                Err(ReadError::Io(e)) => return End::Lost(e.to_string()),
+            }
+
+            while let Ok(done) = self.outcomes.try_recv() {
+                if let Some(p) = pending.remove(&done.token) {
+                    let outcome = PushOutcome::Wns(done.outcome);
+                    match &p.header {
+                        Some(h) => {
+                            log_outcome(&h.from, &outcome);
+                            out.push_str(&reply::iq_reply(h, reply::for_outcome(&outcome)));
+                        }
+                        None => log_outcome("pep", &outcome),
+                    }
                 }
             }
-            Err(XmppError::Auth(e)) => log::error!("xmpp: {e}"),
-            Err(e) => log::warn!("xmpp: cannot connect: {e}"),
+            while let Ok(req) = self.peps.try_recv() {
+                seq += 1;
+                let rid = format!("pep-{seq}");
+                out.push_str(&pep::create_iq(&rid, &id.own, &req.node));
+                peps.insert(rid, PepStep::Create(req));
+            }
+            let now = Instant::now();
+            if now >= next_timers {
+                // Timers at most every 2 ms: cheap per stanza under load.
+                next_timers = now + Duration::from_millis(2);
+                while deadlines.front().is_some_and(|(d, _)| *d <= now) {
+                    let Some((_, token)) = deadlines.pop_front() else {
+                        break;
+                    };
+                    if let Some(p) = pending.remove(&token) {
+                        match &p.header {
+                            Some(h) => {
+                                log_outcome(&h.from, &PushOutcome::TimedOut);
+                                out.push_str(&reply::iq_reply(
+                                    h,
+                                    reply::for_outcome(&PushOutcome::TimedOut),
+                                ));
+                            }
+                            None => log_outcome("pep", &PushOutcome::TimedOut),
+                        }
+                    }
+                }
+                if pending.is_empty() {
+                    deadlines.clear();
+                }
+                self.dispatcher.tick(now);
+                if let Some((_, sent)) = &ping_sent
+                    && now.duration_since(*sent) > ping_timeout
+                {
+                    return End::Lost("no answer to our ping".into());
+                }
+                if now >= next_ping && ping_sent.is_none() {
+                    seq += 1;
+                    let pid = format!("uwpx-ping-{seq}");
+                    out.push_str(&reply::ping(&pid, &id.own, &id.server));
+                    ping_sent = Some((pid, now));
+                    next_ping = now + s.ping_interval;
+                }
+                if now >= next_removed {
+                    next_removed = now + Duration::from_secs(2);
+                    self.work_off_removed(id, &mut deleting, &mut peps, &mut seq, &mut out);
+                }
+            }
+            if self.shutdown.is_triggered() {
+                for (_, p) in pending.drain() {
+                    if let Some(h) = p.header {
+                        let shutting = PushOutcome::Wns(Outcome::Transient("shutting down".into()));
+                        out.push_str(&reply::iq_reply(&h, reply::for_outcome(&shutting)));
+                    }
+                }
+                for (_, step) in peps.drain() {
+                    if let PepStep::Create(r) | PepStep::Subscribe(r) = step {
+                        let _ = r.reply.send(Err("shutting down".into()));
+                    }
+                }
+                out.push_str("</stream:stream>");
+                let _ = reader.get_mut().write_all(out.as_bytes());
+                let _ = reader.get_mut().flush();
+                return End::Shutdown;
+            }
+            if !out.is_empty() {
+                log::trace!("xmpp: -> {out}");
+                if let Err(e) = reader.get_mut().write_all(out.as_bytes()) {
+                    return End::Lost(format!("write failed: {e}"));
+                }
+                out.clear();
+            }
         }
-        let wait = jitter(backoff);
-        log::info!("xmpp: reconnecting in {:.1} s", wait.as_secs_f64());
-        let until = Instant::now() + wait;
-        while Instant::now() < until && !shutdown.is_triggered() {
-            thread::sleep(Duration::from_millis(50));
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(60));
     }
+
+    /// The next step of a PEP request after the server's answer.
+    #[allow(clippy::too_many_arguments)]
+    fn pep_answer(
+        &self,
+        id: &Identity,
+        step: PepStep,
+        error: Option<String>,
+        peps: &mut HashMap<String, PepStep>,
+        deleting: &mut HashSet<String>,
+        seq: &mut u64,
+        out: &mut String,
+    ) {
+        match step {
+            // An existing node (a retry, or a crash before the DB commit) is fine.
+            PepStep::Create(req) if error.is_none() || error.as_deref() == Some("conflict") => {
+                *seq += 1;
+                let rid = format!("pep-{seq}");
+                out.push_str(&pep::subscribe_iq(&rid, &id.own, &req.node));
+                peps.insert(rid, PepStep::Subscribe(req));
+            }
+            PepStep::Create(req) | PepStep::Subscribe(req) => {
+                let result = match error {
+                    None => Ok(()),
+                    Some(e) => {
+                        log::warn!("xmpp: PEP node for a new account failed: {e}");
+                        Err(e)
+                    }
+                };
+                let _ = req.reply.send(result);
+            }
+            PepStep::Delete(node) => {
+                deleting.remove(&node);
+                if error.is_none() || error.as_deref() == Some("item-not-found") {
+                    if let Err(e) = self
+                        .s
+                        .store
+                        .forget_removed_nodes(std::slice::from_ref(&node))
+                    {
+                        log::warn!("xmpp: cannot update the removed-node list: {e}");
+                    }
+                } else {
+                    log::warn!("xmpp: deleting a PEP node failed ({error:?}); will retry");
+                }
+            }
+        }
+    }
+
+    /// Deletes PEP nodes of removed accounts (client mode); in component mode there are
+    /// no PEP nodes, so the list is just cleared.
+    fn work_off_removed(
+        &self,
+        id: &Identity,
+        deleting: &mut HashSet<String>,
+        peps: &mut HashMap<String, PepStep>,
+        seq: &mut u64,
+        out: &mut String,
+    ) {
+        let removed = match self.s.store.removed_nodes(200) {
+            Ok(r) if !r.is_empty() => r,
+            Ok(_) => return,
+            Err(e) => return log::warn!("xmpp: cannot read the removed-node list: {e}"),
+        };
+        if !id.client {
+            let _ = self.s.store.forget_removed_nodes(&removed);
+            return;
+        }
+        for node in removed {
+            if deleting.insert(node.clone()) {
+                *seq += 1;
+                let rid = format!("pep-{seq}");
+                out.push_str(&pep::delete_iq(&rid, &id.own, &node));
+                peps.insert(rid, PepStep::Delete(node));
+            }
+        }
+    }
+}
+
+/// A PEP request in flight.
+enum PepStep {
+    Create(PepRequest),
+    Subscribe(PepRequest),
+    Delete(String),
+}
+
+/// A publish waiting for its WNS outcome; client mode's have no IQ to answer.
+struct Pending {
+    header: Option<IqHeader>,
+}
+
+/// Recently seen event item ids, to drop a second delivery of the same event.
+struct RecentIds {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+    cap: usize,
+}
+
+impl RecentIds {
+    fn new(cap: usize) -> Self {
+        Self {
+            order: VecDeque::new(),
+            set: HashSet::new(),
+            cap,
+        }
+    }
+
+    /// False if (node, item) was seen recently.
+    fn insert(&mut self, node: &str, item: &str) -> bool {
+        let key = format!("{node}\u{0}{item}");
+        if !self.set.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
+/// The bare part of a JID, lowercased.
+fn bare(jid: &str) -> String {
+    jid.split('/').next().unwrap_or("").to_lowercase()
 }
 
 /// Backoff with ±25 % jitter so a fleet does not reconnect in lockstep.
@@ -194,7 +627,7 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-fn connect(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
+fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
     let addr = (c.host.as_str(), c.port)
         .to_socket_addrs()?
         .next()
@@ -208,160 +641,143 @@ fn connect(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
     Ok(reader)
 }
 
-/// A publish waiting for its WNS outcome.
-struct Pending {
-    header: IqHeader,
+/// Client mode, at every (re)connect: every node in the database exists on the push
+/// account and is subscribed; every node on the account that is not in the database is
+/// deleted. Requests are pipelined in windows.
+fn reconcile<S: Socket>(
+    reader: &mut StanzaReader<S>,
+    own: &str,
+    store: &Store,
+) -> Result<(), XmppError> {
+    let listing = roundtrip(
+        reader,
+        vec![(
+            "reconcile-items".into(),
+            pep::items_iq("reconcile-items", own),
+        )],
+    )?;
+    let on_server: HashSet<String> = listing
+        .into_values()
+        .filter_map(Result::ok)
+        .flat_map(|e| {
+            e.get_child("query", publish::NS_DISCO_ITEMS)
+                .map(|q| {
+                    q.children()
+                        .filter_map(|i| i.attr("node").map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let in_db: HashSet<String> = store
+        .all_nodes()
+        .map_err(|e| XmppError::Protocol(format!("store: {e}")))?
+        .into_iter()
+        .collect();
+    let missing: Vec<&String> = in_db.difference(&on_server).collect();
+    let extra: Vec<&String> = on_server.difference(&in_db).collect();
+    let creates = missing
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                format!("rc-c-{i}"),
+                pep::create_iq(&format!("rc-c-{i}"), own, n),
+            )
+        })
+        .collect();
+    let failed_creates = roundtrip(reader, creates)?
+        .into_iter()
+        .filter(|(_, r)| matches!(r, Err(e) if e != "conflict"))
+        .count();
+    let subscribes = in_db
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                format!("rc-s-{i}"),
+                pep::subscribe_iq(&format!("rc-s-{i}"), own, n),
+            )
+        })
+        .collect();
+    let failed_subscribes = roundtrip(reader, subscribes)?
+        .into_iter()
+        .filter(|(_, r)| r.is_err())
+        .count();
+    let deletes = extra
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                format!("rc-d-{i}"),
+                pep::delete_iq(&format!("rc-d-{i}"), own, n),
+            )
+        })
+        .collect();
+    roundtrip(reader, deletes)?;
+    let gone: Vec<String> = extra.iter().map(|n| (*n).clone()).collect();
+    let _ = store.forget_removed_nodes(&gone);
+    log::info!(
+        "xmpp: reconciled PEP nodes: {} in the database, {} created, {} deleted, {} failures",
+        in_db.len(),
+        missing.len(),
+        extra.len(),
+        failed_creates + failed_subscribes
+    );
+    Ok(())
 }
 
-/// The authenticated stream: read, dispatch, reply, ping, until it ends.
-fn session(
-    s: &LinkSettings,
-    reader: &mut StanzaReader<TcpStream>,
-    dispatcher: &mut Dispatcher,
-    outcomes: &Receiver<Completed>,
-    shutdown: &Shutdown,
-) -> End {
-    let ns = component::NS_COMPONENT;
-    let jid = s.component.jid.as_str();
-    let server = jid.split_once('.').map_or(jid, |(_, d)| d).to_owned();
-    let ping_timeout = s.ping_interval.min(Duration::from_secs(30));
-    let mut pending: HashMap<u64, Pending> = HashMap::new();
-    // Deadlines in arrival order (all publishes get the same budget), so expiry is a
-    // look at the front, not a scan; entries of answered IQs are skipped.
-    let mut deadlines: VecDeque<(Instant, u64)> = VecDeque::new();
-    let mut next_timers = Instant::now();
-    let mut out = String::new();
-    let mut next_ping = Instant::now() + s.ping_interval;
-    let mut ping_sent: Option<(String, Instant)> = None;
-    let mut ping_seq = 0u64;
-    let mut current_wait = Duration::ZERO;
-    loop {
-        let now = Instant::now();
-        let mut wait = Duration::from_millis(200);
-        if !pending.is_empty() {
-            wait = Duration::from_millis(1);
-        }
-        if let Some(due) = dispatcher.next_due() {
-            wait = wait.min(
-                due.saturating_duration_since(now)
-                    .max(Duration::from_millis(1)),
-            );
-        }
-        if wait != current_wait {
-            if reader.get_ref().set_read_timeout(Some(wait)).is_err() {
-                return End::Lost("cannot set the read timeout".into());
+/// Sends IQs (in windows of 100) and collects each answer: the result element, or the
+/// error condition. Other stanzas arriving meanwhile are dropped.
+fn roundtrip<S: Socket>(
+    reader: &mut StanzaReader<S>,
+    requests: Vec<(String, String)>,
+) -> Result<HashMap<String, Result<minidom::Element, String>>, XmppError> {
+    let mut answers = HashMap::new();
+    for window in requests.chunks(100) {
+        let mut waiting: HashSet<&str> = window.iter().map(|(id, _)| id.as_str()).collect();
+        let batch: String = window.iter().map(|(_, s)| s.as_str()).collect();
+        reader.get_mut().write_all(batch.as_bytes())?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !waiting.is_empty() {
+            if Instant::now() > deadline {
+                return Err(XmppError::Protocol(
+                    "the server did not answer our PEP requests".into(),
+                ));
             }
-            current_wait = wait;
-        }
-        match reader.next_event() {
-            Ok(StreamEvent::Stanza(stanza)) => {
-                log::trace!("xmpp: <- {}", redact_secret(&String::from(&stanza)));
-                match publish::classify(&stanza, ns) {
-                    Inbound::Publish(h, p) => match dispatcher.publish(&h.from, &p, Instant::now())
-                    {
-                        Decision::Now(outcome) => {
-                            log_outcome(&h, &outcome);
-                            out.push_str(&reply::iq_reply(&h, reply::for_outcome(&outcome)));
-                        }
-                        Decision::Later(token) => {
-                            let deadline = Instant::now() + s.deadline;
-                            pending.insert(token, Pending { header: h });
-                            deadlines.push_back((deadline, token));
-                        }
-                    },
-                    Inbound::BadPublish(h, why) => {
-                        log::info!("xmpp: malformed publish from {}: {why}", h.from);
-                        out.push_str(&reply::bad_request(&h));
-                    }
-                    Inbound::DiscoInfo(h) => out.push_str(&reply::disco_info(&h)),
-                    Inbound::DiscoItems(h) => out.push_str(&reply::disco_items(&h)),
-                    Inbound::Ping(h) => out.push_str(&reply::iq_result(&h, "")),
-                    Inbound::Unsupported(h) => out.push_str(&reply::unsupported(&h)),
-                    Inbound::Response { id, .. } => {
-                        if ping_sent.as_ref().is_some_and(|(p, _)| *p == id) {
-                            ping_sent = None;
-                        }
-                    }
-                    Inbound::Ignored => {}
+            match reader.next_event() {
+                Ok(StreamEvent::Stanza(e)) if e.name() == "iq" => {
+                    let Some(id) = e
+                        .attr("id")
+                        .filter(|i| waiting.contains(i))
+                        .map(str::to_owned)
+                    else {
+                        continue;
+                    };
+                    waiting.remove(id.as_str());
+                    let result = if e.attr("type") == Some("result") {
+                        Ok(e)
+                    } else {
+                        Err(e
+                            .children()
+                            .find(|c| c.name() == "error")
+                            .and_then(|er| er.children().next())
+                            .map_or_else(|| "error".to_owned(), |c| c.name().to_owned()))
+                    };
+                    answers.insert(id, result);
                 }
-            }
-            Ok(StreamEvent::Open(_)) => return End::Lost("unexpected second stream header".into()),
-            Ok(StreamEvent::Close) => return End::Lost("the server closed the stream".into()),
-            Err(ReadError::Idle) => {}
-            Err(ReadError::Eof) => return End::Lost("the server closed the connection".into()),
-            Err(ReadError::Policy(why)) => {
-                let _ = reader
-                    .get_mut()
-                    .write_all(reply::stream_error("policy-violation").as_bytes());
-                return End::Lost(format!("policy violation: {why}"));
-            }
-            Err(ReadError::Xml(e)) => {
-                let _ = reader
-                    .get_mut()
-                    .write_all(reply::stream_error("not-well-formed").as_bytes());
-                return End::Lost(format!("XML error: {e}"));
-            }
-            Err(ReadError::Io(e)) => return End::Lost(e.to_string()),
-        }
-
-        while let Ok(done) = outcomes.try_recv() {
-            if let Some(p) = pending.remove(&done.token) {
-                let outcome = PushOutcome::Wns(done.outcome);
-                log_outcome(&p.header, &outcome);
-                out.push_str(&reply::iq_reply(&p.header, reply::for_outcome(&outcome)));
-            }
-        }
-        let now = Instant::now();
-        if now >= next_timers {
-            // Timers at most every 2 ms: cheap per stanza under load.
-            next_timers = now + Duration::from_millis(2);
-            while deadlines.front().is_some_and(|(d, _)| *d <= now) {
-                let Some((_, token)) = deadlines.pop_front() else {
-                    break;
-                };
-                if let Some(p) = pending.remove(&token) {
-                    log_outcome(&p.header, &PushOutcome::TimedOut);
-                    out.push_str(&reply::iq_reply(
-                        &p.header,
-                        reply::for_outcome(&PushOutcome::TimedOut),
+                Ok(StreamEvent::Stanza(_)) | Err(ReadError::Idle) => {}
+                Ok(_) | Err(ReadError::Eof) => {
+                    return Err(XmppError::Protocol(
+                        "stream ended during reconciliation".into(),
                     ));
                 }
+                Err(ReadError::Io(e)) => return Err(XmppError::Io(e)),
+                Err(e) => return Err(XmppError::Protocol(format!("{e:?}"))),
             }
-            if pending.is_empty() {
-                deadlines.clear();
-            }
-            dispatcher.tick(now);
-            if let Some((_, sent)) = &ping_sent
-                && now.duration_since(*sent) > ping_timeout
-            {
-                return End::Lost("no answer to our ping".into());
-            }
-            if now >= next_ping && ping_sent.is_none() {
-                ping_seq += 1;
-                let id = format!("uwpx-ping-{ping_seq}");
-                out.push_str(&reply::ping(&id, jid, &server));
-                ping_sent = Some((id, now));
-                next_ping = now + s.ping_interval;
-            }
-        }
-        if shutdown.is_triggered() {
-            for (_, p) in pending.drain() {
-                let shutting = PushOutcome::Wns(Outcome::Transient("shutting down".into()));
-                out.push_str(&reply::iq_reply(&p.header, reply::for_outcome(&shutting)));
-            }
-            out.push_str("</stream:stream>");
-            let _ = reader.get_mut().write_all(out.as_bytes());
-            let _ = reader.get_mut().flush();
-            return End::Shutdown;
-        }
-        if !out.is_empty() {
-            log::trace!("xmpp: -> {out}");
-            if let Err(e) = reader.get_mut().write_all(out.as_bytes()) {
-                return End::Lost(format!("write failed: {e}"));
-            }
-            out.clear();
         }
     }
+    Ok(answers)
 }
 
 /// Masks the value of a `secret` form field, for trace logs of whole stanzas.
@@ -390,13 +806,13 @@ fn redact_secret(xml: &str) -> String {
     out
 }
 
-/// One info line per push outcome; no secrets, no user JIDs (the `from` is a domain).
-fn log_outcome(h: &IqHeader, outcome: &PushOutcome) {
+/// One info line per push outcome; no secrets, no user JIDs (`from` is a server).
+fn log_outcome(from: &str, outcome: &PushOutcome) {
     match outcome {
         PushOutcome::Wns(Outcome::Delivered) | PushOutcome::Coalesced => {
-            log::info!("push: from {} {:?}", h.from, outcome)
+            log::info!("push: from {from} {outcome:?}")
         }
-        other => log::info!("push: from {} not delivered: {other:?}", h.from),
+        other => log::info!("push: from {from} not delivered: {other:?}"),
     }
 }
 

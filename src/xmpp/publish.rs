@@ -26,6 +26,8 @@ pub const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
 pub const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
 /// XEP-0199 ping.
 pub const NS_PING: &str = "urn:xmpp:ping";
+/// XEP-0060 events (client mode receives pushes as these).
+pub const NS_PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 
 /// The addressing of an IQ, kept to build the reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,12 +66,25 @@ pub enum Inbound {
     Ping(IqHeader),
     /// Any other get/set: answered `service-unavailable`.
     Unsupported(IqHeader),
-    /// An IQ result or error addressed to us (the answer to our ping).
+    /// An IQ result or error addressed to us (the answer to a ping or a PEP request).
     Response {
         /// Its id.
         id: String,
-        /// Whether it was an error.
-        error: bool,
+        /// The error condition, if it was an error (`conflict`, `item-not-found`, …).
+        error: Option<String>,
+    },
+    /// A pubsub event message (client mode: a push published to one of our PEP nodes).
+    Event {
+        /// `from` of the message: must be our own bare JID.
+        from: String,
+        /// The node.
+        node: String,
+        /// The item id (servers may deliver an event twice).
+        item_id: Option<String>,
+        /// `publisher` of the item: the user's server, where the server names it.
+        publisher: Option<String>,
+        /// The summary.
+        summary: Summary,
     },
     /// Messages, presences, IQs without an id, anything else: ignored.
     Ignored,
@@ -77,6 +92,9 @@ pub enum Inbound {
 
 /// Classifies a stanza read from a stream whose default namespace is `stream_ns`.
 pub fn classify(stanza: &Element, stream_ns: &str) -> Inbound {
+    if stanza.is("message", stream_ns) {
+        return event_of(stanza).unwrap_or(Inbound::Ignored);
+    }
     if !stanza.is("iq", stream_ns) {
         return Inbound::Ignored;
     }
@@ -90,9 +108,19 @@ pub fn classify(stanza: &Element, stream_ns: &str) -> Inbound {
     };
     let payload = stanza.children().next();
     match (stanza.attr("type").unwrap_or(""), payload) {
-        ("result", _) | ("error", _) => Inbound::Response {
+        ("result", _) => Inbound::Response {
             id: header.id,
-            error: stanza.attr("type") == Some("error"),
+            error: None,
+        },
+        ("error", _) => Inbound::Response {
+            id: header.id,
+            error: Some(
+                stanza
+                    .children()
+                    .find(|c| c.name() == "error")
+                    .and_then(|e| e.children().next())
+                    .map_or_else(|| "undefined-condition".to_owned(), |c| c.name().to_owned()),
+            ),
         },
         ("set", Some(p)) if p.is("pubsub", NS_PUBSUB) => match parse_publish(p) {
             Ok(publish) => Inbound::Publish(header, publish),
@@ -104,6 +132,26 @@ pub fn classify(stanza: &Element, stream_ns: &str) -> Inbound {
         ("get" | "set", _) => Inbound::Unsupported(header),
         _ => Inbound::Ignored,
     }
+}
+
+fn event_of(message: &Element) -> Option<Inbound> {
+    let items = message
+        .get_child("event", NS_PUBSUB_EVENT)?
+        .get_child("items", NS_PUBSUB_EVENT)?;
+    let node = items.attr("node").filter(|n| !n.is_empty())?;
+    let item = items.get_child("item", NS_PUBSUB_EVENT)?;
+    let summary = item
+        .get_child("notification", NS_PUSH)
+        .and_then(|n| n.get_child("x", NS_DATA))
+        .map(summary_of)
+        .unwrap_or_default();
+    Some(Inbound::Event {
+        from: message.attr("from").unwrap_or("").to_owned(),
+        node: node.to_owned(),
+        item_id: item.attr("id").map(str::to_owned),
+        publisher: item.attr("publisher").map(str::to_owned),
+        summary,
+    })
 }
 
 fn parse_publish(pubsub: &Element) -> Result<Publish, &'static str> {
@@ -266,7 +314,16 @@ mod tests {
             parse("<iq id='p1' type='result'/>"),
             Inbound::Response {
                 id: "p1".into(),
-                error: false
+                error: None
+            }
+        );
+        assert_eq!(
+            parse(
+                "<iq id='p2' type='error'><error type='cancel'><conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+            ),
+            Inbound::Response {
+                id: "p2".into(),
+                error: Some("conflict".into())
             }
         );
         assert_eq!(
@@ -278,6 +335,35 @@ mod tests {
             Inbound::Ignored
         );
         assert_eq!(parse("<presence/>"), Inbound::Ignored);
+    }
+
+    /// Verbatim from Prosody (NOTES.md, mode B).
+    #[test]
+    fn pep_events_parse() {
+        let xml = "<message to='push@localhost' from='push@localhost' id='Zl' type='headline'><event xmlns='http://jabber.org/protocol/pubsub#event'><items node='node-7e3da6fdad3e'><item id='0769' publisher='localhost'><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='form'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:push:summary</value></field><field var='message-count' type='text-single'><value>1</value></field><field var='last-message-body' type='text-single'><value>New Message!</value></field></x></notification></item></items></event></message>";
+        let Inbound::Event {
+            from,
+            node,
+            item_id,
+            publisher,
+            summary,
+        } = parse(xml)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (from.as_str(), node.as_str()),
+            ("push@localhost", "node-7e3da6fdad3e")
+        );
+        assert_eq!(
+            (item_id.as_deref(), publisher.as_deref()),
+            (Some("0769"), Some("localhost"))
+        );
+        assert_eq!(summary.message_count, 1);
+        assert_eq!(
+            parse("<message from='x'><body>no event</body></message>"),
+            Inbound::Ignored
+        );
     }
 
     #[test]

@@ -82,6 +82,15 @@ impl<S: Read> StanzaReader<S> {
         &self.inner
     }
 
+    /// Gives the stream back (for the STARTTLS upgrade). Fails if bytes after the
+    /// `<proceed/>` were already read: they would belong to the TLS handshake.
+    pub fn into_inner(self) -> Result<S, &'static str> {
+        if self.start != self.end {
+            return Err("data buffered before the TLS upgrade");
+        }
+        Ok(self.inner)
+    }
+
     /// Forgets the parse state for a new stream on the same connection (after
     /// STARTTLS or SASL success in client mode).
     pub fn restart(&mut self) {
