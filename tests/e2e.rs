@@ -237,3 +237,118 @@ fn prosody_end_to_end() {
 fn ejabberd_end_to_end() {
     full_path(Kind::Ejabberd);
 }
+
+/// Client mode, the real layout: users on `localhost`, the push account
+/// push@pushsrv.localhost on a second stock Prosody, linked over s2s with a test CA.
+#[test]
+#[ignore = "needs Prosody from scripts/e2e/setup.sh; scripts/test.sh runs it"]
+fn client_mode_across_two_prosody_servers() {
+    assert!(real_xmpp::available(Kind::Prosody));
+    let users = RealServer::start(Kind::Prosody, USERS);
+    let mut pushsrv = RealServer::start_pushsrv(&users);
+    let wns = WnsFixture::start();
+    let config = wns.config(json!({
+        "xmpp": {"bare_jid": "push@pushsrv.localhost", "password": "pushpw",
+                 "host": "127.0.0.1", "port": pushsrv.c2s_port,
+                 "ca_file": users.dir.path().join("certs/ca.crt").to_str().unwrap()},
+        "push": {"min_interval_ms": 0},
+    }));
+    let server = Server::start(Setup {
+        extra: config,
+        ..Setup::default()
+    });
+    wait_log(&server, "xmpp: connected as push@pushsrv.localhost/push", 1);
+    let w = World {
+        xmpp: users,
+        wns,
+        server,
+    };
+
+    // Register: a PEP node is created for the account, and push_bare_jid is the account.
+    let (id1, node1, secret1, jid) = register(&w, 2, "f1", "alice1", "c1");
+    assert_eq!(jid, "push@pushsrv.localhost");
+    assert!(pushsrv.pep_nodes().contains(&node1), "node not created");
+    let enabled = w
+        .xmpp
+        .enable_push("alice1", &jid, &node1, &secret1, "offline");
+    assert!(
+        enabled.contains("type=\"result\""),
+        "enable failed: {enabled}"
+    );
+    w.xmpp.message("alice1");
+    let p = one_push(&w, "c1", 1);
+    assert_eq!(p["account_id"], id1.as_str());
+    assert_eq!(p["action"], "push");
+
+    // A removed account's node is deleted from the server.
+    let (_, node2, _, _) = register(&w, 2, "f2", "alice2", "c2");
+    assert!(pushsrv.pep_nodes().contains(&node2));
+    let c = w.server.client();
+    assert_eq!(
+        c.send(&newtonsoft(&set_accounts(2, "f2", json!([]))))["status"],
+        1
+    );
+    let end = Instant::now() + Duration::from_secs(20);
+    while pushsrv.pep_nodes().contains(&node2) {
+        assert!(
+            Instant::now() < end,
+            "removed account's node still on the server"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // An event from anyone but the push account itself is ignored.
+    w.xmpp.python(
+        "forge_event.py",
+        &["--to", "push@pushsrv.localhost", "--node", &node1],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        w.wns.fake.channel_requests("c1").len(),
+        1,
+        "a forged event was pushed"
+    );
+
+    // The push account's server restarts: we reconnect, reconcile, and the next push
+    // still arrives.
+    pushsrv.restart();
+    wait_log(
+        &w.server,
+        "xmpp: connected as push@pushsrv.localhost/push",
+        2,
+    );
+    wait_log(&w.server, "xmpp: reconciled PEP nodes", 2);
+    w.xmpp.message("alice1");
+    assert_eq!(one_push(&w, "c1", 2)["account_id"], id1.as_str());
+}
+
+/// Client mode with the push account on the users' own Prosody, which needs mod_pep's
+/// `is_item_stanza` patch (the README's known limit).
+#[test]
+#[ignore = "needs Prosody from scripts/e2e/setup.sh; scripts/test.sh runs it"]
+fn client_mode_on_the_same_host_with_patched_mod_pep() {
+    assert!(real_xmpp::available(Kind::Prosody));
+    let mut users: Vec<&str> = USERS.to_vec();
+    users.push("push");
+    let mut xmpp = RealServer::start(Kind::Prosody, &users);
+    xmpp.patch_pep();
+    let wns = WnsFixture::start();
+    let config = wns.config(json!({
+        "xmpp": {"bare_jid": "push@localhost", "password": "pushpw",
+                 "host": "127.0.0.1", "port": xmpp.c2s_port,
+                 "ca_file": xmpp.dir.path().join("certs/ca.crt").to_str().unwrap()},
+        "push": {"min_interval_ms": 0},
+    }));
+    let server = Server::start(Setup {
+        extra: config,
+        ..Setup::default()
+    });
+    wait_log(&server, "xmpp: connected as push@localhost/push", 1);
+    let w = World { xmpp, wns, server };
+    let (id, node, secret, jid) = register(&w, 2, "f3", "alice3", "c3");
+    assert_eq!(jid, "push@localhost");
+    w.xmpp
+        .enable_push("alice3", &jid, &node, &secret, "offline");
+    w.xmpp.message("alice3");
+    assert_eq!(one_push(&w, "c3", 1)["account_id"], id.as_str());
+}

@@ -309,3 +309,26 @@ fn two_hundred_concurrent_clients_lose_and_cross_nothing() {
         assert!(seen.insert(node));
     }
 }
+
+/// Client mode: an account whose PEP node cannot be created (here: no XMPP server) is
+/// answered `success: false`, so the client disables push for it instead of waiting.
+#[test]
+fn client_mode_without_its_xmpp_server_answers_success_false() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start(Setup {
+        extra: json!({"xmpp": {"bare_jid": "push@localhost", "password": "pw", "host": "127.0.0.1", "port": closed}}),
+        ..Setup::default()
+    });
+    let c = server.client();
+    assert_eq!(c.send(SET_CHANNEL_V2)["status"], 1);
+    let answer = c.send(SET_ACCOUNTS_V2);
+    assert_eq!(answer["status"], 1);
+    assert_eq!(answer["push_bare_jid"], "push@localhost");
+    for a in answer["accounts"].as_array().unwrap() {
+        assert_eq!(a["success"], false, "{answer}");
+    }
+}

@@ -819,6 +819,19 @@ fn log_outcome(from: &str, outcome: &PushOutcome) {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn duplicate_event_items_are_recognised_within_the_window() {
+        let mut r = super::RecentIds::new(2);
+        assert!(r.insert("n", "1"));
+        assert!(!r.insert("n", "1"), "ejabberd delivered one event twice");
+        assert!(
+            r.insert("m", "1"),
+            "same item id on another node is another event"
+        );
+        assert!(r.insert("n", "2"));
+        assert!(r.insert("n", "1"), "forgotten after the window");
+    }
+
+    #[test]
     fn secrets_are_masked_in_trace_logs() {
         let xml = "<x><field var='secret'><value>s3cret</value></field><field var=\"secret\"><value>two</value></field><value>keep</value></x>";
         let red = super::redact_secret(xml);

@@ -18,6 +18,9 @@ pub const COMPONENT_SECRET: &str = "e2e-component-secret";
 pub enum Kind {
     Prosody,
     Ejabberd,
+    /// A second Prosody for `pushsrv.localhost` (client mode's push account), reached
+    /// by the first over s2s on 127.0.0.1:5269 with the first one's test CA.
+    PushSrv,
 }
 
 pub fn e2e_dir() -> PathBuf {
@@ -27,7 +30,7 @@ pub fn e2e_dir() -> PathBuf {
 /// Whether setup.sh has run (servers installed, venv present).
 pub fn available(kind: Kind) -> bool {
     let bin = match kind {
-        Kind::Prosody => "/usr/bin/prosody",
+        Kind::Prosody | Kind::PushSrv => "/usr/bin/prosody",
         Kind::Ejabberd => "/usr/sbin/ejabberdctl",
     };
     Path::new(bin).exists() && e2e_dir().join(".venv/bin/python").exists()
@@ -77,6 +80,7 @@ impl RealServer {
         let dir = TempDir::new(match kind {
             Kind::Prosody => "prosody",
             Kind::Ejabberd => "ejabberd",
+            Kind::PushSrv => "pushsrv",
         });
         let var = dir.path().to_path_buf();
         run(Command::new(e2e_dir().join("gen_certs.sh")).arg(var.join("certs")));
@@ -104,6 +108,7 @@ impl RealServer {
             ),
         ];
         match kind {
+            Kind::PushSrv => unreachable!("use RealServer::start_pushsrv"),
             Kind::Prosody => {
                 for u in users {
                     run(Command::new("prosodyctl")
@@ -149,6 +154,83 @@ impl RealServer {
         s
     }
 
+    /// The second server, `pushsrv.localhost`, with one account `push`, using the
+    /// certificates of `main` (whose CA both trust for s2s). Its s2s port is the fixed
+    /// 5269 that `main` dials for `pushsrv.localhost`.
+    pub fn start_pushsrv(main: &RealServer) -> Self {
+        let dir = TempDir::new("pushsrv");
+        let mut s = Self {
+            kind: Kind::PushSrv,
+            c2s_port: free_port(),
+            component_port: 5269,
+            child: None,
+            env: Vec::new(),
+            dir,
+        };
+        s.env = vec![
+            ("E2E_VAR".into(), main.dir.path().display().to_string()),
+            ("E2E_VAR2".into(), s.dir.path().display().to_string()),
+            ("E2E_PUSHSRV_C2S_PORT".into(), s.c2s_port.to_string()),
+            ("E2E_C2S_PORT".into(), s.c2s_port.to_string()),
+            (
+                "E2E_CA_FILE".into(),
+                main.dir.path().join("certs/ca.crt").display().to_string(),
+            ),
+            (
+                "E2E_WIRE_DIR".into(),
+                s.dir.path().join("wire").display().to_string(),
+            ),
+        ];
+        run(Command::new("prosodyctl")
+            .arg("--config")
+            .arg(e2e_dir().join("prosody/pushsrv.cfg.lua"))
+            .args(["register", "push", "pushsrv.localhost", "pushpw"])
+            .envs(s.env.clone()));
+        s.launch();
+        s
+    }
+
+    /// Restarts this Prosody with mod_pep's `is_item_stanza` patched to accept the
+    /// `<item/>` without xmlns that mod_cloud_notify builds for a same-host push
+    /// account (the README's known limit; NOTES.md §4).
+    pub fn patch_pep(&mut self) {
+        let original = std::fs::read_to_string("/usr/lib/prosody/modules/mod_pep.lua").unwrap();
+        let from = "item.attr.xmlns == xmlns_pubsub and item.name == \"item\"";
+        assert!(
+            original.contains(from),
+            "mod_pep.lua changed; the patch no longer applies"
+        );
+        let patched = original.replace(
+            from,
+            "(item.attr.xmlns == xmlns_pubsub or item.attr.xmlns == nil) and item.name == \"item\"",
+        );
+        let dir = self.dir.path().join("patched-modules");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("mod_pep.lua"), patched).unwrap();
+        self.env
+            .push(("E2E_PLUGIN_PATH".into(), dir.display().to_string()));
+        self.restart();
+    }
+
+    /// The PEP nodes on push@pushsrv.localhost, listed by another session.
+    pub fn pep_nodes(&self) -> Vec<String> {
+        let port = self.c2s_port.to_string();
+        self.python(
+            "pep_nodes.py",
+            &[
+                "--jid",
+                "push@pushsrv.localhost",
+                "--password",
+                "pushpw",
+                "--port",
+                &port,
+            ],
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect()
+    }
+
     fn ejabberdctl(&self) -> Command {
         let ev = self.dir.path().join("ejabberd");
         let mut c = Command::new("ejabberdctl");
@@ -167,9 +249,13 @@ impl RealServer {
         let log =
             std::fs::File::create(self.dir.path().join(format!("{:?}.stdout", self.kind))).unwrap();
         let child = match self.kind {
-            Kind::Prosody => Command::new("prosody")
+            Kind::Prosody | Kind::PushSrv => Command::new("prosody")
                 .arg("--config")
-                .arg(e2e_dir().join("prosody/prosody.cfg.lua"))
+                .arg(e2e_dir().join(if self.kind == Kind::PushSrv {
+                    "prosody/pushsrv.cfg.lua"
+                } else {
+                    "prosody/prosody.cfg.lua"
+                }))
                 .arg("-F")
                 .envs(self.env.clone())
                 .stdout(log.try_clone().unwrap())
