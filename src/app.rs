@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Config;
+use crate::ops::http::{OpsHttp, Sources};
 use crate::push::Dispatcher;
 use crate::registration::codec::Rules;
 use crate::registration::conn::ConnContext;
@@ -57,10 +58,13 @@ pub struct App {
     store: Arc<Store>,
     wns: Option<Arc<WnsPool>>,
     xmpp: Option<XmppLink>,
+    ops_http: Option<OpsHttp>,
+    expiry: Option<std::thread::JoinHandle<()>>,
     registration: Running,
     addr: SocketAddr,
     shutdown: Shutdown,
     grace: Duration,
+    grace_wns: Duration,
 }
 
 impl App {
@@ -143,6 +147,7 @@ impl App {
                 let settings = LinkSettings {
                     mode,
                     store: store.clone(),
+                    grace: config.shutdown_grace,
                     ping_interval: config.xmpp.ping_interval,
                     deadline: config.wns.deadline,
                 };
@@ -151,6 +156,25 @@ impl App {
                         .map_err(StartError::Thread)?,
                 )
             }
+        };
+        let expiry = Some(
+            crate::ops::expiry::start(store.clone(), config.db.device_ttl_days, shutdown.clone())
+                .map_err(StartError::Thread)?,
+        );
+        let ops_http = match config.metrics_listen {
+            None => None,
+            Some(addr) => Some(
+                OpsHttp::start(
+                    addr,
+                    Sources {
+                        store: store.clone(),
+                        wns: wns.clone(),
+                        xmpp: xmpp.as_ref().map(XmppLink::status),
+                    },
+                    shutdown.clone(),
+                )
+                .map_err(|e| StartError::Bind(addr, e))?,
+            ),
         };
         let server = RegistrationServer::bind(config.tcp.addr, config.tcp.max_connections)
             .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
@@ -188,10 +212,13 @@ impl App {
             store,
             wns,
             xmpp,
+            ops_http,
+            expiry,
             registration,
             addr,
             shutdown,
             grace: config.tcp.read_timeout + Duration::from_secs(1),
+            grace_wns: config.shutdown_grace,
         })
     }
 
@@ -216,12 +243,20 @@ impl App {
         if left > 0 {
             log::warn!("registration: {left} connections still open at exit");
         }
+        // The XMPP link answers what WNS answers within the grace, then `wait` for the
+        // rest, and closes the stream.
         if let Some(link) = self.xmpp {
             link.join();
         }
+        if let Some(http) = self.ops_http {
+            http.stop();
+        }
+        if let Some(expiry) = self.expiry {
+            let _ = expiry.join();
+        }
         if let Some(pool) = self.wns {
             match Arc::try_unwrap(pool) {
-                Ok(pool) => pool.stop(Duration::from_secs(5)),
+                Ok(pool) => pool.stop(self.grace_wns),
                 Err(_) => log::warn!("wns: pool still in use at exit"),
             }
         }

@@ -16,6 +16,8 @@
 //!       │                   WNS outcomes in between, pings, reconnects with backoff)
 //!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST; shared ureq Agent)
 //!       ├─ wns-timer       (retries after backoff; batched last-seen writes)
+//!       ├─ ops-expiry      (hourly sweep of devices unseen for db.device_ttl_days)
+//!       ├─ ops-http        (optional: /health, /metrics)
 //!       └─ (ctrlc handler thread: only signals main)
 //! Shared: Arc<Store> (Mutex held for one statement or one transaction, never across
 //!         I/O), Arc<ConnContext> (read-only), Arc<WnsPool>, Arc<TokenCache>,
@@ -30,7 +32,9 @@
 //! - [`wns`]: the WNS token, the worker pool and the payloads.
 //! - [`xmpp`]: the XMPP I/O thread (component mode), publish parsing, IQ replies.
 //! - [`push`]: publish → node → device → WNS job → outcome; burst coalescing.
+//! - [`ops`]: expiry, health and metrics.
 //! - [`app`]: wiring and ordered shutdown.
+//! - [`admin`]: the `stats`, `test-push` and `remove-device` commands.
 //! - [`shutdown`]: the stop flag.
 //! - [`net`]: plain-or-TLS sockets.
 //! - [`xml`]: XML escaping.
@@ -38,9 +42,11 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod net;
+pub mod ops;
 pub mod push;
 pub mod registration;
 pub mod shutdown;

@@ -1,10 +1,15 @@
 //! The `uwpx-push-server` command line.
 //!
 //! ```text
-//! uwpx-push-server [--config PATH]                 run the server (default ./configuration.json)
-//! uwpx-push-server check-config [--config PATH]    validate and print the effective configuration
+//! uwpx-push-server [--config PATH]                  run the server (default ./configuration.json)
+//! uwpx-push-server check-config [--config PATH]     validate and print the effective configuration
+//! uwpx-push-server stats [--config PATH]            devices, accounts, last seen, token expiry
+//! uwpx-push-server test-push DEVICE_ID [--config PATH]      send a test push, print the outcome
+//! uwpx-push-server remove-device DEVICE_ID [--config PATH]  delete a device and its accounts
 //! ```
-//! Exit codes: 0 clean stop, 1 could not start, 2 bad usage or bad configuration.
+//! The admin commands open the same database and are safe while the server runs.
+//! Exit codes: 0 success, 1 could not start / the admin command failed, 2 bad usage or
+//! bad configuration.
 //!
 //! Threads: `main` parses, starts the app, then sleeps until Ctrl+C/SIGTERM; the
 //! `ctrlc` thread only forwards the signal. A second signal exits at once.
@@ -13,29 +18,34 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use uwpx_push_server::admin;
 use uwpx_push_server::app::App;
 use uwpx_push_server::config::Config;
 use uwpx_push_server::shutdown::Shutdown;
 
-const USAGE: &str = "usage: uwpx-push-server [check-config] [--config PATH]";
+const USAGE: &str = "usage: uwpx-push-server [check-config | stats | test-push DEVICE_ID | remove-device DEVICE_ID] [--config PATH]";
 
 enum Command {
-    Run(PathBuf),
-    CheckConfig(PathBuf),
+    Run,
+    CheckConfig,
+    Stats,
+    TestPush(String),
+    RemoveDevice(String),
 }
 
-fn parse_args() -> Result<Command, String> {
+fn parse_args() -> Result<(Command, PathBuf), String> {
     let mut args = std::env::args().skip(1);
-    let mut check = false;
+    let mut command = None;
     let mut path = PathBuf::from("configuration.json");
     while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "check-config" if !check => check = true,
+        let mut device = || args.next().ok_or(format!("{arg} needs a DEVICE_ID"));
+        let next = match arg.as_str() {
             "--config" | "-c" => {
                 path = args
                     .next()
                     .map(PathBuf::from)
                     .ok_or("--config needs a path")?;
+                continue;
             }
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -45,27 +55,26 @@ fn parse_args() -> Result<Command, String> {
                 println!("uwpx-push-server {}", env!("CARGO_PKG_VERSION"));
                 std::process::exit(0);
             }
+            "check-config" => Command::CheckConfig,
+            "stats" => Command::Stats,
+            "test-push" => Command::TestPush(device()?),
+            "remove-device" => Command::RemoveDevice(device()?),
             other => return Err(format!("unexpected argument `{other}`")),
+        };
+        if command.replace(next).is_some() {
+            return Err("give one command at most".into());
         }
     }
-    Ok(if check {
-        Command::CheckConfig(path)
-    } else {
-        Command::Run(path)
-    })
+    Ok((command.unwrap_or(Command::Run), path))
 }
 
 fn main() -> ExitCode {
-    let command = match parse_args() {
+    let (command, path) = match parse_args() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("uwpx-push-server: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
-    };
-    let (path, check_only) = match command {
-        Command::Run(p) => (p, false),
-        Command::CheckConfig(p) => (p, true),
     };
     let config = match Config::load(&path) {
         Ok(c) => c,
@@ -74,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if check_only {
+    if let Command::CheckConfig = command {
         println!("{}: OK\n{config:#?}", path.display());
         return ExitCode::SUCCESS;
     }
@@ -82,7 +91,19 @@ fn main() -> ExitCode {
         eprintln!("uwpx-push-server: {e}");
         return ExitCode::from(2);
     }
-    run(&config)
+    let result = match command {
+        Command::Run | Command::CheckConfig => return run(&config),
+        Command::Stats => admin::stats(&config),
+        Command::TestPush(id) => admin::test_push(&config, &id),
+        Command::RemoveDevice(id) => admin::remove_device(&config, &id),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uwpx-push-server: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn run(config: &Config) -> ExitCode {

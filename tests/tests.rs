@@ -19,5 +19,8 @@ mod component;
 /// Against real Prosody and ejabberd (run by scripts/test.sh after setup).
 mod e2e;
 
+/// Operations: health and metrics, expiry, admin commands, graceful shutdown.
+mod ops;
+
 /// Configuration loading and the command line.
 mod cli;

@@ -221,6 +221,23 @@ pub const KEYS: &[Key] = &[
         "\"full\"",
         "SQLite `synchronous` mode: \"full\" (a commit survives power loss) or \"normal\" (a commit survives a process crash; faster).",
     ),
+    key(
+        "db.device_ttl_days",
+        "90",
+        "A device neither registered nor successfully pushed to for this many days is removed, with its accounts (hourly sweep).",
+    ),
+    key("metrics", "", "Section: the health and metrics endpoint."),
+    key(
+        "metrics.listen",
+        "(none: off)",
+        "Address for plain-HTTP `GET /health` and `GET /metrics` (Prometheus), e.g. \"127.0.0.1:9090\". Keep it off the internet.",
+    ),
+    key("shutdown", "", "Section: stopping."),
+    key(
+        "shutdown.grace_ms",
+        "5000",
+        "On Ctrl+C/SIGTERM, how long WNS jobs in flight may finish before open publish IQs are answered with a `wait` error.",
+    ),
     key("limits", "", "Section: input limits."),
     key(
         "limits.max_accounts",

@@ -109,6 +109,10 @@ pub struct Config {
     pub log: LogConfig,
     /// Publish handling.
     pub push: PushConfig,
+    /// `metrics.listen`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `shutdown.grace_ms`.
+    pub shutdown_grace: Duration,
 }
 
 /// `tcp.*`: where clients connect and how long they may take.
@@ -151,6 +155,8 @@ pub struct DbConfig {
     pub path: PathBuf,
     /// `db.synchronous`.
     pub synchronous: Synchronous,
+    /// `db.device_ttl_days`.
+    pub device_ttl_days: u32,
 }
 
 /// SQLite's durability setting, see the `db.synchronous` key.
@@ -362,6 +368,7 @@ impl Config {
                 .path("db.path")?
                 .unwrap_or_else(|| base.join("pushServer.db")),
             synchronous,
+            device_ttl_days: doc.integer("db.device_ttl_days", 1, 3650)?.unwrap_or(90) as u32,
         };
 
         let bare_jid = doc
@@ -545,6 +552,15 @@ impl Config {
             file: doc.path("log.file")?,
         };
 
+        let metrics_listen = match doc.string("metrics.listen")? {
+            None => None,
+            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "metrics.listen",
+                    format!("`{a}` is not an address like 127.0.0.1:9090"),
+                )
+            })?),
+        };
         Ok(Config {
             tcp,
             db,
@@ -553,6 +569,11 @@ impl Config {
             limits,
             log,
             push,
+            metrics_listen,
+            shutdown_grace: Duration::from_millis(
+                doc.integer("shutdown.grace_ms", 0, 600_000)?
+                    .unwrap_or(5000),
+            ),
         })
     }
 

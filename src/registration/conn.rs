@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use native_tls::{HandshakeError, TlsAcceptor, TlsStream};
 
-use super::codec::{Frame, Framer, Rules, decode};
+use super::codec::{Action, Frame, Framer, Rules, decode};
 use super::handler::Handler;
 use super::wire::{RegError, encode};
 use crate::net::Socket;
+use crate::ops::metrics::{METRICS, RegAction, RegResult};
 use crate::shutdown::Shutdown;
 use crate::types::ProtocolVersion;
 
@@ -153,19 +154,39 @@ fn frame_loop<S: Socket>(mut stream: S, ctx: &ConnContext) {
 
 /// Decodes, handles and answers one frame with a single write.
 fn answer<S: Write>(stream: &mut S, frame: &[u8], ctx: &ConnContext) -> io::Result<()> {
-    let (version, result, what) = match decode(frame, &ctx.rules) {
+    let (version, result, what, action) = match decode(frame, &ctx.rules) {
         Ok(req) => {
             let version = req.version;
             let what = format!("{} device={}", req.action.name(), req.device_id.short());
-            (version, ctx.handler.handle(req), what)
+            let action = match req.action {
+                Action::SetChannelUri(_) => RegAction::SetChannelUri,
+                Action::SetPushAccounts(_) => RegAction::SetPushAccounts,
+                Action::RequestTestPush => RegAction::RequestTestPush,
+            };
+            (version, ctx.handler.handle(req), what, action)
         }
-        Err(rejected) => (rejected.version, Err(rejected.error), "request".to_owned()),
+        Err(rejected) => (
+            rejected.version,
+            Err(rejected.error),
+            "request".to_owned(),
+            RegAction::Invalid,
+        ),
     };
-    match &result {
-        Ok(_) => log::info!("registration: {what} ok"),
-        Err(RegError::Store(e)) => log::error!("registration: {what} failed: {e}"),
-        Err(e) => log::info!("registration: {what} rejected: {e}"),
-    }
+    let kind = match &result {
+        Ok(_) => {
+            log::info!("registration: {what} ok");
+            RegResult::Ok
+        }
+        Err(e @ (RegError::Store(_) | RegError::TestPushFailed(_))) => {
+            log::warn!("registration: {what} failed: {e}");
+            RegResult::Failed
+        }
+        Err(e) => {
+            log::info!("registration: {what} rejected: {e}");
+            RegResult::Rejected
+        }
+    };
+    METRICS.registration(action, kind);
     stream.write_all(&encode(version, &result))?;
     stream.flush()
 }

@@ -445,6 +445,58 @@ impl Store {
         })
     }
 
+    /// Deletes devices last seen before `cutoff` (unix seconds) with their accounts;
+    /// returns how many. In chunks, so the writer is never held for long.
+    pub fn expire_devices(&self, cutoff: i64) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.batcher.write(&self.conn, move |tx| {
+                Ok(tx
+                    .prepare_cached(
+                        "DELETE FROM devices WHERE device_id IN
+                           (SELECT device_id FROM devices WHERE last_seen_at < ?1 LIMIT 500)",
+                    )?
+                    .execute([cutoff])?)
+            })?;
+            total += n;
+            if n < 500 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Deletes one device and its accounts (admin `remove-device`); false if unknown.
+    pub fn remove_device(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        let device = device.clone();
+        self.batcher.write(&self.conn, move |tx| {
+            Ok(tx
+                .prepare_cached("DELETE FROM devices WHERE device_id = ?1")?
+                .execute([device.as_str()])?
+                > 0)
+        })
+    }
+
+    /// Whether the database answers (health check).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        let conn = self.reader();
+        conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Unix seconds of the least and most recently seen devices (`stats`).
+    pub fn seen_range(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        let conn = self.reader();
+        let range = conn.query_row(
+            "SELECT min(last_seen_at), max(last_seen_at) FROM devices",
+            [],
+            |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?)),
+        )?;
+        Ok(match range {
+            (Some(a), Some(b)) => Some((a, b)),
+            _ => None,
+        })
+    }
+
     /// How many devices and accounts are stored.
     pub fn counts(&self) -> Result<Counts, StoreError> {
         let conn = self.reader();

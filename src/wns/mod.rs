@@ -38,6 +38,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded, unbounded};
 
 use crate::config::WnsConfig;
+use crate::ops::metrics::METRICS;
 use crate::registration::handler::unix_now;
 use crate::store::Store;
 use crate::types::{ChannelHosts, ChannelUri, DeviceId};
@@ -247,6 +248,11 @@ impl WnsPool {
         self.shared.busy.load(Ordering::Relaxed)
     }
 
+    /// When the current access token expires (unix seconds), if there is one.
+    pub fn token_expires_at(&self) -> Option<i64> {
+        self.shared.tokens.expires_at()
+    }
+
     /// Token requests made so far.
     pub fn token_requests(&self) -> u64 {
         self.shared.tokens.requests()
@@ -338,12 +344,18 @@ fn process(shared: &Shared, mut job: Job) {
         Ok(t) => t,
         Err(e) => return job.finish(Outcome::Transient(e.to_string())),
     };
+    let sent = Instant::now();
     let answer = shared.client.post(
         &job.channel,
         &job.payload,
         &token.bearer(),
         job.deadline - now,
     );
+    METRICS.wns_latency.observe(sent.elapsed());
+    METRICS.wns_response(match &answer {
+        Answer::Http { status, .. } => Some(*status),
+        Answer::Transport(_) => None,
+    });
     let verdict = classify(&answer);
     let diag = match &answer {
         Answer::Http { diagnostics, .. } => diagnostics.to_string(),

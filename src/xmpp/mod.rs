@@ -105,6 +105,8 @@ pub struct LinkSettings {
     pub store: Arc<Store>,
     /// How often to ping the server.
     pub ping_interval: Duration,
+    /// At shutdown, how long publishes waiting for WNS may still be answered.
+    pub grace: Duration,
     /// Longest wait for WNS before answering `wait`.
     pub deadline: Duration,
 }
@@ -279,6 +281,7 @@ impl Io<'_> {
         let mut next_ping = Instant::now() + s.ping_interval;
         let mut ping_sent: Option<(String, Instant)> = None;
         let mut current_wait = Duration::ZERO;
+        let mut draining: Option<Instant> = None;
         loop {
             let now = Instant::now();
             let mut wait = Duration::from_millis(200);
@@ -301,6 +304,12 @@ impl Io<'_> {
                 Ok(StreamEvent::Stanza(stanza)) => {
                     log::trace!("xmpp: <- {}", redact_secret(&String::from(&stanza)));
                     match publish::classify(&stanza, id.ns) {
+                        Inbound::Publish(h, _) if draining.is_some() => {
+                            let shutting =
+                                PushOutcome::Wns(Outcome::Transient("shutting down".into()));
+                            log_outcome(&h.from, &shutting);
+                            out.push_str(&reply::iq_reply(&h, reply::for_outcome(&shutting)));
+                        }
                         Inbound::Publish(h, p) if !id.client => {
                             match self.dispatcher.publish(Some(&h.from), &p, Instant::now()) {
                                 Decision::Now(outcome) => {
@@ -312,7 +321,13 @@ impl Io<'_> {
                                 }
                                 Decision::Later(token) => {
                                     let deadline = Instant::now() + s.deadline;
-                                    pending.insert(token, Pending { header: Some(h) });
+                                    pending.insert(
+                                        token,
+                                        Pending {
+                                            header: Some(h),
+                                            since: Instant::now(),
+                                        },
+                                    );
                                     deadlines.push_back((deadline, token));
                                 }
                             }
@@ -373,7 +388,13 @@ impl Io<'_> {
                                         log_outcome(from.unwrap_or("?"), &outcome)
                                     }
                                     Decision::Later(token) => {
-                                        pending.insert(token, Pending { header: None });
+                                        pending.insert(
+                                            token,
+                                            Pending {
+                                                header: None,
+                                                since: Instant::now(),
+                                            },
+                                        );
                                         deadlines.push_back((Instant::now() + s.deadline, token));
                                     }
                                 }
@@ -405,6 +426,9 @@ impl Io<'_> {
 
             while let Ok(done) = self.outcomes.try_recv() {
                 if let Some(p) = pending.remove(&done.token) {
+                    crate::ops::metrics::METRICS
+                        .publish_latency
+                        .observe(p.since.elapsed());
                     let outcome = PushOutcome::Wns(done.outcome);
                     match &p.header {
                         Some(h) => {
@@ -463,7 +487,15 @@ impl Io<'_> {
                     self.work_off_removed(id, &mut deleting, &mut peps, &mut seq, &mut out);
                 }
             }
-            if self.shutdown.is_triggered() {
+            if self.shutdown.is_triggered() && draining.is_none() {
+                // Let publishes already with WNS get their real answer for a while.
+                log::info!(
+                    "xmpp: shutting down; {} publishes wait for WNS",
+                    pending.len()
+                );
+                draining = Some(Instant::now());
+            }
+            if draining.is_some_and(|since| pending.is_empty() || since.elapsed() >= s.grace) {
                 for (_, p) in pending.drain() {
                     if let Some(h) = p.header {
                         let shutting = PushOutcome::Wns(Outcome::Transient("shutting down".into()));
@@ -577,6 +609,7 @@ enum PepStep {
 /// A publish waiting for its WNS outcome; client mode's have no IQ to answer.
 struct Pending {
     header: Option<IqHeader>,
+    since: Instant,
 }
 
 /// Recently seen event item ids, to drop a second delivery of the same event.
@@ -808,6 +841,18 @@ fn redact_secret(xml: &str) -> String {
 
 /// One info line per push outcome; no secrets, no user JIDs (`from` is a server).
 fn log_outcome(from: &str, outcome: &PushOutcome) {
+    use crate::ops::metrics::{METRICS, PublishResult as R};
+    METRICS.publish(match outcome {
+        PushOutcome::Wns(Outcome::Delivered) => R::Delivered,
+        PushOutcome::Coalesced => R::Coalesced,
+        PushOutcome::Wns(Outcome::ChannelGone) => R::ChannelGone,
+        PushOutcome::Wns(Outcome::Transient(_)) | PushOutcome::TimedOut => R::Transient,
+        PushOutcome::Wns(Outcome::Misconfigured(_) | Outcome::OurBug(_))
+        | PushOutcome::NoWns
+        | PushOutcome::Internal(_) => R::Misconfigured,
+        PushOutcome::UnknownNode => R::UnknownNode,
+        PushOutcome::BadSecret | PushOutcome::ForeignDomain => R::BadSecret,
+    });
     match outcome {
         PushOutcome::Wns(Outcome::Delivered) | PushOutcome::Coalesced => {
             log::info!("push: from {from} {outcome:?}")

@@ -1,0 +1,295 @@
+//! Operations: health and metrics over real HTTP, device expiry, admin commands, and a
+//! graceful shutdown under load that loses no acknowledged registration and leaves no
+//! publish IQ unanswered.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::util::fake_wns::Reply;
+use crate::util::fake_xmpp::*;
+use crate::util::*;
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent.get(&format!("http://{addr}{path}")).call().unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap())
+}
+
+fn ops_addr(server: &Server) -> String {
+    assert!(server.log_shows("ops: health and metrics on http://"));
+    let log = server.log_text();
+    let rest = log
+        .split("ops: health and metrics on http://")
+        .nth(1)
+        .unwrap();
+    rest.split('/').next().unwrap().to_owned()
+}
+
+/// A component-mode server with fake WNS, fake XMPP and the metrics endpoint.
+fn rig(extra: Value) -> (WnsFixture, FakeXmpp, Server, XmppConn) {
+    let wns = WnsFixture::start();
+    let xmpp = FakeXmpp::start();
+    let mut config = wns.config(json!({
+        "xmpp": {"component": {"jid": COMPONENT_JID, "secret": COMPONENT_SECRET, "host": "127.0.0.1", "port": xmpp.port}},
+        "push": {"min_interval_ms": 0},
+        "metrics": {"listen": "127.0.0.1:0"},
+    }));
+    merge(&mut config, &extra);
+    let server = Server::start(Setup {
+        extra: config,
+        ..Setup::default()
+    });
+    let conn = xmpp.accept(Duration::from_secs(10));
+    (wns, xmpp, server, conn)
+}
+
+fn register(server: &Server, wns: &WnsFixture, device: &str, channel: &str) -> (String, String) {
+    let c = server.client();
+    assert_eq!(
+        c.send_json(&set_channel(2, device, &wns.fake.channel_uri(channel)))["status"],
+        1
+    );
+    let a = c.send_json(&set_accounts(2, device, json!([{"account_id": "acc"}])));
+    let acc = &a["accounts"][0];
+    (
+        acc["node"].as_str().unwrap().into(),
+        acc["secret"].as_str().unwrap().into(),
+    )
+}
+
+#[test]
+fn health_and_metrics_over_http() {
+    let (wns, _xmpp, server, mut conn) = rig(json!({}));
+    let addr = ops_addr(&server);
+    let end = Instant::now() + Duration::from_secs(10);
+    while http_get(&addr, "/health").0 != 200 {
+        assert!(Instant::now() < end, "never healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http_get(&addr, "/health"), (200, "ok\n".into()));
+    let (node, secret) = register(&server, &wns, "ab01", "m");
+    server.client().send(b"not json\0");
+    conn.send(&prosody_publish("m1", "localhost", &node, Some(&secret), 1));
+    assert_eq!(verdict(&conn.reply_to("m1")), "result");
+    conn.send(&prosody_publish(
+        "m2",
+        "localhost",
+        "nope",
+        Some(&secret),
+        1,
+    ));
+    assert_eq!(verdict(&conn.reply_to("m2")), "cancel/item-not-found");
+
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    for line in [
+        "uwpx_registrations_total{action=\"set_channel_uri\",result=\"ok\"} 1",
+        "uwpx_registrations_total{action=\"set_push_accounts\",result=\"ok\"} 1",
+        "uwpx_registrations_total{action=\"invalid\",result=\"rejected\"} 1",
+        "uwpx_publishes_total{outcome=\"delivered\"} 1",
+        "uwpx_publishes_total{outcome=\"unknown_node\"} 1",
+        "uwpx_wns_responses_total{status=\"200\"} 1",
+        "uwpx_wns_request_seconds_count 1",
+        "uwpx_publish_reply_seconds_count 1",
+        "uwpx_wns_queue_depth 0",
+        "uwpx_wns_workers_busy 0",
+        "uwpx_xmpp_connected 1",
+        "uwpx_xmpp_reconnects_total 0",
+        "uwpx_devices 1",
+        "uwpx_accounts 1",
+    ] {
+        assert!(body.contains(line), "missing {line:?} in\n{body}");
+    }
+    let expiry = body
+        .lines()
+        .find_map(|l| l.strip_prefix("uwpx_wns_token_expiry_seconds "))
+        .expect("token expiry gauge");
+    assert!(expiry.parse::<i64>().unwrap() > 86_000, "{expiry}");
+
+    assert_eq!(http_get(&addr, "/nothing").0, 404);
+    drop(conn);
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = http_get(&addr, "/health");
+        if status == 503 {
+            assert_eq!(body, "xmpp: not connected\n");
+            break;
+        }
+        assert!(Instant::now() < end, "still healthy without XMPP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn devices_unseen_for_the_ttl_are_swept_at_start() {
+    let mut server = Server::start(Setup::default());
+    let c = server.client();
+    for d in ["aa01", "aa02"] {
+        assert_eq!(c.send_json(&set_channel(2, d, &channel(1)))["status"], 1);
+    }
+    server.stop();
+    let db = rusqlite::Connection::open(server.db_path()).unwrap();
+    db.execute(
+        "UPDATE devices SET last_seen_at = last_seen_at - 100 * 86400 WHERE device_id = 'aa01'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    server.launch();
+    assert!(server.log_shows("expiry: removed 1 devices not seen for 90 days"));
+    let dump = server.dump();
+    assert_eq!(dump.len(), 1);
+    assert!(dump[0].starts_with("aa02 "));
+}
+
+fn admin(server: &Server, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .arg("--config")
+        .arg(&server.config)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn admin_commands_work_while_the_server_runs() {
+    let wns = WnsFixture::start();
+    let server = Server::start(Setup {
+        extra: wns.config(json!({})),
+        ..Setup::default()
+    });
+    let c = server.client();
+    assert_eq!(
+        c.send_json(&set_channel(2, "bb01", &wns.fake.channel_uri("adm")))["status"],
+        1
+    );
+    assert_eq!(
+        c.send_json(&set_accounts(
+            2,
+            "bb01",
+            json!([{"account_id": "a"}, {"account_id": "b"}])
+        ))["status"],
+        1
+    );
+    assert_eq!(
+        c.send_json(&set_channel(1, "bb02", &wns.fake.channel_uri("adm2")))["status"],
+        1
+    );
+
+    let (code, out, err) = admin(&server, &["test-push", "bb01"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("delivered"), "{out}");
+    assert_eq!(
+        wns.fake.channel_requests("adm")[0].body,
+        br#"{"action":"test_push","version":2}"#
+    );
+    let (code, out, err) = admin(&server, &["stats"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("devices:  2") && out.contains("accounts: 2"),
+        "{out}"
+    );
+    assert!(out.contains("newest device last seen:"), "{out}");
+    assert!(out.contains("WNS token: expires in"), "{out}");
+
+    wns.fake.script("adm2", vec![Reply::status(410)]);
+    let (code, out, _) = admin(&server, &["test-push", "bb02"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("channel gone"), "{out}");
+
+    let (code, _, err) = admin(&server, &["remove-device", "bb01"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(server.dump().is_empty(), "{:?}", server.dump());
+    let (code, _, err) = admin(&server, &["remove-device", "bb01"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("Device id unknown."));
+    // The running server sees the change.
+    assert_eq!(
+        c.send_json(&set_accounts(2, "bb01", json!([])))["error"],
+        "Device id unknown."
+    );
+}
+
+/// Publishes in flight get their real answer within the grace, the rest `wait`; every
+/// IQ is answered before the stream closes, and every acknowledged registration is kept.
+#[test]
+fn shutdown_under_load_answers_every_iq_and_keeps_every_ack() {
+    let (wns, _xmpp, mut server, mut conn) =
+        rig(json!({"shutdown": {"grace_ms": 1500}, "wns": {"workers": 2}}));
+    let (node, secret) = register(&server, &wns, "cc01", "load");
+    // Each push takes 400 ms at the fake: two workers get through about 7 in the grace.
+    wns.fake.script(
+        "load",
+        vec![Reply::status(200).delay(Duration::from_millis(400)); 40],
+    );
+    let ids: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    for id in &ids {
+        conn.send(&prosody_publish(id, "localhost", &node, Some(&secret), 1));
+    }
+    // Registrations keep coming while we stop.
+    let client = server.client();
+    let uri = wns.fake.channel_uri("reg");
+    let registering = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..200 {
+            let device = format!("dd{i:04}");
+            let raw = std::panic::catch_unwind(|| client.send_json(&set_channel(2, &device, &uri)));
+            match raw {
+                Ok(a) if a["status"] == 1 => acked.push(device),
+                other => {
+                    eprintln!("registration {i} ended: {other:?}");
+                    break;
+                }
+            }
+        }
+        acked
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = server.pid();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+
+    let mut answered = std::collections::HashMap::new();
+    while let Some(e) = conn.next(Duration::from_secs(10)) {
+        if let Some(id) = e.attr("id").filter(|i| i.starts_with('s')) {
+            answered.insert(id.to_owned(), verdict(&e));
+        }
+    }
+    for id in &ids {
+        assert!(
+            answered.contains_key(id),
+            "{id} was never answered: {answered:?}"
+        );
+    }
+    let results = answered.values().filter(|v| *v == "result").count();
+    let waits = answered.values().filter(|v| v.starts_with("wait/")).count();
+    assert!(
+        results >= 1 && waits >= 1 && results + waits == ids.len(),
+        "{answered:?}"
+    );
+    assert_eq!(server.wait_exit(), Some(0));
+
+    let acked = registering.join().unwrap();
+    assert!(!acked.is_empty());
+    let stored: std::collections::HashSet<String> = server
+        .dump()
+        .into_iter()
+        .map(|row| row.split(' ').next().unwrap().to_owned())
+        .collect();
+    for d in &acked {
+        assert!(stored.contains(d), "acknowledged {d} was lost");
+    }
+}
