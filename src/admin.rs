@@ -12,8 +12,6 @@ use crate::config::Config;
 use crate::registration::handler::unix_now;
 use crate::store::Store;
 use crate::types::{ClientGeneration, DeviceId};
-use crate::wns::client::{WnsClient, parse_certs};
-use crate::wns::token::TokenCache;
 use crate::wns::{Job, Outcome, WnsPool, payload};
 
 fn open(config: &Config) -> Result<Store, String> {
@@ -69,22 +67,9 @@ pub fn test_push(config: &Config, id: &str) -> Result<(), String> {
         .device(&device)
         .map_err(|e| e.to_string())?
         .ok_or("Device id unknown.")?;
-    let roots = config
-        .wns
-        .ca_pem
-        .as_ref()
-        .map(|p| parse_certs(&p.0))
-        .unwrap_or_default();
     let mut wns = config.wns.clone();
     wns.workers = 1;
-    let client = Arc::new(WnsClient::new(&wns, &roots));
-    let fetcher = client.clone();
-    let tokens = Arc::new(TokenCache::new(
-        Box::new(move || fetcher.fetch_token()),
-        Some(store.clone()),
-        unix_now(),
-    ));
-    let pool = WnsPool::start(&wns, client, tokens, store.clone()).map_err(|e| e.to_string())?;
+    let pool = WnsPool::from_config(&wns, store.clone()).map_err(|e| e.to_string())?;
     let generation = ClientGeneration::of(record.version, record.account_form);
     let (tx, rx) = crossbeam_channel::bounded(1);
     pool.submit(Job::new(

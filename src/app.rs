@@ -17,13 +17,11 @@ use crate::ops::http::{OpsHttp, Sources};
 use crate::push::Dispatcher;
 use crate::registration::codec::Rules;
 use crate::registration::conn::ConnContext;
-use crate::registration::handler::{Handler, TestPush, unix_now};
+use crate::registration::handler::{Handler, TestPush};
 use crate::registration::{RegistrationServer, Running};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 use crate::wns::WnsPool;
-use crate::wns::client::{WnsClient, parse_certs};
-use crate::wns::token::TokenCache;
 use crate::xmpp::pep::Pep;
 use crate::xmpp::{LinkSettings, LinkStatus, Mode, XmppLink};
 
@@ -95,21 +93,8 @@ impl App {
                 None
             }
             Some(_) => {
-                let roots = config
-                    .wns
-                    .ca_pem
-                    .as_ref()
-                    .map(|p| parse_certs(&p.0))
-                    .unwrap_or_default();
-                let client = Arc::new(WnsClient::new(&config.wns, &roots));
-                let fetcher = client.clone();
-                let tokens = Arc::new(TokenCache::new(
-                    Box::new(move || fetcher.fetch_token()),
-                    Some(store.clone()),
-                    unix_now(),
-                ));
-                let pool = WnsPool::start(&config.wns, client, tokens, store.clone())
-                    .map_err(StartError::Thread)?;
+                let pool =
+                    WnsPool::from_config(&config.wns, store.clone()).map_err(StartError::Thread)?;
                 log::info!(
                     "wns: {} workers, token endpoint {}",
                     config.wns.workers,

@@ -215,6 +215,25 @@ impl WnsPool {
         })
     }
 
+    /// Builds the whole pipeline from the configuration: the shared HTTPS client (with
+    /// `wns.ca_file` added to the trusted roots), the token cache persisted in `store`,
+    /// and the workers.
+    pub fn from_config(cfg: &WnsConfig, store: Arc<Store>) -> std::io::Result<Self> {
+        let roots = cfg
+            .ca_pem
+            .as_ref()
+            .map(|p| client::parse_certs(&p.0))
+            .unwrap_or_default();
+        let client = Arc::new(WnsClient::new(cfg, &roots));
+        let fetcher = client.clone();
+        let tokens = Arc::new(TokenCache::new(
+            Box::new(move || fetcher.fetch_token()),
+            Some(store.clone()),
+            unix_now(),
+        ));
+        Self::start(cfg, client, tokens, store)
+    }
+
     /// Queues a job. A full queue answers `Transient` at once rather than blocking the
     /// caller (the XMPP thread must never wait on WNS).
     pub fn submit(&self, job: Job) {

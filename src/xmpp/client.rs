@@ -8,8 +8,7 @@
 //! Threads: `xmpp-io`. No locks.
 
 use std::io::Write;
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::net::TcpStream;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -20,9 +19,9 @@ use sasl::client::mechanisms::{Plain, Scram};
 use sasl::common::scram::{Sha1, Sha256};
 use sasl::common::{ChannelBinding, Credentials};
 
-use super::XmppError;
-use super::reader::{ReadError, StanzaReader, StreamEvent};
+use super::reader::{StanzaReader, StreamEvent};
 use super::reply::esc;
+use super::{XmppError, dial, login_event};
 use crate::config::ClientConfig;
 
 /// The client stream's namespace.
@@ -48,14 +47,7 @@ pub fn login(c: &ClientConfig) -> Result<Session, XmppError> {
         .ok_or_else(|| XmppError::Protocol("xmpp.bare_jid has no domain".into()))?
         .to_owned();
     let username = c.bare_jid.split('@').next().unwrap_or("").to_owned();
-    let addr = (c.host.as_str(), c.port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| XmppError::Protocol(format!("{} does not resolve", c.host)))?;
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let tcp = dial(&c.host, c.port)?;
 
     // Plain phase: only STARTTLS.
     let mut plain = StanzaReader::new(tcp);
@@ -136,7 +128,7 @@ fn open_stream<S: std::io::Read + Write>(
         "<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
         esc(domain)
     )?;
-    match next(reader)? {
+    match login_event(reader)? {
         StreamEvent::Open(_) => {}
         other => {
             return Err(XmppError::Protocol(format!(
@@ -219,18 +211,8 @@ fn authenticate<S: std::io::Read + Write>(
     }
 }
 
-fn next<S: std::io::Read>(reader: &mut StanzaReader<S>) -> Result<StreamEvent, XmppError> {
-    reader.next_event().map_err(|e| match e {
-        ReadError::Idle => XmppError::Protocol("the server did not answer in time".into()),
-        ReadError::Eof => XmppError::Protocol("the server closed the connection".into()),
-        ReadError::Io(e) => XmppError::Io(e),
-        ReadError::Policy(p) => XmppError::Protocol(p.into()),
-        ReadError::Xml(x) => XmppError::Protocol(x),
-    })
-}
-
 fn next_stanza<S: std::io::Read>(reader: &mut StanzaReader<S>) -> Result<Element, XmppError> {
-    match next(reader)? {
+    match login_event(reader)? {
         StreamEvent::Stanza(e) => {
             if e.name() == "error" {
                 let condition = e

@@ -8,9 +8,9 @@ use std::net::TcpStream;
 
 use sha1::{Digest, Sha1};
 
-use super::XmppError;
-use super::reader::{ReadError, StanzaReader, StreamEvent};
+use super::reader::{StanzaReader, StreamEvent};
 use super::reply::esc;
+use super::{XmppError, login_event};
 
 /// The component stream's namespace.
 pub const NS_COMPONENT: &str = "jabber:component:accept";
@@ -34,7 +34,7 @@ pub fn authenticate(
         esc(jid)
     );
     reader.get_mut().write_all(header.as_bytes())?;
-    let id = match next(reader)? {
+    let id = match login_event(reader)? {
         StreamEvent::Open(open) => open
             .attr("id")
             .map(str::to_owned)
@@ -47,7 +47,7 @@ pub fn authenticate(
     };
     let hs = format!("<handshake>{}</handshake>", handshake(&id, secret));
     reader.get_mut().write_all(hs.as_bytes())?;
-    match next(reader)? {
+    match login_event(reader)? {
         StreamEvent::Stanza(e) if e.name() == "handshake" => Ok(()),
         StreamEvent::Stanza(e) if e.name() == "error" => {
             let condition = e
@@ -63,17 +63,6 @@ pub fn authenticate(
             "unexpected answer to the handshake: {other:?}"
         ))),
     }
-}
-
-/// The next event, treating a read timeout during the handshake as a failure.
-fn next(reader: &mut StanzaReader<TcpStream>) -> Result<StreamEvent, XmppError> {
-    reader.next_event().map_err(|e| match e {
-        ReadError::Idle => XmppError::Protocol("the server did not answer in time".into()),
-        ReadError::Eof => XmppError::Protocol("the server closed the connection".into()),
-        ReadError::Io(e) => XmppError::Io(e),
-        ReadError::Policy(p) => XmppError::Protocol(p.into()),
-        ReadError::Xml(x) => XmppError::Protocol(x),
-    })
 }
 
 #[cfg(test)]

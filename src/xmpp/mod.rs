@@ -660,16 +660,32 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
-    let addr = (c.host.as_str(), c.port)
+/// Connects to the XMPP server with 10 s timeouts for the login phase.
+fn dial(host: &str, port: u16) -> Result<TcpStream, XmppError> {
+    let addr = (host, port)
         .to_socket_addrs()?
         .next()
-        .ok_or_else(|| XmppError::Protocol(format!("{} does not resolve", c.host)))?;
+        .ok_or_else(|| XmppError::Protocol(format!("{host} does not resolve")))?;
     let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     tcp.set_nodelay(true)?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = StanzaReader::new(tcp);
+    Ok(tcp)
+}
+
+/// The next event while logging in, where a timeout or the end is a failure.
+fn login_event<S: io::Read>(reader: &mut StanzaReader<S>) -> Result<StreamEvent, XmppError> {
+    reader.next_event().map_err(|e| match e {
+        ReadError::Idle => XmppError::Protocol("the server did not answer in time".into()),
+        ReadError::Eof => XmppError::Protocol("the server closed the connection".into()),
+        ReadError::Io(e) => XmppError::Io(e),
+        ReadError::Policy(p) => XmppError::Protocol(p.into()),
+        ReadError::Xml(x) => XmppError::Protocol(x),
+    })
+}
+
+fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
+    let mut reader = StanzaReader::new(dial(&c.host, c.port)?);
     component::authenticate(&mut reader, &c.jid, c.secret.expose())?;
     Ok(reader)
 }
