@@ -67,15 +67,25 @@ impl Handler {
                     .store
                     .set_accounts(&req.device_id, req.version, list.form, &specs, now)?
                     .ok_or(RegError::DeviceUnknown)?;
+                // Committed first: a crash before the nodes exist is repaired by the
+                // reconciliation at the next connect.
+                let mut created: Vec<Result<(), String>> = Vec::new();
+                if let Some(pep) = &self.pep {
+                    let new: Vec<&str> = records
+                        .iter()
+                        .filter(|r| r.created)
+                        .map(|r| r.node.as_str())
+                        .collect();
+                    created = pep.create_all(&new);
+                }
+                let mut created = created.into_iter();
                 let accounts = list
                     .entries
                     .into_iter()
                     .zip(records)
                     .map(|(entry, rec)| {
-                        // Committed first: a crash before the node exists is repaired by
-                        // the reconciliation at the next connect.
                         let success = match (&self.pep, rec.created) {
-                            (Some(pep), true) => pep.create(rec.node.as_str()).is_ok(),
+                            (Some(_), true) => created.next().is_some_and(|r| r.is_ok()),
                             _ => true,
                         };
                         AccountAnswer {

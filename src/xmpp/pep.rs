@@ -44,21 +44,38 @@ impl Pep {
         }
     }
 
-    /// Creates and subscribes the node; `Err` says why not (the account is then
-    /// answered with `success: false`).
-    pub fn create(&self, node: &str) -> Result<(), String> {
+    /// Creates and subscribes each node, all requests in flight at once, within one
+    /// timeout in total; per node, `Err` says why not (that account is then answered
+    /// with `success: false`).
+    pub fn create_all(&self, nodes: &[&str]) -> Vec<Result<(), String>> {
         if !self.status.is_connected() {
-            return Err("not connected to the XMPP server".into());
+            return nodes
+                .iter()
+                .map(|_| Err("not connected to the XMPP server".into()))
+                .collect();
         }
-        let (reply, rx) = bounded(1);
-        self.tx
-            .send(PepRequest {
-                node: node.to_owned(),
-                reply,
+        let waiting: Vec<_> = nodes
+            .iter()
+            .map(|node| {
+                let (reply, rx) = bounded(1);
+                let sent = self.tx.send(PepRequest {
+                    node: (*node).to_owned(),
+                    reply,
+                });
+                sent.map(|()| rx)
+                    .map_err(|_| "the XMPP link is gone".to_owned())
             })
-            .map_err(|_| "the XMPP link is gone".to_owned())?;
-        rx.recv_timeout(self.timeout)
-            .unwrap_or_else(|_| Err("the XMPP server did not answer in time".into()))
+            .collect();
+        let deadline = std::time::Instant::now() + self.timeout;
+        waiting
+            .into_iter()
+            .map(|rx| {
+                let rx = rx?;
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                rx.recv_timeout(left)
+                    .unwrap_or_else(|_| Err("the XMPP server did not answer in time".into()))
+            })
+            .collect()
     }
 }
 
