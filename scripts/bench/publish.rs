@@ -65,12 +65,17 @@ fn populate(db: &std::path::Path, n: usize, channel: &dyn Fn(usize) -> String) {
         .unwrap();
     let mut conn = rusqlite::Connection::open(db).unwrap();
     let tx = conn.transaction().unwrap();
+    // Seen now: the expiry sweep at start must not take them.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     {
-        let mut dev = tx.prepare("INSERT INTO devices (device_id, channel_uri, version, account_form, created_at, updated_at, last_seen_at) VALUES (?1, ?2, 2, 'account_id', 0, 0, 0)").unwrap();
+        let mut dev = tx.prepare("INSERT INTO devices (device_id, channel_uri, version, account_form, created_at, updated_at, last_seen_at) VALUES (?1, ?2, 2, 'account_id', ?3, ?3, ?3)").unwrap();
         let mut acc = tx.prepare("INSERT INTO accounts (device_id, account_key, domain, node, secret, created_at) VALUES (?1, ?2, NULL, ?3, ?4, 0)").unwrap();
         for i in 0..n {
             let d = format!("{i:064x}");
-            dev.execute(params![d, channel(i)]).unwrap();
+            dev.execute(params![d, channel(i), now]).unwrap();
             acc.execute(params![
                 d,
                 format!("{:064x}", i + 7),
@@ -194,6 +199,9 @@ fn measure(
                 };
                 outstanding.fetch_sub(1, Ordering::AcqRel);
                 if e.attr("type") != Some("result") {
+                    if errors == 0 {
+                        eprintln!("first error reply: {}", String::from(&e));
+                    }
                     errors += 1;
                 }
                 lat.push(t0.elapsed());
