@@ -92,16 +92,11 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match command {
-        Command::Run | Command::CheckConfig => {
-            let code = run(&config);
-            flush_logs();
-            return code;
-        }
+        Command::Run | Command::CheckConfig => return run(&config),
         Command::Stats => admin::stats(&config),
         Command::TestPush(id) => admin::test_push(&config, &id),
         Command::RemoveDevice(id) => admin::remove_device(&config, &id),
     };
-    flush_logs();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -117,7 +112,6 @@ fn run(config: &Config) -> ExitCode {
         Ok(app) => app,
         Err(e) => {
             log::error!("{e}");
-            flush_logs();
             eprintln!("uwpx-push-server: {e}");
             return ExitCode::from(1);
         }
@@ -127,7 +121,6 @@ fn run(config: &Config) -> ExitCode {
     let handler = ctrlc::set_handler(move || {
         if SIGNALS.fetch_add(1, Ordering::SeqCst) > 0 {
             eprintln!("uwpx-push-server: second signal, exiting now");
-            flush_logs();
             std::process::exit(130);
         }
         let _ = tx.try_send(());
@@ -139,98 +132,44 @@ fn run(config: &Config) -> ExitCode {
     }
     let _ = rx.recv();
     app.stop();
-    flush_logs();
     ExitCode::SUCCESS
 }
 
-/// A log line, or a request to flush everything before it.
-enum LogMsg {
-    Line(Vec<u8>),
-    Flush(crossbeam_channel::Sender<()>),
-}
-
-static LOG_TX: std::sync::OnceLock<crossbeam_channel::Sender<LogMsg>> = std::sync::OnceLock::new();
-
-/// Hands complete lines (a `LineWriter` sits in front) to the `log-writer` thread.
-struct ChannelWriter(crossbeam_channel::Sender<LogMsg>);
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let _ = self.0.send(LogMsg::Line(buf.to_vec()));
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Waits (briefly) until every line logged so far is written out.
-fn flush_logs() {
-    if let Some(tx) = LOG_TX.get() {
-        let (ack, done) = crossbeam_channel::bounded(1);
-        if tx.send(LogMsg::Flush(ack)).is_ok() {
-            let _ = done.recv_timeout(std::time::Duration::from_secs(2));
-        }
-    }
-}
-
-/// Logs to stderr (journald under systemd) and `log.file`. Lines are formatted by the
-/// thread that logs, then written by a `log-writer` thread, so no request or push
-/// thread waits on a write syscall; one write per line, no colour codes.
+/// Logs to stderr (and `log.file`), one `write` per line: a daemon's log goes to
+/// journald or a file, so plain lines without colour codes, and a `LineWriter` so a
+/// line is never split across writes (simplelog's terminal logger issues several
+/// writes per line, which cost more than the request being logged).
 fn init_logging(config: &Config) -> Result<(), String> {
-    use simplelog::{ConfigBuilder, LevelFilter, WriteLogger};
-    use std::io::{LineWriter, Write};
+    use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
+    use std::io::LineWriter;
     let mut builder = ConfigBuilder::new();
     builder
         .set_target_level(LevelFilter::Off)
         .set_thread_level(LevelFilter::Off)
         .set_time_format_rfc3339();
     let _ = builder.set_time_offset_to_local();
-    let mut file = match &config.log.file {
-        None => None,
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| {
-                    format!(
-                        "configuration: `log.file` cannot open {}: {e}",
-                        path.display()
-                    )
-                })?,
-        ),
-    };
-    let (tx, rx) = crossbeam_channel::bounded::<LogMsg>(65_536);
-    std::thread::Builder::new()
-        .name("log-writer".into())
-        .spawn(move || {
-            let mut stderr = std::io::stderr();
-            for msg in rx {
-                match msg {
-                    LogMsg::Line(line) => {
-                        let _ = stderr.write_all(&line);
-                        if let Some(f) = &mut file {
-                            let _ = f.write_all(&line);
-                        }
-                    }
-                    LogMsg::Flush(ack) => {
-                        let _ = stderr.flush();
-                        if let Some(f) = &mut file {
-                            let _ = f.flush();
-                        }
-                        let _ = ack.send(());
-                    }
-                }
-            }
-        })
-        .map_err(|e| format!("cannot start logging: {e}"))?;
-    let _ = LOG_TX.set(tx.clone());
-    WriteLogger::init(
+    let log_config = builder.build();
+    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![WriteLogger::new(
         config.log.level,
-        builder.build(),
-        LineWriter::new(ChannelWriter(tx)),
-    )
-    .map_err(|e| format!("cannot start logging: {e}"))
+        log_config.clone(),
+        LineWriter::new(std::io::stderr()),
+    )];
+    if let Some(path) = &config.log.file {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| {
+                format!(
+                    "configuration: `log.file` cannot open {}: {e}",
+                    path.display()
+                )
+            })?;
+        loggers.push(WriteLogger::new(
+            config.log.level,
+            log_config,
+            LineWriter::new(file),
+        ));
+    }
+    CombinedLogger::init(loggers).map_err(|e| format!("cannot start logging: {e}"))
 }
