@@ -115,8 +115,11 @@ impl App {
                 None
             }
         };
-        let pep = matches!(mode, Some(Mode::Client(_)))
-            .then(|| Pep::new(pep_tx, status.clone(), Duration::from_secs(10)));
+        let client_mode = matches!(mode, Some(Mode::Client(_)));
+        store
+            .track_removed_nodes(client_mode)
+            .map_err(StartError::Store)?;
+        let pep = client_mode.then(|| Pep::new(pep_tx, status.clone(), Duration::from_secs(10)));
         let xmpp = match mode {
             None => None,
             Some(mode) => {

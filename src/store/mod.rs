@@ -412,6 +412,26 @@ impl Store {
         })
     }
 
+    /// Whether deleted accounts' nodes are recorded for PEP deletion. Only client mode
+    /// has PEP nodes; elsewhere the record would only grow (and cost a write per deleted
+    /// account), so the trigger is dropped and the list cleared. A later switch to client
+    /// mode is covered by the reconciliation at connect, which deletes stray nodes.
+    pub fn track_removed_nodes(&self, enabled: bool) -> Result<(), StoreError> {
+        let conn = self.lock();
+        if enabled {
+            conn.execute_batch(
+                "CREATE TRIGGER IF NOT EXISTS accounts_removed AFTER DELETE ON accounts BEGIN
+                     INSERT OR IGNORE INTO removed_nodes (node) VALUES (old.node);
+                 END;",
+            )?;
+        } else {
+            conn.execute_batch(
+                "DROP TRIGGER IF EXISTS accounts_removed; DELETE FROM removed_nodes;",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Every node in the database (client mode reconciles the push account against it).
     pub fn all_nodes(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.reader();
@@ -748,6 +768,20 @@ mod tests {
         assert_eq!(gone, want);
         s.forget_removed_nodes(&gone).unwrap();
         assert!(s.removed_nodes(10).unwrap().is_empty());
+        // Outside client mode nothing is recorded.
+        s.track_removed_nodes(false).unwrap();
+        s.set_channel(&d, &u, ProtocolVersion::V2, 3).unwrap();
+        s.set_accounts(&d, ProtocolVersion::V2, None, &[spec("x")], 3)
+            .unwrap();
+        s.set_accounts(&d, ProtocolVersion::V2, None, &[], 4)
+            .unwrap();
+        assert!(s.removed_nodes(10).unwrap().is_empty());
+        s.track_removed_nodes(true).unwrap();
+        s.set_accounts(&d, ProtocolVersion::V2, None, &[spec("y")], 5)
+            .unwrap();
+        s.set_accounts(&d, ProtocolVersion::V2, None, &[], 6)
+            .unwrap();
+        assert_eq!(s.removed_nodes(10).unwrap().len(), 1);
     }
 
     #[test]
