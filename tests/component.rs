@@ -191,11 +191,19 @@ fn a_slow_wns_is_answered_wait_within_the_deadline() {
     let (node, secret) = register(&r, 2, "ce01", "slow", json!({"account_id": "x"}));
     r.wns.fake.script(
         "slow",
-        vec![Reply::status(200).delay(Duration::from_millis(1500))],
+        vec![Reply::status(200).delay(Duration::from_millis(3000))],
     );
-    assert_eq!(
-        publish(&mut r, "s1", "localhost", &node, Some(&secret)),
-        "wait/remote-server-timeout"
+    // The job's own HTTP timeout and the IQ deadline race; either way the answer is a
+    // `wait` error (never one that makes the user's server drop the registration).
+    let started = std::time::Instant::now();
+    let verdict = publish(&mut r, "s1", "localhost", &node, Some(&secret));
+    assert!(
+        verdict == "wait/remote-server-timeout" || verdict == "wait/resource-constraint",
+        "{verdict}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "answered before WNS did"
     );
 }
 
