@@ -41,6 +41,8 @@
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+// Panics on input are bugs: no unwrap or expect outside tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
 pub mod app;
