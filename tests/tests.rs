@@ -22,5 +22,8 @@ mod e2e;
 /// Operations: health and metrics, expiry, admin commands, graceful shutdown.
 mod ops;
 
+/// Randomised robustness of the codec, the stanza reader and the publish parser.
+mod robustness;
+
 /// Configuration loading and the command line.
 mod cli;
