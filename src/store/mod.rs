@@ -8,6 +8,12 @@
 //!
 //! Threads: called from `reg-conn-*` threads (and later `xmpp-io` and `wns-worker-*`).
 //! This is the only file with SQL in it; it never touches a socket.
+//!
+//! Parameters compared to an indexed column are written `+?N`. With SQLite's STAT4
+//! (compiled in by the bundled build) a bare `?N` there marks the statement to be
+//! recompiled whenever its bindings are cleared, which rusqlite's statement cache does
+//! on every use: a full re-prepare per query. The unary `+` keeps the index and the
+//! cached plan.
 
 mod commit;
 mod schema;
@@ -266,7 +272,7 @@ impl Store {
         let row = conn
             .prepare_cached(
                 "SELECT channel_uri, version, account_form, updated_at, last_seen_at
-                 FROM devices WHERE device_id = ?1",
+                 FROM devices WHERE device_id = +?1",
             )?
             .query_row([device.as_str()], |r| {
                 Ok((
@@ -301,7 +307,7 @@ impl Store {
         let row = conn
             .prepare_cached(
                 "SELECT a.device_id, a.account_key, a.domain, a.secret, d.channel_uri, d.version, d.account_form, d.last_seen_at
-                 FROM accounts a JOIN devices d USING (device_id) WHERE a.node = ?1",
+                 FROM accounts a JOIN devices d USING (device_id) WHERE a.node = +?1",
             )?
             .query_row([node], |r| {
                 Ok(NodeTarget {
@@ -330,7 +336,7 @@ impl Store {
     pub fn accounts(&self, device: &DeviceId) -> Result<Vec<AccountRecord>, StoreError> {
         let conn = self.reader();
         let mut stmt = conn.prepare_cached(
-            "SELECT account_key, node, secret FROM accounts WHERE device_id = ?1 ORDER BY account_key",
+            "SELECT account_key, node, secret FROM accounts WHERE device_id = +?1 ORDER BY account_key",
         )?;
         let rows = stmt
             .query_map([device.as_str()], |r| {
@@ -356,7 +362,7 @@ impl Store {
         let (device, uri) = (device.clone(), uri.clone());
         self.batcher.write(&self.conn, move |tx| {
             let n = tx
-                .prepare_cached("DELETE FROM devices WHERE device_id = ?1 AND channel_uri = ?2")?
+                .prepare_cached("DELETE FROM devices WHERE device_id = +?1 AND channel_uri = ?2")?
                 .execute(params![device.as_str(), uri.as_str()])?;
             Ok(n > 0)
         })
@@ -374,7 +380,7 @@ impl Store {
     fn touch_chunk(&self, seen: Vec<(DeviceId, i64)>) -> Result<(), StoreError> {
         self.batcher.write(&self.conn, move |tx| {
             let mut stmt = tx.prepare_cached(
-                "UPDATE devices SET last_seen_at = max(last_seen_at, ?2) WHERE device_id = ?1",
+                "UPDATE devices SET last_seen_at = max(last_seen_at, ?2) WHERE device_id = +?1",
             )?;
             for (device, at) in &seen {
                 stmt.execute(params![device.as_str(), at])?;
@@ -457,7 +463,7 @@ impl Store {
     pub fn forget_removed_nodes(&self, nodes: &[String]) -> Result<(), StoreError> {
         let nodes = nodes.to_vec();
         self.batcher.write(&self.conn, move |tx| {
-            let mut stmt = tx.prepare_cached("DELETE FROM removed_nodes WHERE node = ?1")?;
+            let mut stmt = tx.prepare_cached("DELETE FROM removed_nodes WHERE node = +?1")?;
             for n in &nodes {
                 stmt.execute([n])?;
             }
@@ -490,7 +496,7 @@ impl Store {
         let device = device.clone();
         self.batcher.write(&self.conn, move |tx| {
             Ok(tx
-                .prepare_cached("DELETE FROM devices WHERE device_id = ?1")?
+                .prepare_cached("DELETE FROM devices WHERE device_id = +?1")?
                 .execute([device.as_str()])?
                 > 0)
         })
@@ -563,7 +569,7 @@ fn replace_accounts(
         .prepare_cached(
             "UPDATE devices SET version = ?2, account_form = coalesce(?3, account_form),
                updated_at = ?4, last_seen_at = ?4
-             WHERE device_id = ?1",
+             WHERE device_id = +?1",
         )?
         .execute(params![
             device.as_str(),
@@ -575,7 +581,7 @@ fn replace_accounts(
         return Ok(None);
     }
     let mut existing: HashMap<String, (String, String)> = tx
-        .prepare_cached("SELECT account_key, node, secret FROM accounts WHERE device_id = ?1")?
+        .prepare_cached("SELECT account_key, node, secret FROM accounts WHERE device_id = +?1")?
         .query_map([device.as_str()], |r| {
             Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
         })?
@@ -597,7 +603,7 @@ fn replace_accounts(
         });
     }
     let mut delete =
-        tx.prepare_cached("DELETE FROM accounts WHERE device_id = ?1 AND account_key = ?2")?;
+        tx.prepare_cached("DELETE FROM accounts WHERE device_id = +?1 AND account_key = +?2")?;
     for key in existing.keys() {
         delete.execute(params![device.as_str(), key])?;
     }

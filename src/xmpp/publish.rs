@@ -187,19 +187,26 @@ fn field(form: &Element, var: &str) -> Option<String> {
         .map(Element::text)
 }
 
+/// Reads the summary form in one pass over its fields (this runs for every push).
 fn summary_of(form: &Element) -> Summary {
-    let count = |var| {
-        field(form, var)
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let text = |var| field(form, var).filter(|v| !v.is_empty());
-    Summary {
-        message_count: count("message-count"),
-        pending_subscription_count: count("pending-subscription-count"),
-        last_message_sender: text("last-message-sender"),
-        last_message_body: text("last-message-body"),
+    let mut summary = Summary::default();
+    for f in form.children().filter(|f| f.is("field", NS_DATA)) {
+        let value = || f.get_child("value", NS_DATA).map(Element::text);
+        let count = || {
+            value()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let text = || value().filter(|v| !v.is_empty());
+        match f.attr("var") {
+            Some("message-count") => summary.message_count = count(),
+            Some("pending-subscription-count") => summary.pending_subscription_count = count(),
+            Some("last-message-sender") => summary.last_message_sender = text(),
+            Some("last-message-body") => summary.last_message_body = text(),
+            _ => {}
+        }
     }
+    summary
 }
 
 /// The domain part of a JID (`user@domain/resource` → `domain`), lowercased.
