@@ -88,8 +88,14 @@ fn populate(db: &std::path::Path, n: usize, channel: &dyn Fn(usize) -> String) {
     tx.commit().unwrap();
 }
 
+/// Node names as the server makes them: 32 random-looking hex characters (a shared
+/// prefix would make every index comparison unrealistically long).
 fn node(i: usize) -> String {
-    format!("n{i:031x}")
+    let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    format!("{z:016x}{:016x}", z.rotate_left(17) ^ i as u64)
 }
 
 fn publish(id: u64, i: usize) -> String {
