@@ -16,6 +16,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== cargo doc (-D warnings)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
 echo "== tests"
 # --run-ignored all: the end-to-end tests against real Prosody and ejabberd are
 # ignored by default (they need setup.sh, which ran above).

@@ -464,7 +464,7 @@ fn process(shared: &Shared, mut job: Job) {
     }
 }
 
-/// "device <short id> (<host>)" for log lines, formatted only if a line is written.
+/// `device <short id> (<host>)` for log lines, formatted only if a line is written.
 struct WhoLog<'a>(&'a DeviceId, &'a ChannelUri);
 
 impl fmt::Display for WhoLog<'_> {

@@ -227,7 +227,7 @@ impl Io<'_> {
                             server: c.bare_jid.split_once('@').map_or("", |(_, d)| d).to_owned(),
                             client: true,
                         };
-                        reconcile(&mut session.reader, &id.own, &self.s.store)?;
+                        pep::reconcile(&mut session.reader, &id.own, &self.s.store)?;
                         self.connected(status, &mut first, &session.full_jid);
                         backoff = Duration::from_secs(1);
                         Ok(self.session(&id, &mut session.reader))
@@ -273,7 +273,7 @@ impl Io<'_> {
         let mut deadlines: VecDeque<(Instant, u64)> = VecDeque::new();
         let mut peps: HashMap<String, PepStep> = HashMap::new();
         let mut deleting: HashSet<String> = HashSet::new();
-        let mut seen_items = RecentIds::new(4096);
+        let mut seen_items = publish::RecentItems::new(4096);
         let mut seq = 0u64;
         let mut next_timers = Instant::now();
         let mut next_removed = Instant::now();
@@ -302,7 +302,7 @@ impl Io<'_> {
             }
             match reader.next_event() {
                 Ok(StreamEvent::Stanza(stanza)) => {
-                    log::trace!("xmpp: <- {}", redact_secret(&String::from(&stanza)));
+                    log::trace!("xmpp: <- {}", reply::redact_secrets(&String::from(&stanza)));
                     match publish::classify(&stanza, id.ns) {
                         Inbound::Publish(h, _) if draining.is_some() => {
                             let shutting =
@@ -612,38 +612,6 @@ struct Pending {
     since: Instant,
 }
 
-/// Recently seen event item ids, to drop a second delivery of the same event.
-struct RecentIds {
-    order: VecDeque<String>,
-    set: HashSet<String>,
-    cap: usize,
-}
-
-impl RecentIds {
-    fn new(cap: usize) -> Self {
-        Self {
-            order: VecDeque::new(),
-            set: HashSet::new(),
-            cap,
-        }
-    }
-
-    /// False if (node, item) was seen recently.
-    fn insert(&mut self, node: &str, item: &str) -> bool {
-        let key = format!("{node}\u{0}{item}");
-        if !self.set.insert(key.clone()) {
-            return false;
-        }
-        self.order.push_back(key);
-        if self.order.len() > self.cap
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        true
-    }
-}
-
 /// The bare part of a JID, lowercased.
 fn bare(jid: &str) -> String {
     jid.split('/').next().unwrap_or("").to_lowercase()
@@ -690,171 +658,6 @@ fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, Xmp
     Ok(reader)
 }
 
-/// Client mode, at every (re)connect: every node in the database exists on the push
-/// account and is subscribed; every node on the account that is not in the database is
-/// deleted. Requests are pipelined in windows.
-fn reconcile<S: Socket>(
-    reader: &mut StanzaReader<S>,
-    own: &str,
-    store: &Store,
-) -> Result<(), XmppError> {
-    let listing = roundtrip(
-        reader,
-        vec![(
-            "reconcile-items".into(),
-            pep::items_iq("reconcile-items", own),
-        )],
-    )?;
-    let on_server: HashSet<String> = listing
-        .into_values()
-        .filter_map(Result::ok)
-        .flat_map(|e| {
-            e.get_child("query", publish::NS_DISCO_ITEMS)
-                .map(|q| {
-                    q.children()
-                        .filter_map(|i| i.attr("node").map(str::to_owned))
-                        .collect::<Vec<_>>()
-                })
-                .unwrap_or_default()
-        })
-        .collect();
-    let in_db: HashSet<String> = store
-        .all_nodes()
-        .map_err(|e| XmppError::Protocol(format!("store: {e}")))?
-        .into_iter()
-        .collect();
-    let missing: Vec<&String> = in_db.difference(&on_server).collect();
-    let extra: Vec<&String> = on_server.difference(&in_db).collect();
-    let creates = missing
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            (
-                format!("rc-c-{i}"),
-                pep::create_iq(&format!("rc-c-{i}"), own, n),
-            )
-        })
-        .collect();
-    let failed_creates = roundtrip(reader, creates)?
-        .into_iter()
-        .filter(|(_, r)| matches!(r, Err(e) if e != "conflict"))
-        .count();
-    let subscribes = in_db
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            (
-                format!("rc-s-{i}"),
-                pep::subscribe_iq(&format!("rc-s-{i}"), own, n),
-            )
-        })
-        .collect();
-    let failed_subscribes = roundtrip(reader, subscribes)?
-        .into_iter()
-        .filter(|(_, r)| r.is_err())
-        .count();
-    let deletes = extra
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            (
-                format!("rc-d-{i}"),
-                pep::delete_iq(&format!("rc-d-{i}"), own, n),
-            )
-        })
-        .collect();
-    roundtrip(reader, deletes)?;
-    let gone: Vec<String> = extra.iter().map(|n| (*n).clone()).collect();
-    let _ = store.forget_removed_nodes(&gone);
-    log::info!(
-        "xmpp: reconciled PEP nodes: {} in the database, {} created, {} deleted, {} failures",
-        in_db.len(),
-        missing.len(),
-        extra.len(),
-        failed_creates + failed_subscribes
-    );
-    Ok(())
-}
-
-/// Sends IQs (in windows of 100) and collects each answer: the result element, or the
-/// error condition. Other stanzas arriving meanwhile are dropped.
-fn roundtrip<S: Socket>(
-    reader: &mut StanzaReader<S>,
-    requests: Vec<(String, String)>,
-) -> Result<HashMap<String, Result<minidom::Element, String>>, XmppError> {
-    let mut answers = HashMap::new();
-    for window in requests.chunks(100) {
-        let mut waiting: HashSet<&str> = window.iter().map(|(id, _)| id.as_str()).collect();
-        let batch: String = window.iter().map(|(_, s)| s.as_str()).collect();
-        reader.get_mut().write_all(batch.as_bytes())?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !waiting.is_empty() {
-            if Instant::now() > deadline {
-                return Err(XmppError::Protocol(
-                    "the server did not answer our PEP requests".into(),
-                ));
-            }
-            match reader.next_event() {
-                Ok(StreamEvent::Stanza(e)) if e.name() == "iq" => {
-                    let Some(id) = e
-                        .attr("id")
-                        .filter(|i| waiting.contains(i))
-                        .map(str::to_owned)
-                    else {
-                        continue;
-                    };
-                    waiting.remove(id.as_str());
-                    let result = if e.attr("type") == Some("result") {
-                        Ok(e)
-                    } else {
-                        Err(e
-                            .children()
-                            .find(|c| c.name() == "error")
-                            .and_then(|er| er.children().next())
-                            .map_or_else(|| "error".to_owned(), |c| c.name().to_owned()))
-                    };
-                    answers.insert(id, result);
-                }
-                Ok(StreamEvent::Stanza(_)) | Err(ReadError::Idle) => {}
-                Ok(_) | Err(ReadError::Eof) => {
-                    return Err(XmppError::Protocol(
-                        "stream ended during reconciliation".into(),
-                    ));
-                }
-                Err(ReadError::Io(e)) => return Err(XmppError::Io(e)),
-                Err(e) => return Err(XmppError::Protocol(format!("{e:?}"))),
-            }
-        }
-    }
-    Ok(answers)
-}
-
-/// Masks the value of a `secret` form field, for trace logs of whole stanzas.
-fn redact_secret(xml: &str) -> String {
-    let mut out = String::with_capacity(xml.len());
-    let mut rest = xml;
-    while let Some(i) = rest
-        .find("var='secret'")
-        .or_else(|| rest.find("var=\"secret\""))
-    {
-        let (head, tail) = rest.split_at(i);
-        out.push_str(head);
-        match (tail.find("<value>"), tail.find("</value>")) {
-            (Some(a), Some(b)) if a < b => {
-                out.push_str(&tail[..a + 7]);
-                out.push_str("********");
-                rest = &tail[b..];
-            }
-            _ => {
-                out.push_str(tail);
-                rest = "";
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 /// One info line per push outcome; no secrets, no user JIDs (`from` is a server).
 fn log_outcome(from: &str, outcome: &PushOutcome) {
     use crate::ops::metrics::{METRICS, PublishResult as R};
@@ -874,29 +677,5 @@ fn log_outcome(from: &str, outcome: &PushOutcome) {
             log::info!("push: from {from} {outcome:?}")
         }
         other => log::info!("push: from {from} not delivered: {other:?}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn duplicate_event_items_are_recognised_within_the_window() {
-        let mut r = super::RecentIds::new(2);
-        assert!(r.insert("n", "1"));
-        assert!(!r.insert("n", "1"), "ejabberd delivered one event twice");
-        assert!(
-            r.insert("m", "1"),
-            "same item id on another node is another event"
-        );
-        assert!(r.insert("n", "2"));
-        assert!(r.insert("n", "1"), "forgotten after the window");
-    }
-
-    #[test]
-    fn secrets_are_masked_in_trace_logs() {
-        let xml = "<x><field var='secret'><value>s3cret</value></field><field var=\"secret\"><value>two</value></field><value>keep</value></x>";
-        let red = super::redact_secret(xml);
-        assert!(!red.contains("s3cret") && !red.contains("two"), "{red}");
-        assert!(red.contains("<value>keep</value>"));
     }
 }

@@ -2,21 +2,28 @@
 //! with `publish_model=open` so users' servers can publish, `max_items=1`, payloads and
 //! notifications on, and subscribed by the push account itself.
 //!
-//! Registration threads ask for a node through [`Pep::create`], which hands the request
+//! Registration threads ask for nodes through [`Pep::create_all`], which hands the request
 //! to the `xmpp-io` thread (the only writer of the stream) and waits for the outcome
 //! with a timeout; they never touch the socket. Deletions need no waiting: the store
 //! keeps a durable list of removed nodes (a trigger on `accounts`), which `xmpp-io`
 //! works off.
 //!
-//! Threads: `reg-conn-*` call [`Pep::create`]; `xmpp-io` builds and sends the stanzas.
+//! At every (re)connect [`reconcile`] makes the push account match the database.
+//!
+//! Threads: `reg-conn-*` call [`Pep::create_all`]; `xmpp-io` builds and sends the
+//! stanzas and runs the reconciliation.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Sender, bounded};
 
-use super::LinkStatus;
+use super::reader::{ReadError, StanzaReader, StreamEvent};
 use super::reply::esc;
+use super::{LinkStatus, XmppError, publish};
+use crate::net::Socket;
+use crate::store::Store;
 
 /// A request for `xmpp-io`.
 pub struct PepRequest {
@@ -124,4 +131,130 @@ pub fn items_iq(id: &str, own: &str) -> String {
         esc(id),
         esc(own)
     )
+}
+
+/// Client mode, at every (re)connect: every node in the database exists on the push
+/// account and is subscribed; every node on the account that is not in the database is
+/// deleted. Requests are pipelined in windows.
+pub fn reconcile<S: Socket>(
+    reader: &mut StanzaReader<S>,
+    own: &str,
+    store: &Store,
+) -> Result<(), XmppError> {
+    let listing = roundtrip(
+        reader,
+        vec![("reconcile-items".into(), items_iq("reconcile-items", own))],
+    )?;
+    let on_server: HashSet<String> = listing
+        .into_values()
+        .filter_map(Result::ok)
+        .flat_map(|e| {
+            e.get_child("query", publish::NS_DISCO_ITEMS)
+                .map(|q| {
+                    q.children()
+                        .filter_map(|i| i.attr("node").map(str::to_owned))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let in_db: HashSet<String> = store
+        .all_nodes()
+        .map_err(|e| XmppError::Protocol(format!("store: {e}")))?
+        .into_iter()
+        .collect();
+    let missing: Vec<&String> = in_db.difference(&on_server).collect();
+    let extra: Vec<&String> = on_server.difference(&in_db).collect();
+    let creates = missing
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("rc-c-{i}"), create_iq(&format!("rc-c-{i}"), own, n)))
+        .collect();
+    let failed_creates = roundtrip(reader, creates)?
+        .into_iter()
+        .filter(|(_, r)| matches!(r, Err(e) if e != "conflict"))
+        .count();
+    let subscribes = in_db
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                format!("rc-s-{i}"),
+                subscribe_iq(&format!("rc-s-{i}"), own, n),
+            )
+        })
+        .collect();
+    let failed_subscribes = roundtrip(reader, subscribes)?
+        .into_iter()
+        .filter(|(_, r)| r.is_err())
+        .count();
+    let deletes = extra
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("rc-d-{i}"), delete_iq(&format!("rc-d-{i}"), own, n)))
+        .collect();
+    roundtrip(reader, deletes)?;
+    let gone: Vec<String> = extra.iter().map(|n| (*n).clone()).collect();
+    let _ = store.forget_removed_nodes(&gone);
+    log::info!(
+        "xmpp: reconciled PEP nodes: {} in the database, {} created, {} deleted, {} failures",
+        in_db.len(),
+        missing.len(),
+        extra.len(),
+        failed_creates + failed_subscribes
+    );
+    Ok(())
+}
+
+/// Sends IQs (in windows of 100) and collects each answer: the result element, or the
+/// error condition. Other stanzas arriving meanwhile are dropped.
+fn roundtrip<S: Socket>(
+    reader: &mut StanzaReader<S>,
+    requests: Vec<(String, String)>,
+) -> Result<HashMap<String, Result<minidom::Element, String>>, XmppError> {
+    let mut answers = HashMap::new();
+    for window in requests.chunks(100) {
+        let mut waiting: HashSet<&str> = window.iter().map(|(id, _)| id.as_str()).collect();
+        let batch: String = window.iter().map(|(_, s)| s.as_str()).collect();
+        reader.get_mut().write_all(batch.as_bytes())?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !waiting.is_empty() {
+            if Instant::now() > deadline {
+                return Err(XmppError::Protocol(
+                    "the server did not answer our PEP requests".into(),
+                ));
+            }
+            match reader.next_event() {
+                Ok(StreamEvent::Stanza(e)) if e.name() == "iq" => {
+                    let Some(id) = e
+                        .attr("id")
+                        .filter(|i| waiting.contains(i))
+                        .map(str::to_owned)
+                    else {
+                        continue;
+                    };
+                    waiting.remove(id.as_str());
+                    let result = if e.attr("type") == Some("result") {
+                        Ok(e)
+                    } else {
+                        Err(e
+                            .children()
+                            .find(|c| c.name() == "error")
+                            .and_then(|er| er.children().next())
+                            .map_or_else(|| "error".to_owned(), |c| c.name().to_owned()))
+                    };
+                    answers.insert(id, result);
+                }
+                Ok(StreamEvent::Stanza(_)) | Err(ReadError::Idle) => {}
+                Ok(_) | Err(ReadError::Eof) => {
+                    return Err(XmppError::Protocol(
+                        "stream ended during reconciliation".into(),
+                    ));
+                }
+                Err(ReadError::Io(e)) => return Err(XmppError::Io(e)),
+                Err(e) => return Err(XmppError::Protocol(format!("{e:?}"))),
+            }
+        }
+    }
+    Ok(answers)
 }

@@ -10,6 +10,8 @@
 //!
 //! Threads: `xmpp-io`. No I/O, no locks.
 
+use std::collections::{HashSet, VecDeque};
+
 use minidom::Element;
 
 use crate::wns::payload::Summary;
@@ -218,6 +220,39 @@ pub fn jid_domain(jid: &str) -> String {
         .to_lowercase()
 }
 
+/// Recently seen event item ids, to drop a second delivery of the same event.
+pub struct RecentItems {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+    cap: usize,
+}
+
+impl RecentItems {
+    /// Remembers up to `cap` items.
+    pub fn new(cap: usize) -> Self {
+        Self {
+            order: VecDeque::new(),
+            set: HashSet::new(),
+            cap,
+        }
+    }
+
+    /// False if (node, item) was seen recently.
+    pub fn insert(&mut self, node: &str, item: &str) -> bool {
+        let key = format!("{node}\u{0}{item}");
+        if !self.set.insert(key.clone()) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > self.cap
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +406,19 @@ mod tests {
             parse("<message from='x'><body>no event</body></message>"),
             Inbound::Ignored
         );
+    }
+
+    #[test]
+    fn duplicate_event_items_are_recognised_within_the_window() {
+        let mut r = RecentItems::new(2);
+        assert!(r.insert("n", "1"));
+        assert!(!r.insert("n", "1"), "ejabberd delivered one event twice");
+        assert!(
+            r.insert("m", "1"),
+            "same item id on another node is another event"
+        );
+        assert!(r.insert("n", "2"));
+        assert!(r.insert("n", "1"), "forgotten after the window");
     }
 
     #[test]

@@ -156,6 +156,32 @@ pub fn stream_error(condition: &str) -> String {
     )
 }
 
+/// Masks the value of a `secret` form field, for trace logs of whole stanzas.
+pub fn redact_secrets(xml: &str) -> String {
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(i) = rest
+        .find("var='secret'")
+        .or_else(|| rest.find("var=\"secret\""))
+    {
+        let (head, tail) = rest.split_at(i);
+        out.push_str(head);
+        match (tail.find("<value>"), tail.find("</value>")) {
+            (Some(a), Some(b)) if a < b => {
+                out.push_str(&tail[..a + 7]);
+                out.push_str("********");
+                rest = &tail[b..];
+            }
+            _ => {
+                out.push_str(tail);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +239,14 @@ mod tests {
         for (outcome, reply) in rows {
             assert_eq!(for_outcome(&outcome), reply, "{outcome:?}");
         }
+    }
+
+    #[test]
+    fn secrets_are_masked_in_trace_logs() {
+        let xml = "<x><field var='secret'><value>s3cret</value></field><field var=\"secret\"><value>two</value></field><value>keep</value></x>";
+        let red = redact_secrets(xml);
+        assert!(!red.contains("s3cret") && !red.contains("two"), "{red}");
+        assert!(red.contains("<value>keep</value>"));
     }
 
     #[test]

@@ -1,0 +1,179 @@
+use super::*;
+use crate::types::{BareJid, ChannelHosts};
+
+fn dev(s: &str) -> DeviceId {
+    DeviceId::parse(s).unwrap()
+}
+
+fn uri(s: &str) -> ChannelUri {
+    ChannelUri::parse(s, &ChannelHosts::new(vec!["notify.windows.com".into()])).unwrap()
+}
+
+fn spec(k: &str) -> AccountSpec {
+    AccountSpec {
+        key: AccountKey::parse(k).unwrap(),
+        domain: None,
+    }
+}
+
+#[test]
+fn accounts_keep_nodes_and_channel_updates_keep_accounts() {
+    let s = Store::open_in_memory().unwrap();
+    let d = dev("abcd");
+    let v2 = ProtocolVersion::V2;
+    assert!(
+        s.set_accounts(&d, v2, None, &[spec("a")], 1)
+            .unwrap()
+            .is_none()
+    );
+    s.set_channel(&d, &uri("https://a.notify.windows.com/?token=1"), v2, 1)
+        .unwrap();
+    let first = s
+        .set_accounts(
+            &d,
+            v2,
+            Some(AccountForm::AccountId),
+            &[spec("a"), spec("b")],
+            2,
+        )
+        .unwrap()
+        .unwrap();
+    s.set_channel(&d, &uri("https://b.notify.windows.com/?token=2"), v2, 3)
+        .unwrap();
+    let second = s
+        .set_accounts(
+            &d,
+            v2,
+            Some(AccountForm::AccountId),
+            &[spec("b"), spec("c")],
+            4,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(second[0].node, first[1].node);
+    assert_eq!(second[0].secret.expose(), first[1].secret.expose());
+    assert_ne!(second[1].node, first[0].node);
+    let keys: Vec<_> = s.accounts(&d).unwrap().into_iter().map(|a| a.key).collect();
+    assert_eq!(
+        keys,
+        vec![
+            AccountKey::parse("b").unwrap(),
+            AccountKey::parse("c").unwrap()
+        ]
+    );
+    let rec = s.device(&d).unwrap().unwrap();
+    assert_eq!(
+        rec.channel_uri.as_str(),
+        "https://b.notify.windows.com/?token=2"
+    );
+    assert_eq!(rec.account_form, Some(AccountForm::AccountId));
+    // An empty list deletes everything but keeps the device and its form.
+    assert!(
+        s.set_accounts(&d, v2, None, &[], 5)
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.counts().unwrap(),
+        Counts {
+            devices: 1,
+            accounts: 0
+        }
+    );
+    assert_eq!(
+        s.device(&d).unwrap().unwrap().account_form,
+        Some(AccountForm::AccountId)
+    );
+}
+
+#[test]
+fn every_way_an_account_goes_leaves_its_node_to_delete() {
+    let s = Store::open_in_memory().unwrap();
+    let d = dev("ab");
+    let u = uri("https://a.notify.windows.com/?t=1");
+    s.set_channel(&d, &u, ProtocolVersion::V2, 1).unwrap();
+    let recs = s
+        .set_accounts(
+            &d,
+            ProtocolVersion::V2,
+            None,
+            &[spec("a"), spec("b"), spec("c")],
+            1,
+        )
+        .unwrap()
+        .unwrap();
+    assert!(recs.iter().all(|r| r.created));
+    assert!(s.removed_nodes(10).unwrap().is_empty());
+    // Removed by the client.
+    let again = s
+        .set_accounts(&d, ProtocolVersion::V2, None, &[spec("b"), spec("c")], 2)
+        .unwrap()
+        .unwrap();
+    assert!(again.iter().all(|r| !r.created));
+    assert_eq!(
+        s.removed_nodes(10).unwrap(),
+        vec![recs[0].node.as_str().to_owned()]
+    );
+    // The device goes (ChannelGone): its accounts go by cascade.
+    assert!(s.delete_device_if_channel(&d, &u).unwrap());
+    let mut gone = s.removed_nodes(10).unwrap();
+    gone.sort();
+    let mut want: Vec<String> = recs.iter().map(|r| r.node.as_str().to_owned()).collect();
+    want.sort();
+    assert_eq!(gone, want);
+    s.forget_removed_nodes(&gone).unwrap();
+    assert!(s.removed_nodes(10).unwrap().is_empty());
+    // Outside client mode nothing is recorded.
+    s.track_removed_nodes(false).unwrap();
+    s.set_channel(&d, &u, ProtocolVersion::V2, 3).unwrap();
+    s.set_accounts(&d, ProtocolVersion::V2, None, &[spec("x")], 3)
+        .unwrap();
+    s.set_accounts(&d, ProtocolVersion::V2, None, &[], 4)
+        .unwrap();
+    assert!(s.removed_nodes(10).unwrap().is_empty());
+    s.track_removed_nodes(true).unwrap();
+    s.set_accounts(&d, ProtocolVersion::V2, None, &[spec("y")], 5)
+        .unwrap();
+    s.set_accounts(&d, ProtocolVersion::V2, None, &[], 6)
+        .unwrap();
+    assert_eq!(s.removed_nodes(10).unwrap().len(), 1);
+}
+
+#[test]
+fn bare_jid_accounts_store_hash_and_domain_only() {
+    let s = Store::open_in_memory().unwrap();
+    let d = dev("5486bd86");
+    s.set_channel(
+        &d,
+        &uri("https://a.notify.windows.com/?t"),
+        ProtocolVersion::V1,
+        1,
+    )
+    .unwrap();
+    let jid = BareJid::parse("someClient@XMPP.uwpx.org").unwrap();
+    let key = AccountKey::derive(&d, &jid);
+    let spec = AccountSpec {
+        key: key.clone(),
+        domain: Some(jid.domain()),
+    };
+    s.set_accounts(
+        &d,
+        ProtocolVersion::V1,
+        Some(AccountForm::BareJid),
+        &[spec],
+        2,
+    )
+    .unwrap()
+    .unwrap();
+    let conn = s.lock();
+    let (k, domain): (String, String) = conn
+        .query_row("SELECT account_key, domain FROM accounts", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(
+        (k.as_str(), domain.as_str()),
+        (key.as_str(), "xmpp.uwpx.org")
+    );
+}
