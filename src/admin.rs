@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::registration::handler::unix_now;
 use crate::store::Store;
+use crate::store::unix_now;
 use crate::types::{ClientGeneration, DeviceId};
 use crate::wns::{Job, Outcome, WnsPool, payload};
 

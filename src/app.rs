@@ -210,11 +210,6 @@ impl App {
         })
     }
 
-    /// The XMPP link's status, in component mode.
-    pub fn xmpp_status(&self) -> Option<Arc<LinkStatus>> {
-        self.xmpp.as_ref().map(XmppLink::status)
-    }
-
     /// The registration listener's address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

@@ -2,6 +2,9 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -82,4 +85,20 @@ pub fn threads_cpu(prefix: &str) -> f64 {
 /// The `p` quantile (0..1) of sorted latencies.
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))]
+}
+
+/// Starts the real release binary with `config`, draining its stderr so it never
+/// blocks on a full pipe.
+pub fn spawn_server(config: &Path) -> Child {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uwpx-push-server"))
+        .arg("--config")
+        .arg(config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start uwpx-push-server");
+    if let Some(stderr) = child.stderr.take() {
+        std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    }
+    child
 }

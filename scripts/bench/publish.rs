@@ -13,9 +13,9 @@
 //! "server CPU/push" is the server process's CPU time (all its threads) per reply.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -273,15 +273,7 @@ fn main() {
         serde_json::to_vec(&config).unwrap(),
     )
     .unwrap();
-    let mut server: Child = Command::new(env!("CARGO_BIN_EXE_uwpx-push-server"))
-        .arg("--config")
-        .arg(dir.join("configuration.json"))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = server.stderr.take().unwrap();
-    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let mut server = common::spawn_server(&dir.join("configuration.json"));
 
     // Be the XMPP server: accept, open the stream, check the handshake.
     let (tcp, _) = component.accept().unwrap();

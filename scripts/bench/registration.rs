@@ -14,9 +14,9 @@
 //! accounts (one stable, one new each time, so every request inserts one account and
 //! deletes one), read the answer, check `status` 1, close.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -98,16 +98,7 @@ fn start(dir: &std::path::Path, tls: bool, sync: &str) -> Server {
             "log": {{"level": "{level}", "file": "server.log"}}}}"#
     );
     std::fs::write(dir.join("configuration.json"), config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_uwpx-push-server"))
-        .arg("--config")
-        .arg(dir.join("configuration.json"))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Drain stderr so the server never blocks on a full pipe, then wait for the port.
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || for _ in BufReader::new(stderr).lines() {});
+    let child = common::spawn_server(&dir.join("configuration.json"));
     let t0 = Instant::now();
     while TcpStream::connect(addr).is_err() {
         assert!(

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::unbounded;
 use uwpx_push_server::config::Config;
-use uwpx_push_server::registration::handler::unix_now;
 use uwpx_push_server::store::Store;
+use uwpx_push_server::store::unix_now;
 use uwpx_push_server::types::{ChannelUri, DeviceId};
 use uwpx_push_server::wns::client::{WnsClient, parse_certs};
 use uwpx_push_server::wns::token::TokenCache;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::registration::handler::unix_now;
 use crate::shutdown::Shutdown;
+use crate::store::unix_now;
 use crate::store::{Store, StoreError};
 
 /// How often the sweeper runs.

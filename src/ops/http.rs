@@ -16,9 +16,9 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use super::metrics::{METRICS, gauge};
-use crate::registration::handler::unix_now;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
+use crate::store::unix_now;
 use crate::wns::WnsPool;
 use crate::xmpp::LinkStatus;
 

@@ -152,7 +152,7 @@ impl Dispatcher {
         let body = payload::push(generation, t.account_key.as_str(), &push.summary);
         let outcomes = self.outcomes.clone();
         let device = t.device_id.short().to_owned();
-        let touch = t.last_seen_at < crate::registration::handler::unix_now() - 3600;
+        let touch = t.last_seen_at < crate::store::unix_now() - 3600;
         pool.submit(
             Job::new(
                 t.device_id,

@@ -7,11 +7,11 @@
 //! Threads: `reg-conn-*`; takes the store lock through [`Store`] methods only.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::codec::{Action, Request};
 use super::wire::{AccountAnswer, Answer, RegError};
-use crate::store::Store;
+use crate::store::{Store, unix_now};
 use crate::types::ClientGeneration;
 use crate::wns::{Job, Outcome, WnsPool, payload};
 use crate::xmpp::pep::Pep;
@@ -131,14 +131,6 @@ impl Handler {
             }
         }
     }
-}
-
-/// Seconds since the Unix epoch (UTC); 0 if the clock is before 1970.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

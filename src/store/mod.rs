@@ -288,11 +288,7 @@ impl Store {
             |(uri, version, form, updated_at, last_seen_at)| DeviceRecord {
                 device_id: device.clone(),
                 channel_uri: ChannelUri::from_stored(uri),
-                version: if version == 2 {
-                    ProtocolVersion::V2
-                } else {
-                    ProtocolVersion::V1
-                },
+                version: stored_version(version),
                 account_form: form.as_deref().and_then(AccountForm::from_json_key),
                 updated_at,
                 last_seen_at,
@@ -316,11 +312,7 @@ impl Store {
                     domain: r.get(2)?,
                     secret: Secret::from_stored(r.get(3)?),
                     channel_uri: ChannelUri::from_stored(r.get(4)?),
-                    version: if r.get::<_, i64>(5)? == 2 {
-                        ProtocolVersion::V2
-                    } else {
-                        ProtocolVersion::V1
-                    },
+                    version: stored_version(r.get(5)?),
                     account_form: r
                         .get::<_, Option<String>>(6)?
                         .as_deref()
@@ -555,6 +547,24 @@ impl Store {
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         conn.close().map_err(|(_, e)| StoreError::from(e))
     }
+}
+
+/// The stored protocol version (the schema only allows 1 and 2).
+fn stored_version(n: i64) -> ProtocolVersion {
+    if n == 2 {
+        ProtocolVersion::V2
+    } else {
+        ProtocolVersion::V1
+    }
+}
+
+/// Seconds since the Unix epoch (UTC), the unit of every stored timestamp; 0 if the
+/// clock is before 1970.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn replace_accounts(

@@ -39,8 +39,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 
 use crate::config::WnsConfig;
 use crate::ops::metrics::METRICS;
-use crate::registration::handler::unix_now;
 use crate::store::Store;
+use crate::store::unix_now;
 use crate::types::{ChannelHosts, ChannelUri, DeviceId};
 use client::{Answer, Verdict, WnsClient, classify};
 use token::TokenCache;
@@ -270,11 +270,6 @@ impl WnsPool {
     /// When the current access token expires (unix seconds), if there is one.
     pub fn token_expires_at(&self) -> Option<i64> {
         self.shared.tokens.expires_at()
-    }
-
-    /// Token requests made so far.
-    pub fn token_requests(&self) -> u64 {
-        self.shared.tokens.requests()
     }
 
     /// Stops taking jobs, lets queued and running ones finish for up to `grace`, answers
