@@ -6,17 +6,18 @@
 //! Threads: `main` (and, for `test-push`, a one-worker WNS pool).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::app::StoreVault;
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::push::effects::{Effects, send_and_wait};
 use crate::store::Store;
-use crate::store::unix_now;
 use crate::types::{ClientGeneration, DeviceId};
-use crate::wns::{Job, Outcome, WnsPool, payload};
+use crate::wns::{Outcome, WnsPool, payload};
 
 fn open(config: &Config) -> Result<Store, String> {
-    Store::open(&config.db.path, config.db.synchronous)
-        .map_err(|e| format!("cannot open {}: {e}", config.db.path.display()))
+    Store::open(&config.db).map_err(|e| format!("cannot open {}: {e}", config.db.path.display()))
 }
 
 fn device_id(id: &str) -> Result<DeviceId, String> {
@@ -37,7 +38,7 @@ fn ago(t: i64, now: i64) -> String {
 /// Counts, the least and most recently seen device, and the WNS token's expiry.
 pub fn stats(config: &Config) -> Result<(), String> {
     let store = open(config)?;
-    let now = unix_now();
+    let now = Clock::system().unix_now();
     let c = store.counts().map_err(|e| e.to_string())?;
     println!("devices:  {}", c.devices);
     println!("accounts: {}", c.accounts);
@@ -69,22 +70,21 @@ pub fn test_push(config: &Config, id: &str) -> Result<(), String> {
         .ok_or("Device id unknown.")?;
     let mut wns = config.wns.clone();
     wns.workers = 1;
-    let pool = WnsPool::from_config(&wns, store.clone()).map_err(|e| e.to_string())?;
+    let clock = Clock::system();
+    let vault = Arc::new(StoreVault(store.clone()));
+    let pool = WnsPool::from_config(&wns, Some(vault), clock.clone()).map_err(|e| e.to_string())?;
+    let effects = Arc::new(Effects::new(store.clone(), clock));
     let generation = ClientGeneration::of(record.version, record.account_form);
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    pool.submit(Job::new(
+    let outcome = send_and_wait(
+        &pool,
+        &effects,
         record.device_id,
         record.channel_uri,
         payload::test_push(generation),
-        Instant::now() + wns.deadline,
-        Box::new(move |o| {
-            let _ = tx.try_send(o);
-        }),
-    ));
-    let outcome = rx
-        .recv_timeout(wns.deadline + Duration::from_secs(2))
-        .unwrap_or_else(|_| Outcome::Transient("no answer in time".into()));
+        wns.deadline,
+    );
     pool.stop(Duration::from_secs(2));
+    effects.flush();
     println!("test push to {}: {outcome}", device.short());
     match outcome {
         Outcome::Delivered => Ok(()),

@@ -1,29 +1,58 @@
-//! Wiring: builds the store and the registration service from the configuration, and
-//! takes them down in order.
+//! Wiring: builds every component from the configuration, plugs the interfaces that
+//! lower layers own (the WNS token vault, registration's node provisioner) into their
+//! implementations, and takes everything down in order.
 //!
-//! Start order: store (migrated) → TLS acceptor → listener bound → accept loop. Stop
-//! order: set the flag → wake the accept loop → wait for requests in flight → close
-//! the store, so every answered request is committed and the WAL is checkpointed.
+//! Start order: store (migrated) → WNS pool → XMPP link → expiry → ops HTTP → TLS
+//! acceptor → listener bound → accept loop. Stop order: trigger shutdown → wake the
+//! accept loop → requests in flight finish (each commits before it answers) → the XMPP
+//! link answers what WNS answers within the grace and closes the stream → ops threads
+//! → the WNS pool (its queue's sender dropped, workers joined) → last-seen flushed →
+//! the store closed, so every answered request is committed and the WAL checkpointed.
 //!
-//! Threads: runs on `main`; owns every `JoinHandle`.
+//! Threads: runs on `main`; owns every `JoinHandle` (directly or through the
+//! component that started the thread) and logs a panic at every join.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::ops::http::{OpsHttp, Sources};
-use crate::push::Dispatcher;
+use crate::push::effects::Effects;
+use crate::push::{DispatchSettings, Dispatcher};
 use crate::registration::codec::Rules;
 use crate::registration::conn::ConnContext;
-use crate::registration::handler::{Handler, TestPush};
+use crate::registration::handler::{Handler, NodeProvisioner, TestPush};
 use crate::registration::{RegistrationServer, Running};
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, join_logged};
 use crate::store::{Store, StoreError};
+use crate::types::{Node, SavedToken};
 use crate::wns::WnsPool;
+use crate::wns::token::TokenVault;
 use crate::xmpp::pep::Pep;
 use crate::xmpp::{LinkSettings, LinkStatus, Mode, XmppLink};
+
+/// The store as the WNS token's vault (the interface `wns` owns).
+pub struct StoreVault(pub Arc<Store>);
+
+impl TokenVault for StoreVault {
+    fn load(&self) -> Result<Option<SavedToken>, String> {
+        self.0.load_token().map_err(|e| e.to_string())
+    }
+
+    fn save(&self, token: &SavedToken) -> Result<(), String> {
+        self.0.save_token(token).map_err(|e| e.to_string())
+    }
+}
+
+/// Client mode's PEP nodes as registration's node provisioner.
+impl NodeProvisioner for Pep {
+    fn create_all(&self, nodes: &[&Node]) -> Vec<Result<(), String>> {
+        Pep::create_all(self, nodes)
+    }
+}
 
 /// Why the server could not start. `main` prints it and exits 1.
 #[derive(Debug)]
@@ -55,6 +84,7 @@ impl std::error::Error for StartError {}
 pub struct App {
     store: Arc<Store>,
     wns: Option<Arc<WnsPool>>,
+    effects: Arc<Effects>,
     xmpp: Option<XmppLink>,
     ops_http: Option<OpsHttp>,
     expiry: Option<std::thread::JoinHandle<()>>,
@@ -68,16 +98,16 @@ pub struct App {
 impl App {
     /// Opens the store, binds the listener and starts accepting.
     pub fn start(config: &Config, shutdown: Shutdown) -> Result<App, StartError> {
-        let store = Arc::new(
-            Store::open(&config.db.path, config.db.synchronous).map_err(StartError::Store)?,
-        );
+        let clock = Clock::system();
+        let store = Arc::new(Store::open(&config.db).map_err(StartError::Store)?);
         let counts = store.counts().map_err(StartError::Store)?;
         log::info!(
             "store: {} ({} devices, {} accounts)",
-            config.db.path.display(),
+            store.describe(),
             counts.devices,
             counts.accounts
         );
+        let effects = Arc::new(Effects::new(store.clone(), clock.clone()));
         let tls = match &config.tcp.tls {
             None => None,
             Some(t) => Some(
@@ -93,8 +123,9 @@ impl App {
                 None
             }
             Some(_) => {
-                let pool =
-                    WnsPool::from_config(&config.wns, store.clone()).map_err(StartError::Thread)?;
+                let vault = Arc::new(StoreVault(store.clone()));
+                let pool = WnsPool::from_config(&config.wns, Some(vault), clock.clone())
+                    .map_err(StartError::Thread)?;
                 log::info!(
                     "wns: {} workers, token endpoint {}",
                     config.wns.workers,
@@ -125,11 +156,15 @@ impl App {
             Some(mode) => {
                 let (tx, rx) = crossbeam_channel::unbounded();
                 let dispatcher = Dispatcher::new(
-                    store.clone(),
-                    wns.clone(),
-                    config.wns.deadline,
-                    config.push.min_interval,
-                    matches!(mode, Mode::Component(_)),
+                    DispatchSettings {
+                        store: store.clone(),
+                        pool: wns.clone(),
+                        effects: effects.clone(),
+                        clock: clock.clone(),
+                        deadline: config.wns.deadline,
+                        min_interval: config.push.min_interval,
+                        require_secret: matches!(mode, Mode::Component(_)),
+                    },
                     tx,
                 );
                 let settings = LinkSettings {
@@ -146,8 +181,13 @@ impl App {
             }
         };
         let expiry = Some(
-            crate::ops::expiry::start(store.clone(), config.db.device_ttl_days, shutdown.clone())
-                .map_err(StartError::Thread)?,
+            crate::ops::expiry::start(
+                store.clone(),
+                config.db.device_ttl_days,
+                clock.clone(),
+                shutdown.clone(),
+            )
+            .map_err(StartError::Thread)?,
         );
         let ops_http = match config.metrics_listen {
             None => None,
@@ -179,12 +219,14 @@ impl App {
         let ctx = Arc::new(ConnContext {
             handler: Handler::new(
                 store.clone(),
+                clock,
                 config.push_jid().to_owned(),
                 wns.as_ref().map(|pool| TestPush {
                     pool: pool.clone(),
+                    effects: effects.clone(),
                     deadline: config.wns.deadline,
                 }),
-                pep,
+                pep.map(|p| Box::new(p) as Box<dyn NodeProvisioner>),
             ),
             rules: Rules {
                 max_accounts: config.limits.max_accounts,
@@ -199,6 +241,7 @@ impl App {
         Ok(App {
             store,
             wns,
+            effects,
             xmpp,
             ops_http,
             expiry,
@@ -235,7 +278,7 @@ impl App {
             http.stop();
         }
         if let Some(expiry) = self.expiry {
-            let _ = expiry.join();
+            join_logged(expiry);
         }
         if let Some(pool) = self.wns {
             match Arc::try_unwrap(pool) {
@@ -243,6 +286,8 @@ impl App {
                 Err(_) => log::warn!("wns: pool still in use at exit"),
             }
         }
+        self.effects.flush();
+        drop(self.effects);
         match Arc::try_unwrap(self.store) {
             Ok(store) => match store.close() {
                 Ok(()) => log::info!("store: closed cleanly"),

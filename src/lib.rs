@@ -8,34 +8,65 @@
 //! validate into [`types`]) → [`registration::handler`] → [`store`] (commit) →
 //! [`registration::wire`] (answer) → socket.
 //!
+//! Data flow (publish): XMPP socket → [`xmpp`] (stanza reader, publish parsing into a
+//! [`push::Publish`]) → [`push`] (node lookup in [`store`], checks, coalescing, a WNS
+//! job) → [`wns`] (HTTPS POST, verdict) → [`push::effects`] (store side effects) →
+//! [`xmpp`] (IQ reply) → socket.
+//!
+//! Layers. Each module imports only from layers below its own, and modules on one layer
+//! do not import each other; an interface a lower layer needs from a higher one is
+//! owned by the lower layer and plugged in by [`app`] (the WNS token vault, the
+//! registration's node provisioner). A unit test (`layering.rs`) reads this table and
+//! fails on any `crate::` path that points up or sideways.
+//! ```text
+//! LAYERS
+//! 8  admin
+//! 7  app
+//! 6  ops
+//! 5  registration | xmpp
+//! 4  push
+//! 3  wns
+//! 2  store
+//! 1  config
+//! 0  types | clock | metrics | shutdown | net | xml
+//! END
+//! ```
+//!
 //! Thread map:
 //! ```text
 //! main ─┬─ reg-accept ─┬─ reg-conn (one per client, up to tcp.max_connections)
 //!       │              └─ reg-reject (≤ 64, answer "busy" over the cap, then close)
 //!       ├─ xmpp-io         (owns the XMPP socket; reads with a short timeout, drains
 //!       │                   WNS outcomes in between, pings, reconnects with backoff)
-//!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST; shared ureq Agent)
-//!       ├─ wns-timer       (retries after backoff; batched last-seen writes)
+//!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST; shared ureq Agent;
+//!       │                   retries wait in a shared heap, no timer thread; apply the
+//!       │                   outcome's store side effects through push::effects)
 //!       ├─ ops-expiry      (hourly sweep of devices unseen for db.device_ttl_days)
 //!       ├─ ops-http        (optional: /health, /metrics)
 //!       └─ (ctrlc handler thread: only signals main)
-//! Shared: Arc<Store> (Mutex held for one statement or one transaction, never across
-//!         I/O), Arc<ConnContext> (read-only), Arc<WnsPool>, Arc<TokenCache>,
-//!         Shutdown (AtomicBool).
+//! Shared: Arc<Store> (a lock held for one statement or one transaction, never across
+//!         I/O), Arc<ConnContext> (read-only), Arc<WnsPool> (owns the job sender: its
+//!         drop ends the workers), Arc<TokenCache>, Arc<Effects>, Shutdown (a flag plus
+//!         a channel that wakes sleepers).
 //! ```
+//! Every thread is joined at shutdown, in the order `app` documents, and a panic is
+//! logged at its join.
 //!
 //! Modules:
 //! - [`config`]: `configuration.json` → typed, validated [`config::Config`].
-//! - [`types`]: DeviceId, AccountKey, Node, Secret, ChannelUri and friends.
-//! - [`store`]: SQLite (WAL) behind a mutex; the only place with SQL.
+//! - [`types`]: DeviceId, AccountKey, Node, Secret, ChannelUri, Summary and friends.
+//! - [`clock`]: the wall clock, injectable for tests.
+//! - [`metrics`]: process-wide counters, rendered for `/metrics`.
+//! - [`store`]: the storage boundary (SQLite today); the only place with SQL.
 //! - [`registration`]: the TCP/TLS protocol UWPX clients speak.
 //! - [`wns`]: the WNS token, the worker pool and the payloads.
-//! - [`xmpp`]: the XMPP I/O thread (component mode), publish parsing, IQ replies.
-//! - [`push`]: publish → node → device → WNS job → outcome; burst coalescing.
-//! - [`ops`]: expiry, health and metrics.
+//! - [`push`]: publish → node → device → WNS job → outcome; coalescing; side effects.
+//! - [`xmpp`]: the XMPP I/O thread (component and client mode), publish parsing, IQ
+//!   replies.
+//! - [`ops`]: expiry, health and metrics over HTTP.
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`admin`]: the `stats`, `test-push` and `remove-device` commands.
-//! - [`shutdown`]: the stop flag.
+//! - [`shutdown`]: the stop signal and logged joins.
 //! - [`net`]: plain-or-TLS sockets.
 //! - [`xml`]: XML escaping.
 
@@ -46,7 +77,9 @@
 
 pub mod admin;
 pub mod app;
+pub mod clock;
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod ops;
 pub mod push;
@@ -57,3 +90,6 @@ pub mod types;
 pub mod wns;
 pub mod xml;
 pub mod xmpp;
+
+#[cfg(test)]
+mod layering;

@@ -279,6 +279,23 @@ impl Node {
         random_hex::<16>().map(Self)
     }
 
+    /// A node named by a user's server (a publish, a PEP event). This server generates
+    /// 32 hex characters; other app servers' nodes (URL-safe base64, alphanumerics, as a
+    /// migrated database may hold) fit the same rule: 1 to [`Node::MAX_LEN`] URL-safe
+    /// characters. Anything else cannot be one of ours and is answered as an unknown
+    /// node without a lookup.
+    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
+        let url_safe = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
+        if !s.is_empty() && s.len() <= Self::MAX_LEN && s.bytes().all(url_safe) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidValue("a node is 1 to 256 URL-safe characters"))
+        }
+    }
+
+    /// The longest node accepted from outside.
+    pub const MAX_LEN: usize = 256;
+
     /// Rebuilds a node read back from the database.
     pub(crate) fn from_stored(s: String) -> Self {
         Self(s)
@@ -448,6 +465,45 @@ impl fmt::Debug for ChannelUri {
     }
 }
 
+/// What a push says, independent of how a generation encodes it: the XEP-0357 summary.
+/// Parsed from the publish by `xmpp`, carried by `push`, encoded per generation by `wns`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// `message-count`, 0 if absent or not a number.
+    pub message_count: u64,
+    /// `pending-subscription-count`, likewise.
+    pub pending_subscription_count: u64,
+    /// `last-message-sender`, if the user's server includes it.
+    pub last_message_sender: Option<String>,
+    /// `last-message-body`, if the user's server includes it.
+    pub last_message_body: Option<String>,
+}
+
+/// The WNS access token as it is kept across restarts. `Debug` never shows the value.
+#[derive(Clone)]
+pub struct SavedToken {
+    /// The bearer token.
+    pub access_token: String,
+    /// Unix seconds at which it expires.
+    pub expires_at: i64,
+}
+
+impl fmt::Debug for SavedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SavedToken(…, expires_at {})", self.expires_at)
+    }
+}
+
+/// The domain of a JID as it appears in a stanza's `from` (full, bare or a bare domain),
+/// lowercased: publishes for bare_jid accounts must come from the account's domain.
+pub fn jid_domain(jid: &str) -> String {
+    let no_resource = jid.split('/').next().unwrap_or("");
+    no_resource
+        .rsplit_once('@')
+        .map_or(no_resource, |(_, d)| d)
+        .to_lowercase()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -555,6 +611,14 @@ mod tests {
         let n = Node::generate().unwrap();
         assert_eq!(n.as_str().len(), 32);
         assert_ne!(n, Node::generate().unwrap());
+        assert_eq!(Node::parse(n.as_str()), Ok(n.clone()));
+        assert!(
+            Node::parse("node-3c3799e23e1b").is_ok(),
+            "another server's node"
+        );
+        for bad in ["", "a b", "n/1", "<x>", &"a".repeat(257)] {
+            assert!(Node::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -574,5 +638,12 @@ mod tests {
             ClientGeneration::V1BareJid
         );
         assert_eq!(ClientGeneration::of(V1, None), ClientGeneration::V1BareJid);
+    }
+
+    #[test]
+    fn jid_domains() {
+        assert_eq!(jid_domain("localhost"), "localhost");
+        assert_eq!(jid_domain("User@Example.ORG/res"), "example.org");
+        assert_eq!(jid_domain("example.org/res@x"), "example.org");
     }
 }

@@ -59,7 +59,7 @@ fn opts() -> Opts {
 /// Fills the database with `n` devices, one account each (node "n<i>", secret "s<i>").
 fn populate(db: &std::path::Path, n: usize, channel: &dyn Fn(usize) -> String) {
     // Let the server's own schema code create the file first.
-    uwpx_push_server::store::Store::open(db, uwpx_push_server::config::Synchronous::Normal)
+    uwpx_push_server::store::Store::open_sqlite(db, uwpx_push_server::config::Synchronous::Normal)
         .unwrap()
         .close()
         .unwrap();

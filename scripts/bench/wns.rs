@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::unbounded;
+use uwpx_push_server::app::StoreVault;
+use uwpx_push_server::clock::Clock;
 use uwpx_push_server::config::Config;
 use uwpx_push_server::store::Store;
-use uwpx_push_server::store::unix_now;
 use uwpx_push_server::types::{ChannelUri, DeviceId};
 use uwpx_push_server::wns::client::{WnsClient, parse_certs};
-use uwpx_push_server::wns::token::TokenCache;
+use uwpx_push_server::wns::token::{TokenCache, TokenVault};
 use uwpx_push_server::wns::{Job, Outcome, WnsPool};
 
 #[path = "../../tests/util/cert.rs"]
@@ -75,7 +76,7 @@ fn measure(
             payload.to_vec(),
             Instant::now() + Duration::from_secs(20),
             Box::new(move |outcome| {
-                let _ = tx.send((due, outcome));
+                let _ = tx.send((due, outcome.outcome));
             }),
         ));
     };
@@ -167,15 +168,16 @@ fn main() {
             &dir,
         )
         .unwrap();
-        let store = Arc::new(Store::open(&config.db.path, config.db.synchronous).unwrap());
+        let store = Arc::new(Store::open(&config.db).unwrap());
         let client = Arc::new(WnsClient::new(&config.wns, &parse_certs(&cert.cert_pem)));
         let fetcher = client.clone();
+        let vault: Arc<dyn TokenVault> = Arc::new(StoreVault(store.clone()));
         let tokens = Arc::new(TokenCache::new(
             Box::new(move || fetcher.fetch_token()),
-            Some(store.clone()),
-            unix_now(),
+            Some(vault),
+            Clock::system().unix_now(),
         ));
-        let pool = Arc::new(WnsPool::start(&config.wns, client, tokens, store.clone()).unwrap());
+        let pool = Arc::new(WnsPool::start(&config.wns, client, tokens, Clock::system()).unwrap());
         let targets: Vec<(DeviceId, ChannelUri)> = (0..1000)
             .map(|i| {
                 let device = DeviceId::parse(&format!("{i:064x}")).unwrap();

@@ -6,14 +6,15 @@
 //! only when their channel or accounts change, so an active device may not register for
 //! months and must not be expired.
 //!
-//! Threads: `ops-expiry` sweeps at start and then hourly. Locks: the store's.
+//! Threads: `ops-expiry` sweeps at start and then hourly, sleeping on the shutdown
+//! signal in between. Locks: the store's.
 
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::clock::Clock;
 use crate::shutdown::Shutdown;
-use crate::store::unix_now;
 use crate::store::{Store, StoreError};
 
 /// How often the sweeper runs.
@@ -28,23 +29,20 @@ pub fn sweep(store: &Store, now: i64, ttl_days: u32) -> Result<usize, StoreError
 pub fn start(
     store: Arc<Store>,
     ttl_days: u32,
+    clock: Clock,
     shutdown: Shutdown,
 ) -> std::io::Result<JoinHandle<()>> {
     thread::Builder::new()
         .name("ops-expiry".into())
         .spawn(move || {
             loop {
-                match sweep(&store, unix_now(), ttl_days) {
+                match sweep(&store, clock.unix_now(), ttl_days) {
                     Ok(0) => log::debug!("expiry: no device older than {ttl_days} days"),
                     Ok(n) => log::info!("expiry: removed {n} devices not seen for {ttl_days} days"),
                     Err(e) => log::warn!("expiry: sweep failed: {e}"),
                 }
-                let next = Instant::now() + INTERVAL;
-                while Instant::now() < next {
-                    if shutdown.is_triggered() {
-                        return;
-                    }
-                    thread::sleep(Duration::from_millis(200));
+                if shutdown.wait_timeout(INTERVAL) {
+                    return;
                 }
             }
         })

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use super::metrics::{METRICS, gauge};
+use crate::clock::Clock;
+use crate::metrics::{METRICS, gauge};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
-use crate::store::unix_now;
 use crate::wns::WnsPool;
 use crate::xmpp::LinkStatus;
 
@@ -128,7 +128,7 @@ fn metrics(s: &Sources) -> String {
                 &mut out,
                 "uwpx_wns_token_expiry_seconds",
                 "Seconds until the WNS access token expires.",
-                at - unix_now(),
+                at - Clock::system().unix_now(),
             );
         }
     }

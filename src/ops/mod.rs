@@ -1,8 +1,6 @@
-//! Running the server for years: device expiry, the health and metrics endpoint, and
-//! the process-wide metrics.
+//! Running the server for years: device expiry and the health and metrics endpoint.
 //!
 //! Threads: `ops-expiry` (hourly sweep), `ops-http` (only with `metrics.listen`).
 
 pub mod expiry;
 pub mod http;
-pub mod metrics;

@@ -12,14 +12,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::types::Node;
+
 /// The coalescing state of every recently pushed node. Every operation is O(1) except a
 /// sweep of idle windows once per interval, so a busy XMPP thread can call it per
 /// stanza.
 pub struct Coalescer<T> {
     interval: Duration,
-    windows: HashMap<String, Window<T>>,
+    windows: HashMap<Node, Window<T>>,
     /// (due time, node) of trailing pushes, in due order; entries may be stale.
-    queue: VecDeque<(Instant, String)>,
+    queue: VecDeque<(Instant, Node)>,
     next_sweep: Option<Instant>,
 }
 
@@ -50,7 +52,7 @@ impl<T> Coalescer<T> {
 
     /// Decides for a publish to `node`; `push` is kept as the trailing push if coalesced
     /// (replacing an older one: the latest summary wins).
-    pub fn admit(&mut self, node: &str, push: T, now: Instant) -> (Admit, Option<T>) {
+    pub fn admit(&mut self, node: &Node, push: T, now: Instant) -> (Admit, Option<T>) {
         if self.interval.is_zero() {
             return (Admit::Send, Some(push));
         }
@@ -59,7 +61,7 @@ impl<T> Coalescer<T> {
             Some(w) if now < w.sent_at + self.interval => {
                 if w.trailing.is_none() {
                     self.queue
-                        .push_back((w.sent_at + self.interval, node.to_owned()));
+                        .push_back((w.sent_at + self.interval, node.clone()));
                 }
                 w.trailing = Some(push);
                 (Admit::Coalesced, None)
@@ -72,7 +74,7 @@ impl<T> Coalescer<T> {
             }
             None => {
                 self.windows.insert(
-                    node.to_owned(),
+                    node.clone(),
                     Window {
                         sent_at: now,
                         trailing: None,
@@ -116,37 +118,43 @@ impl<T> Coalescer<T> {
 mod tests {
     use super::*;
 
+    fn node(name: &str) -> Node {
+        Node::parse(name).unwrap()
+    }
+
     #[test]
     fn a_burst_becomes_one_push_now_and_one_trailing_push() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut c = Coalescer::new(ms(2000));
-        assert_eq!(c.admit("n", 1, t0), (Admit::Send, Some(1)));
-        assert_eq!(c.admit("n", 2, t0 + ms(10)), (Admit::Coalesced, None));
-        assert_eq!(c.admit("n", 3, t0 + ms(20)), (Admit::Coalesced, None));
-        assert_eq!(c.admit("other", 9, t0 + ms(30)), (Admit::Send, Some(9)));
+        let (n, other) = (node("n"), node("other"));
+        assert_eq!(c.admit(&n, 1, t0), (Admit::Send, Some(1)));
+        assert_eq!(c.admit(&n, 2, t0 + ms(10)), (Admit::Coalesced, None));
+        assert_eq!(c.admit(&n, 3, t0 + ms(20)), (Admit::Coalesced, None));
+        assert_eq!(c.admit(&other, 9, t0 + ms(30)), (Admit::Send, Some(9)));
         assert_eq!(c.next_due(), Some(t0 + ms(2000)));
         assert!(c.due(t0 + ms(1999)).is_empty());
         assert_eq!(c.due(t0 + ms(2000)), vec![3], "the latest summary wins");
         // The trailing push opened a new window.
-        assert_eq!(c.admit("n", 4, t0 + ms(2100)), (Admit::Coalesced, None));
+        assert_eq!(c.admit(&n, 4, t0 + ms(2100)), (Admit::Coalesced, None));
         assert_eq!(c.due(t0 + ms(4000)), vec![4]);
         // Quiet nodes are forgotten, and the next publish goes straight out.
         assert!(c.due(t0 + ms(7000)).is_empty());
         assert!(c.due(t0 + ms(9500)).is_empty());
         assert!(c.windows.is_empty(), "idle windows are swept");
-        assert_eq!(c.admit("n", 5, t0 + ms(9501)), (Admit::Send, Some(5)));
+        assert_eq!(c.admit(&n, 5, t0 + ms(9501)), (Admit::Send, Some(5)));
         // A send after the window supersedes a trailing push not yet sent.
-        assert_eq!(c.admit("n", 6, t0 + ms(9600)), (Admit::Coalesced, None));
-        assert_eq!(c.admit("n", 7, t0 + ms(11_600)), (Admit::Send, Some(7)));
+        assert_eq!(c.admit(&n, 6, t0 + ms(9600)), (Admit::Coalesced, None));
+        assert_eq!(c.admit(&n, 7, t0 + ms(11_600)), (Admit::Send, Some(7)));
         assert!(c.due(t0 + ms(11_601)).is_empty());
     }
 
     #[test]
     fn a_zero_window_sends_everything() {
         let mut c = Coalescer::new(Duration::ZERO);
+        let n = node("n");
         let t = Instant::now();
-        assert_eq!(c.admit("n", 1, t), (Admit::Send, Some(1)));
-        assert_eq!(c.admit("n", 2, t), (Admit::Send, Some(2)));
+        assert_eq!(c.admit(&n, 1, t), (Admit::Send, Some(1)));
+        assert_eq!(c.admit(&n, 2, t), (Admit::Send, Some(2)));
     }
 }

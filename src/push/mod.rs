@@ -1,23 +1,42 @@
 //! Dispatch: a validated publish → node lookup → secret and domain checks → coalescing
-//! → a WNS job, and the job's outcome → back to the XMPP thread.
+//! → a WNS job; and the job's outcome → its store side effects ([`effects`]) → back to
+//! the XMPP thread as a [`Completed`] carrying the publish's [`Ticket`].
 //!
-//! Threads: runs on `xmpp-io` (a store read per publish, microseconds; never waits on
-//! WNS). Job outcomes are sent back over a channel by `wns-worker-*` threads. Locks:
-//! the store's, for one query.
+//! `push` defines what it consumes ([`Publish`]) and what it answers ([`PushOutcome`]);
+//! `xmpp` builds the one and maps the other to IQ replies, so the dependency runs
+//! `xmpp → push → {store, wns}` and never back.
+//!
+//! Threads: [`Dispatcher`] runs on `xmpp-io` (a store read per publish, microseconds;
+//! never waits on WNS). Job outcomes come back on `wns-worker-*` threads, which apply
+//! the side effects and send a [`Completed`] over a channel. Locks: the store's, for
+//! one query; [`effects::Effects`]'s briefly.
 
 pub mod coalesce;
+pub mod effects;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use crate::clock::Clock;
 use crate::store::{NodeTarget, Store, StoreError};
-use crate::types::ClientGeneration;
-use crate::wns::payload::{self, Summary};
-use crate::wns::{Job, Outcome, WnsPool};
-use crate::xmpp::publish::{Publish, jid_domain};
+use crate::types::{ClientGeneration, Node, Summary, jid_domain};
+use crate::wns::{Finished, Job, Outcome, WnsPool, payload};
 use coalesce::{Admit, Coalescer};
+use effects::Effects;
+
+/// A publish as push consumes it: from a component-mode IQ or a client-mode PEP event.
+/// Defined here, by its consumer, so that `xmpp` depends on `push` and not back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// The XEP-0357 node.
+    pub node: Node,
+    /// The `secret` publish-option, if any.
+    pub secret: Option<String>,
+    /// The summary counts and texts.
+    pub summary: Summary,
+}
 
 /// What became of a publish, as far as the user's server is concerned.
 #[derive(Debug, Clone)]
@@ -40,12 +59,25 @@ pub enum PushOutcome {
     Internal(StoreError),
 }
 
+/// Names one publish waiting for its WNS outcome, so the outcome finds its IQ again.
+/// (Not to be confused with the WNS OAuth token.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ticket(u64);
+
+impl Ticket {
+    /// A ticket made up by a test that plays the dispatcher's part.
+    #[cfg(test)]
+    pub(crate) fn for_tests(n: u64) -> Self {
+        Self(n)
+    }
+}
+
 /// A job's outcome on its way back to the XMPP thread.
 #[derive(Debug)]
 pub struct Completed {
-    /// The token handed out by [`Dispatcher::publish`].
-    pub token: u64,
-    /// What WNS did.
+    /// The ticket handed out by [`Dispatcher::publish`].
+    pub ticket: Ticket,
+    /// What WNS did (its store side effects are already applied).
     pub outcome: Outcome,
 }
 
@@ -54,8 +86,8 @@ pub struct Completed {
 pub enum Decision {
     /// Reply now with this outcome.
     Now(PushOutcome),
-    /// Reply when [`Completed`] with this token arrives.
-    Later(u64),
+    /// Reply when [`Completed`] with this ticket arrives.
+    Later(Ticket),
 }
 
 struct Trailing {
@@ -67,32 +99,47 @@ struct Trailing {
 pub struct Dispatcher {
     store: Arc<Store>,
     pool: Option<Arc<WnsPool>>,
+    effects: Arc<Effects>,
+    clock: Clock,
     deadline: Duration,
     require_secret: bool,
     coalescer: Coalescer<Trailing>,
     outcomes: Sender<Completed>,
-    next_token: u64,
+    next_ticket: u64,
+}
+
+/// What a [`Dispatcher`] needs besides its outcome channel.
+pub struct DispatchSettings {
+    /// The store, for node lookups.
+    pub store: Arc<Store>,
+    /// The WNS pool; `None` when WNS delivery is not configured.
+    pub pool: Option<Arc<WnsPool>>,
+    /// The outcomes' store side effects.
+    pub effects: Arc<Effects>,
+    /// The wall clock (the last-seen shortcut).
+    pub clock: Clock,
+    /// `wns.deadline_ms`.
+    pub deadline: Duration,
+    /// `push.min_interval_ms`.
+    pub min_interval: Duration,
+    /// True in component mode (the publish-options carry the secret); false in client
+    /// mode (PEP forwards none; the node name is the capability).
+    pub require_secret: bool,
 }
 
 impl Dispatcher {
-    /// `require_secret` is true in component mode (the publish-options carry it) and
-    /// false in client mode (PEP forwards none; the node name is the capability).
-    pub fn new(
-        store: Arc<Store>,
-        pool: Option<Arc<WnsPool>>,
-        deadline: Duration,
-        min_interval: Duration,
-        require_secret: bool,
-        outcomes: Sender<Completed>,
-    ) -> Self {
+    /// A dispatcher that sends outcomes of the publishes it accepts to `outcomes`.
+    pub fn new(s: DispatchSettings, outcomes: Sender<Completed>) -> Self {
         Self {
-            store,
-            pool,
-            deadline,
-            require_secret,
-            coalescer: Coalescer::new(min_interval),
+            store: s.store,
+            pool: s.pool,
+            effects: s.effects,
+            clock: s.clock,
+            deadline: s.deadline,
+            require_secret: s.require_secret,
+            coalescer: Coalescer::new(s.min_interval),
             outcomes,
-            next_token: 0,
+            next_ticket: 0,
         }
     }
 
@@ -125,10 +172,10 @@ impl Dispatcher {
         match self.coalescer.admit(&p.node, trailing, now) {
             (Admit::Coalesced, _) | (Admit::Send, None) => Decision::Now(PushOutcome::Coalesced),
             (Admit::Send, Some(push)) => {
-                self.next_token += 1;
-                let token = self.next_token;
-                self.submit(push, Some(token), now);
-                Decision::Later(token)
+                self.next_ticket += 1;
+                let ticket = Ticket(self.next_ticket);
+                self.submit(push, Some(ticket), now);
+                Decision::Later(ticket)
             }
         }
     }
@@ -145,28 +192,35 @@ impl Dispatcher {
         self.coalescer.next_due()
     }
 
-    fn submit(&self, push: Trailing, token: Option<u64>, now: Instant) {
+    fn submit(&self, push: Trailing, ticket: Option<Ticket>, now: Instant) {
         let Some(pool) = &self.pool else { return };
         let t = push.target;
         let generation = ClientGeneration::of(t.version, t.account_form);
         let body = payload::push(generation, t.account_key.as_str(), &push.summary);
         let outcomes = self.outcomes.clone();
-        let device = t.device_id.short().to_owned();
-        let touch = t.last_seen_at < crate::store::unix_now() - 3600;
-        pool.submit(
-            Job::new(
-                t.device_id,
-                t.channel_uri,
-                body,
-                now + self.deadline,
-                Box::new(move |outcome| match token {
-                    Some(token) => {
-                        let _ = outcomes.send(Completed { token, outcome });
+        let effects = self.effects.clone();
+        let touch = t.last_seen_at < self.clock.unix_now() - 3600;
+        pool.submit(Job::new(
+            t.device_id,
+            t.channel_uri,
+            body,
+            now + self.deadline,
+            Box::new(move |f: Finished| {
+                effects.apply(&f, touch);
+                match ticket {
+                    Some(ticket) => {
+                        let _ = outcomes.send(Completed {
+                            ticket,
+                            outcome: f.outcome,
+                        });
                     }
-                    None => log::debug!("push: trailing push to device {device}: {outcome}"),
-                }),
-            )
-            .touch_on_delivery(touch),
-        );
+                    None => log::debug!(
+                        "push: trailing push to device {}: {}",
+                        f.device.short(),
+                        f.outcome
+                    ),
+                }
+            }),
+        ));
     }
 }

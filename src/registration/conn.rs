@@ -19,8 +19,8 @@ use native_tls::{HandshakeError, TlsAcceptor, TlsStream};
 use super::codec::{Action, Frame, Framer, Rules, decode};
 use super::handler::Handler;
 use super::wire::{RegError, encode};
+use crate::metrics::{METRICS, RegAction, RegResult};
 use crate::net::Socket;
-use crate::ops::metrics::{METRICS, RegAction, RegResult};
 use crate::shutdown::Shutdown;
 use crate::types::ProtocolVersion;
 

@@ -4,30 +4,47 @@
 //! The answer is built only after the store call returned, and every store call commits
 //! before it returns, so a success answer always describes committed data.
 //!
+//! In client mode a new account also needs its node on the XMPP side before it is
+//! answered; that goes through [`NodeProvisioner`], an interface this module owns and
+//! the app plugs the XMPP link into, so registration never depends on `xmpp`.
+//!
 //! Threads: `reg-conn-*`; takes the store lock through [`Store`] methods only.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::codec::{Action, Request};
 use super::wire::{AccountAnswer, Answer, RegError};
-use crate::store::{Store, unix_now};
-use crate::types::ClientGeneration;
-use crate::wns::{Job, Outcome, WnsPool, payload};
-use crate::xmpp::pep::Pep;
+use crate::clock::Clock;
+use crate::push::effects::{Effects, send_and_wait};
+use crate::store::Store;
+use crate::types::{AccountForm, ClientGeneration, Node};
+use crate::wns::{Outcome, WnsPool, payload};
+
+/// Creates the XMPP-side node of new accounts (client mode: a PEP node each) before
+/// they are answered, waiting a bounded time.
+pub trait NodeProvisioner: Send + Sync {
+    /// Creates every node, all at once; per node, `Err` says why not (that account is
+    /// then answered `success: false`, and the client retries later).
+    fn create_all(&self, nodes: &[&Node]) -> Vec<Result<(), String>>;
+}
 
 /// Shared, read-only state of the registration service.
 pub struct Handler {
     store: Arc<Store>,
+    clock: Clock,
     push_jid: String,
     wns: Option<TestPush>,
-    pep: Option<Pep>,
+    nodes: Option<Box<dyn NodeProvisioner>>,
 }
 
-/// What request_test_push needs: the pool, and how long a push may take.
+/// What request_test_push needs: the pool, the outcome's side effects, and how long a
+/// push may take.
 pub struct TestPush {
     /// The WNS worker pool.
     pub pool: Arc<WnsPool>,
+    /// Applies a dead channel's removal and last-seen.
+    pub effects: Arc<Effects>,
     /// `wns.deadline_ms`.
     pub deadline: Duration,
 }
@@ -36,25 +53,28 @@ impl Handler {
     /// `push_jid` is what clients put in `<enable jid=…/>`: the configured bare JID, or
     /// the component JID once component mode exists. Without `wns`, test pushes are
     /// answered "not available".
-    /// In client mode, `pep` creates a PEP node for each new account; an account whose
-    /// node could not be created is answered `success: false`.
+    /// In client mode, `nodes` creates the XMPP node of each new account; an account
+    /// whose node could not be created is answered `success: false`. Timestamps come
+    /// from `clock`.
     pub fn new(
         store: Arc<Store>,
+        clock: Clock,
         push_jid: String,
         wns: Option<TestPush>,
-        pep: Option<Pep>,
+        nodes: Option<Box<dyn NodeProvisioner>>,
     ) -> Self {
         Self {
             store,
+            clock,
             push_jid,
             wns,
-            pep,
+            nodes,
         }
     }
 
     /// Handles one request. Errors are values; the caller encodes and logs them.
     pub fn handle(&self, req: Request) -> Result<Answer, RegError> {
-        let now = unix_now();
+        let now = self.clock.unix_now();
         match req.action {
             Action::SetChannelUri(uri) => {
                 self.store
@@ -70,13 +90,13 @@ impl Handler {
                 // Committed first: a crash before the nodes exist is repaired by the
                 // reconciliation at the next connect.
                 let mut created: Vec<Result<(), String>> = Vec::new();
-                if let Some(pep) = &self.pep {
-                    let new: Vec<&str> = records
+                if let Some(nodes) = &self.nodes {
+                    let new: Vec<&Node> = records
                         .iter()
                         .filter(|r| r.created)
-                        .map(|r| r.node.as_str())
+                        .map(|r| &r.node)
                         .collect();
-                    created = pep.create_all(&new);
+                    created = nodes.create_all(&new);
                 }
                 let mut created = created.into_iter();
                 let accounts = list
@@ -84,12 +104,12 @@ impl Handler {
                     .into_iter()
                     .zip(records)
                     .map(|(entry, rec)| {
-                        let success = match (&self.pep, rec.created) {
+                        let success = match (&self.nodes, rec.created) {
                             (Some(_), true) => created.next().is_some_and(|r| r.is_ok()),
                             _ => true,
                         };
                         AccountAnswer {
-                            form: list.form.unwrap_or(crate::types::AccountForm::AccountId),
+                            form: list.form.unwrap_or(AccountForm::AccountId),
                             echo: entry.echo,
                             node: rec.node,
                             secret: rec.secret,
@@ -111,22 +131,16 @@ impl Handler {
                 // The asking client's own version decides the format: a 0.39+ client
                 // asking with version 2 wants JSON even if it registered as v1 before.
                 let generation = ClientGeneration::of(req.version, device.account_form);
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                wns.pool.submit(Job::new(
+                match send_and_wait(
+                    &wns.pool,
+                    &wns.effects,
                     device.device_id,
                     device.channel_uri,
                     payload::test_push(generation),
-                    Instant::now() + wns.deadline,
-                    Box::new(move |outcome| {
-                        let _ = tx.try_send(outcome);
-                    }),
-                ));
-                match rx.recv_timeout(wns.deadline + Duration::from_secs(2)) {
-                    Ok(Outcome::Delivered) => Ok(Answer::Done),
-                    Ok(outcome) => Err(RegError::TestPushFailed(outcome)),
-                    Err(_) => Err(RegError::TestPushFailed(Outcome::Transient(
-                        "no answer from WNS in time".into(),
-                    ))),
+                    wns.deadline,
+                ) {
+                    Outcome::Delivered => Ok(Answer::Done),
+                    outcome => Err(RegError::TestPushFailed(outcome)),
                 }
             }
         }
@@ -150,7 +164,13 @@ mod tests {
     #[test]
     fn unknown_device_changes_nothing() {
         let store = Arc::new(Store::open_in_memory().unwrap());
-        let h = Handler::new(store.clone(), "push@example.org".into(), None, None);
+        let h = Handler::new(
+            store.clone(),
+            Clock::manual(1_000),
+            "push@example.org".into(),
+            None,
+            None,
+        );
         let r = run(
             &h,
             r#"{"version":2,"action":"set_push_accounts","device_id":"ab","accounts":[{"account_id":"x"}]}"#,

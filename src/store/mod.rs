@@ -1,81 +1,87 @@
-//! Durable state in SQLite: devices, their push accounts (node + secret), the WNS token.
+//! Durable state: devices, their push accounts (node + secret), the WNS token, and
+//! client mode's list of removed nodes. This is the storage boundary.
 //!
-//! One `rusqlite::Connection` behind a `Mutex`. Reads take the lock for one statement.
-//! Writes go through the `commit` module's group commit: concurrent writes share one transaction
-//! and one fsync, and each write method returns only after the `COMMIT` that holds it,
-//! which is what lets the registration code answer "success" knowing the data is on
-//! disk. The lock is never held across network I/O.
+//! [`Store`] is the one type the rest of the server calls. Its backend is chosen at
+//! open; today that is SQLite ([`sqlite`]), and a second backend is one more variant of
+//! `Backend` implementing the same methods. Nothing outside this module sees SQL, a
+//! driver type or a driver error code: failures arrive as a [`StoreError`], a small
+//! enum that `registration/wire.rs` and `xmpp/reply.rs` each map to their wire once.
 //!
-//! Threads: called from `reg-conn-*` threads (and later `xmpp-io` and `wns-worker-*`).
-//! This is the only file with SQL in it; it never touches a socket.
+//! Contract every backend keeps:
+//! - a write method returns only after the transaction that holds it committed, so an
+//!   answer built from its result describes durable data;
+//! - no lock is held across network I/O; reads never wait for a write transaction;
+//! - timestamps are unix seconds (UTC), nodes and secrets are stored as generated.
 //!
-//! Parameters compared to an indexed column are written `+?N`. With SQLite's STAT4
-//! (compiled in by the bundled build) a bare `?N` there marks the statement to be
-//! recompiled whenever its bindings are cleared, which rusqlite's statement cache does
-//! on every use: a full re-prepare per query. The unary `+` keeps the index and the
-//! cached plan.
+//! Threads: `reg-conn-*` (registrations), `xmpp-io` (node lookups, removed nodes),
+//! `wns-worker-*` (outcome side effects, the token), `ops-expiry`, `main` (open/close).
+//! Locks: the backend's own, never across I/O.
 
-mod commit;
-mod schema;
+mod sqlite;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use crate::config::{DbConfig, Synchronous};
+use crate::types::{
+    AccountForm, AccountKey, ChannelUri, DeviceId, Node, ProtocolVersion, SavedToken, Secret,
+};
 
-use crate::config::Synchronous;
-use crate::types::{AccountForm, AccountKey, ChannelUri, DeviceId, Node, ProtocolVersion, Secret};
-
-/// A storage failure. Callers decide what the wire sees; nothing here is shown to a
-/// client verbatim.
+/// A storage failure, independent of the backend. Callers decide what the wire sees
+/// (`registration/wire.rs`, `xmpp/reply.rs`); nothing here is shown to a client
+/// verbatim.
 #[derive(Debug, Clone)]
 pub enum StoreError {
-    /// The database stayed locked past the busy timeout (another process holds it).
+    /// The database stayed locked past the busy timeout (another writer or process
+    /// holds it). Transient: the client is told to try again later.
     Busy,
-    /// Any other SQLite error (disk full, I/O error, corruption), as its message: the
-    /// same failure may have to be reported to every write of a failed batch.
-    Sql(Arc<str>),
+    /// The database cannot be reached or opened (I/O error, server gone). Transient.
+    Unavailable(Arc<str>),
+    /// The disk is full: nothing more can be written until an operator acts.
+    Full,
+    /// The database file is damaged or not a database.
+    Corrupt(Arc<str>),
+    /// Any other failure, as its message: the same failure may have to be reported to
+    /// every write of a failed batch, hence the shared string.
+    Internal(Arc<str>),
     /// The operating system's random source failed, so no node or secret could be drawn.
     Random(getrandom::Error),
     /// The database was written by a newer version of this server; it is left untouched.
-    NewerSchema(i64),
+    NewerSchema {
+        /// The version found.
+        found: i64,
+        /// The newest this binary knows.
+        known: i64,
+    },
 }
 
 impl StoreError {
-    /// True for failures that may succeed on a retry (a lock held elsewhere).
+    /// True for failures that may succeed on a retry without an operator (a lock held
+    /// elsewhere, a database that is briefly unreachable).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Busy)
+        matches!(self, Self::Busy | Self::Unavailable(_))
     }
 }
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Busy => f.write_str("database is busy"),
-            Self::Sql(e) => write!(f, "database error: {e}"),
+            Self::Busy => f.write_str("database is busy (locked by another writer)"),
+            Self::Unavailable(e) => write!(f, "database unavailable: {e}"),
+            Self::Full => f.write_str("database or disk is full"),
+            Self::Corrupt(e) => write!(f, "database is corrupt: {e}"),
+            Self::Internal(e) => write!(f, "database error: {e}"),
             Self::Random(e) => write!(f, "random source failed: {e}"),
-            Self::NewerSchema(v) => write!(
+            Self::NewerSchema { found, known } => write!(
                 f,
-                "schema version {v} is newer than this server's ({}); refusing to touch it",
-                schema::CURRENT
+                "schema version {found} is newer than this server's ({known}); refusing to touch it"
             ),
         }
     }
 }
 
 impl std::error::Error for StoreError {}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Self::Busy,
-            _ => Self::Sql(e.to_string().into()),
-        }
-    }
-}
 
 /// An account as a registration asks for it: its key, and for bare_jid clients the
 /// domain of the JID (used later to check the `from` of a publish).
@@ -117,21 +123,6 @@ pub struct DeviceRecord {
     pub last_seen_at: i64,
 }
 
-/// The cached WNS access token as persisted.
-#[derive(Clone)]
-pub struct StoredToken {
-    /// The bearer token.
-    pub access_token: String,
-    /// Unix seconds at which it expires.
-    pub expires_at: i64,
-}
-
-impl fmt::Debug for StoredToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StoredToken(…, expires_at {})", self.expires_at)
-    }
-}
-
 /// Everything needed to push to the account behind a node.
 #[derive(Debug, Clone)]
 pub struct NodeTarget {
@@ -162,67 +153,43 @@ pub struct Counts {
     pub accounts: u64,
 }
 
-/// The database handle. Cheap to share as `Arc<Store>`.
+/// The database handle: one type whatever the backend. Cheap to share as `Arc<Store>`.
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
-    /// A second connection for reads, so a lookup on the publish path never waits for a
-    /// write transaction (WAL lets readers and the writer run at once). `None` for the
-    /// in-memory database, which a second connection could not see.
-    read: Option<Mutex<Connection>>,
-    batcher: commit::Batcher,
+    backend: Backend,
+}
+
+enum Backend {
+    Sqlite(sqlite::Sqlite),
+}
+
+/// Delegates a method call to the backend.
+macro_rules! backend {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => b.$method($($arg),*),
+        }
+    };
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` in WAL mode and migrates it.
-    pub fn open(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)?;
-        let mut store = Self::setup(conn, sync)?;
-        let read = Connection::open(path)?;
-        read.busy_timeout(Duration::from_secs(5))?;
-        // Node lookups hit random pages: map the file (no read syscall per page) and
-        // keep a larger page cache.
-        read.pragma_update(None, "mmap_size", 256i64 * 1024 * 1024)?;
-        read.pragma_update(None, "cache_size", -16_000i64)?;
-        read.set_prepared_statement_cache_capacity(32);
-        store.read = Some(Mutex::new(read));
-        Ok(store)
+    /// Opens the database the `db.*` configuration names, creating and migrating it as
+    /// needed: the backend is chosen here and nowhere else.
+    pub fn open(db: &DbConfig) -> Result<Self, StoreError> {
+        Self::open_sqlite(&db.path, db.synchronous)
+    }
+
+    /// Opens (creating if needed) the SQLite database at `path` and migrates it.
+    pub fn open_sqlite(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
+        Ok(Self {
+            backend: Backend::Sqlite(sqlite::Sqlite::open(path, sync)?),
+        })
     }
 
     /// An in-memory database with the same schema, for unit tests.
     pub fn open_in_memory() -> Result<Self, StoreError> {
-        Self::setup(Connection::open_in_memory()?, Synchronous::Normal)
-    }
-
-    fn setup(mut conn: Connection, sync: Synchronous) -> Result<Self, StoreError> {
-        conn.busy_timeout(Duration::from_secs(5))?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        if mode != "wal" && mode != "memory" {
-            log::warn!("store: journal_mode is {mode}, not wal");
-        }
-        conn.pragma_update(None, "synchronous", sync.pragma())?;
-        conn.pragma_update(None, "foreign_keys", true)?;
-        schema::migrate(&mut conn)?;
-        conn.set_prepared_statement_cache_capacity(32);
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            read: None,
-            batcher: commit::Batcher::default(),
+            backend: Backend::Sqlite(sqlite::Sqlite::open_in_memory()?),
         })
-    }
-
-    /// Takes the lock. A panic in another thread while it held the lock cannot leave a
-    /// transaction half-applied (rusqlite rolls back on drop), so poisoning is ignored.
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The read connection (or the only one, in memory).
-    fn reader(&self) -> MutexGuard<'_, Connection> {
-        match &self.read {
-            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()),
-            None => self.lock(),
-        }
     }
 
     /// Creates the device or updates its channel and version, keeping its accounts,
@@ -234,18 +201,7 @@ impl Store {
         version: ProtocolVersion,
         now: i64,
     ) -> Result<(), StoreError> {
-        let (device, uri) = (device.clone(), uri.clone());
-        self.batcher.write(&self.conn, move |tx| {
-            tx.prepare_cached(
-                "INSERT INTO devices (device_id, channel_uri, version, created_at, updated_at, last_seen_at)
-                 VALUES (?1, ?2, ?3, ?4, ?4, ?4)
-                 ON CONFLICT (device_id) DO UPDATE SET
-                   channel_uri = excluded.channel_uri, version = excluded.version,
-                   updated_at = excluded.updated_at, last_seen_at = excluded.last_seen_at",
-            )?
-            .execute(params![device.as_str(), uri.as_str(), version.number(), now])?;
-            Ok(())
-        })
+        backend!(self.set_channel(device, uri, version, now))
     }
 
     /// Replaces the device's account set in one transaction: accounts that stay keep their
@@ -259,88 +215,22 @@ impl Store {
         accounts: &[AccountSpec],
         now: i64,
     ) -> Result<Option<Vec<AccountRecord>>, StoreError> {
-        let device = device.clone();
-        let accounts = accounts.to_vec();
-        self.batcher.write(&self.conn, move |tx| {
-            replace_accounts(tx, &device, version, form, &accounts, now)
-        })
+        backend!(self.set_accounts(device, version, form, accounts, now))
     }
 
     /// Loads one device.
     pub fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
-        let conn = self.reader();
-        let row = conn
-            .prepare_cached(
-                "SELECT channel_uri, version, account_form, updated_at, last_seen_at
-                 FROM devices WHERE device_id = +?1",
-            )?
-            .query_row([device.as_str()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                ))
-            })
-            .optional()?;
-        Ok(row.map(
-            |(uri, version, form, updated_at, last_seen_at)| DeviceRecord {
-                device_id: device.clone(),
-                channel_uri: ChannelUri::from_stored(uri),
-                version: stored_version(version),
-                account_form: form.as_deref().and_then(AccountForm::from_json_key),
-                updated_at,
-                last_seen_at,
-            },
-        ))
+        backend!(self.device(device))
     }
 
-    /// The push target behind a node, if the node exists (the publish hot path: one
-    /// indexed join).
-    pub fn node_target(&self, node: &str) -> Result<Option<NodeTarget>, StoreError> {
-        let conn = self.reader();
-        let row = conn
-            .prepare_cached(
-                "SELECT a.device_id, a.account_key, a.domain, a.secret, d.channel_uri, d.version, d.account_form, d.last_seen_at
-                 FROM accounts a JOIN devices d USING (device_id) WHERE a.node = +?1",
-            )?
-            .query_row([node], |r| {
-                Ok(NodeTarget {
-                    device_id: DeviceId::from_stored(r.get(0)?),
-                    account_key: AccountKey::from_stored(r.get(1)?),
-                    domain: r.get(2)?,
-                    secret: Secret::from_stored(r.get(3)?),
-                    channel_uri: ChannelUri::from_stored(r.get(4)?),
-                    version: stored_version(r.get(5)?),
-                    account_form: r
-                        .get::<_, Option<String>>(6)?
-                        .as_deref()
-                        .and_then(AccountForm::from_json_key),
-                    last_seen_at: r.get(7)?,
-                })
-            })
-            .optional()?;
-        Ok(row)
+    /// The push target behind a node, if the node exists (the publish hot path).
+    pub fn node_target(&self, node: &Node) -> Result<Option<NodeTarget>, StoreError> {
+        backend!(self.node_target(node))
     }
 
     /// The accounts of one device, ordered by key.
     pub fn accounts(&self, device: &DeviceId) -> Result<Vec<AccountRecord>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached(
-            "SELECT account_key, node, secret FROM accounts WHERE device_id = +?1 ORDER BY account_key",
-        )?;
-        let rows = stmt
-            .query_map([device.as_str()], |r| {
-                Ok(AccountRecord {
-                    key: AccountKey::from_stored(r.get(0)?),
-                    node: Node::from_stored(r.get(1)?),
-                    secret: Secret::from_stored(r.get(2)?),
-                    created: false,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(rows)
+        backend!(self.accounts(device))
     }
 
     /// Deletes the device and its accounts, but only if its channel is still `uri`: a
@@ -351,307 +241,86 @@ impl Store {
         device: &DeviceId,
         uri: &ChannelUri,
     ) -> Result<bool, StoreError> {
-        let (device, uri) = (device.clone(), uri.clone());
-        self.batcher.write(&self.conn, move |tx| {
-            let n = tx
-                .prepare_cached("DELETE FROM devices WHERE device_id = +?1 AND channel_uri = ?2")?
-                .execute(params![device.as_str(), uri.as_str()])?;
-            Ok(n > 0)
-        })
+        backend!(self.delete_device_if_channel(device, uri))
     }
 
     /// Records successful deliveries: `last_seen_at` moves forward, never back.
     pub fn touch_devices(&self, seen: &[(DeviceId, i64)]) -> Result<(), StoreError> {
-        // In chunks, so one write transaction never holds the writer for long.
-        for chunk in seen.chunks(500) {
-            self.touch_chunk(chunk.to_vec())?;
-        }
-        Ok(())
-    }
-
-    fn touch_chunk(&self, seen: Vec<(DeviceId, i64)>) -> Result<(), StoreError> {
-        self.batcher.write(&self.conn, move |tx| {
-            let mut stmt = tx.prepare_cached(
-                "UPDATE devices SET last_seen_at = max(last_seen_at, ?2) WHERE device_id = +?1",
-            )?;
-            for (device, at) in &seen {
-                stmt.execute(params![device.as_str(), at])?;
-            }
-            Ok(())
-        })
+        backend!(self.touch_devices(seen))
     }
 
     /// The persisted WNS token, if any.
-    pub fn load_token(&self) -> Result<Option<StoredToken>, StoreError> {
-        let conn = self.reader();
-        let row = conn
-            .prepare_cached("SELECT access_token, expires_at FROM wns_token WHERE id = 1")?
-            .query_row([], |r| {
-                Ok(StoredToken {
-                    access_token: r.get(0)?,
-                    expires_at: r.get(1)?,
-                })
-            })
-            .optional()?;
-        Ok(row)
+    pub fn load_token(&self) -> Result<Option<SavedToken>, StoreError> {
+        backend!(self.load_token())
     }
 
     /// Persists the WNS token so that a restart reuses it.
-    pub fn save_token(&self, token: &StoredToken) -> Result<(), StoreError> {
-        let token = token.clone();
-        self.batcher.write(&self.conn, move |tx| {
-            tx.prepare_cached(
-                "INSERT INTO wns_token (id, access_token, token_type, expires_at) VALUES (1, ?1, 'bearer', ?2)
-                 ON CONFLICT (id) DO UPDATE SET access_token = excluded.access_token,
-                   expires_at = excluded.expires_at",
-            )?
-            .execute(params![token.access_token, token.expires_at])?;
-            Ok(())
-        })
+    pub fn save_token(&self, token: &SavedToken) -> Result<(), StoreError> {
+        backend!(self.save_token(token))
     }
 
-    /// Whether deleted accounts' nodes are recorded for PEP deletion. Only client mode
-    /// has PEP nodes; elsewhere the record would only grow (and cost a write per deleted
-    /// account), so the trigger is dropped and the list cleared. A later switch to client
-    /// mode is covered by the reconciliation at connect, which deletes stray nodes.
+    /// Whether deleted accounts' nodes are recorded for PEP deletion (a stored setting
+    /// the schema's trigger reads). Only client mode has PEP nodes; elsewhere the record
+    /// would only grow, so turning it off also clears the list. A later switch to
+    /// client mode is covered by the reconciliation at connect.
     pub fn track_removed_nodes(&self, enabled: bool) -> Result<(), StoreError> {
-        let conn = self.lock();
-        if enabled {
-            conn.execute_batch(
-                "CREATE TRIGGER IF NOT EXISTS accounts_removed AFTER DELETE ON accounts BEGIN
-                     INSERT OR IGNORE INTO removed_nodes (node) VALUES (old.node);
-                 END;",
-            )?;
-        } else {
-            conn.execute_batch(
-                "DROP TRIGGER IF EXISTS accounts_removed; DELETE FROM removed_nodes;",
-            )?;
-        }
-        Ok(())
+        backend!(self.track_removed_nodes(enabled))
     }
 
     /// Every node in the database (client mode reconciles the push account against it).
-    pub fn all_nodes(&self) -> Result<Vec<String>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached("SELECT node FROM accounts")?;
-        let nodes = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(nodes)
+    pub fn all_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        backend!(self.all_nodes())
     }
 
     /// Up to `limit` nodes whose accounts were deleted and whose PEP node may still
     /// exist on the push account.
-    pub fn removed_nodes(&self, limit: usize) -> Result<Vec<String>, StoreError> {
-        let conn = self.reader();
-        let mut stmt = conn.prepare_cached("SELECT node FROM removed_nodes LIMIT ?1")?;
-        let nodes = stmt
-            .query_map([limit as i64], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        Ok(nodes)
+    pub fn removed_nodes(&self, limit: usize) -> Result<Vec<Node>, StoreError> {
+        backend!(self.removed_nodes(limit))
     }
 
     /// Forgets nodes whose PEP node is gone (or that never had one: component mode).
-    pub fn forget_removed_nodes(&self, nodes: &[String]) -> Result<(), StoreError> {
-        let nodes = nodes.to_vec();
-        self.batcher.write(&self.conn, move |tx| {
-            let mut stmt = tx.prepare_cached("DELETE FROM removed_nodes WHERE node = +?1")?;
-            for n in &nodes {
-                stmt.execute([n])?;
-            }
-            Ok(())
-        })
+    pub fn forget_removed_nodes(&self, nodes: &[Node]) -> Result<(), StoreError> {
+        backend!(self.forget_removed_nodes(nodes))
     }
 
     /// Deletes devices last seen before `cutoff` (unix seconds) with their accounts;
     /// returns how many. In chunks, so the writer is never held for long.
     pub fn expire_devices(&self, cutoff: i64) -> Result<usize, StoreError> {
-        let mut total = 0;
-        loop {
-            let n = self.batcher.write(&self.conn, move |tx| {
-                Ok(tx
-                    .prepare_cached(
-                        "DELETE FROM devices WHERE device_id IN
-                           (SELECT device_id FROM devices WHERE last_seen_at < ?1 LIMIT 500)",
-                    )?
-                    .execute([cutoff])?)
-            })?;
-            total += n;
-            if n < 500 {
-                return Ok(total);
-            }
-        }
+        backend!(self.expire_devices(cutoff))
     }
 
     /// Deletes one device and its accounts (admin `remove-device`); false if unknown.
     pub fn remove_device(&self, device: &DeviceId) -> Result<bool, StoreError> {
-        let device = device.clone();
-        self.batcher.write(&self.conn, move |tx| {
-            Ok(tx
-                .prepare_cached("DELETE FROM devices WHERE device_id = +?1")?
-                .execute([device.as_str()])?
-                > 0)
-        })
+        backend!(self.remove_device(device))
     }
 
     /// Whether the database answers (health check).
     pub fn ping(&self) -> Result<(), StoreError> {
-        let conn = self.reader();
-        conn.query_row("SELECT 1", [], |_| Ok(()))?;
-        Ok(())
+        backend!(self.ping())
     }
 
     /// Unix seconds of the least and most recently seen devices (`stats`).
     pub fn seen_range(&self) -> Result<Option<(i64, i64)>, StoreError> {
-        let conn = self.reader();
-        let range = conn.query_row(
-            "SELECT min(last_seen_at), max(last_seen_at) FROM devices",
-            [],
-            |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?)),
-        )?;
-        Ok(match range {
-            (Some(a), Some(b)) => Some((a, b)),
-            _ => None,
-        })
+        backend!(self.seen_range())
     }
 
     /// How many devices and accounts are stored.
     pub fn counts(&self) -> Result<Counts, StoreError> {
-        let conn = self.reader();
-        let (devices, accounts) = conn.query_row(
-            "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM accounts)",
-            [],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
-        )?;
-        Ok(Counts {
-            devices: devices as u64,
-            accounts: accounts as u64,
-        })
+        backend!(self.counts())
     }
 
-    /// Checkpoints the WAL into the main file and closes the connection, so the file is
-    /// complete on its own after a clean shutdown.
-    pub fn close(mut self) -> Result<(), StoreError> {
-        drop(self.read.take());
-        let (batches, jobs) = (
-            self.batcher
-                .batches
-                .load(std::sync::atomic::Ordering::Relaxed),
-            self.batcher.jobs.load(std::sync::atomic::Ordering::Relaxed),
-        );
-        log::info!("store: {jobs} writes committed in {batches} transactions");
-        let conn = Arc::try_unwrap(self.conn)
-            .map_err(|_| StoreError::Sql("store still shared at close".into()))?
-            .into_inner()
-            .unwrap_or_else(|p| p.into_inner());
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
-        conn.close().map_err(|(_, e)| StoreError::from(e))
+    /// What the backend is, for the start-up log line (`sqlite /path/to/file`).
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(b) => b.describe(),
+        }
     }
-}
 
-/// The stored protocol version (the schema only allows 1 and 2).
-fn stored_version(n: i64) -> ProtocolVersion {
-    if n == 2 {
-        ProtocolVersion::V2
-    } else {
-        ProtocolVersion::V1
-    }
-}
-
-/// Seconds since the Unix epoch (UTC), the unit of every stored timestamp; 0 if the
-/// clock is before 1970.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn replace_accounts(
-    tx: &rusqlite::Transaction<'_>,
-    device: &DeviceId,
-    version: ProtocolVersion,
-    form: Option<AccountForm>,
-    accounts: &[AccountSpec],
-    now: i64,
-) -> Result<Option<Vec<AccountRecord>>, StoreError> {
-    let updated = tx
-        .prepare_cached(
-            "UPDATE devices SET version = ?2, account_form = coalesce(?3, account_form),
-               updated_at = ?4, last_seen_at = ?4
-             WHERE device_id = +?1",
-        )?
-        .execute(params![
-            device.as_str(),
-            version.number(),
-            form.map(AccountForm::json_key),
-            now
-        ])?;
-    if updated == 0 {
-        return Ok(None);
-    }
-    let mut existing: HashMap<String, (String, String)> = tx
-        .prepare_cached("SELECT account_key, node, secret FROM accounts WHERE device_id = +?1")?
-        .query_map([device.as_str()], |r| {
-            Ok((r.get(0)?, (r.get(1)?, r.get(2)?)))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut out = Vec::with_capacity(accounts.len());
-    for spec in accounts {
-        let (node, secret, created) = match existing.remove(spec.key.as_str()) {
-            Some((node, secret)) => (Node::from_stored(node), Secret::from_stored(secret), false),
-            None => {
-                let (node, secret) = insert_account(tx, device, spec, now)?;
-                (node, secret, true)
-            }
-        };
-        out.push(AccountRecord {
-            key: spec.key.clone(),
-            node,
-            secret,
-            created,
-        });
-    }
-    let mut delete =
-        tx.prepare_cached("DELETE FROM accounts WHERE device_id = +?1 AND account_key = +?2")?;
-    for key in existing.keys() {
-        delete.execute(params![device.as_str(), key])?;
-    }
-    Ok(Some(out))
-}
-
-/// Inserts a new account with a fresh node and secret. A node collision (2^-128 odds,
-/// but the column is UNIQUE) draws again instead of failing the registration.
-fn insert_account(
-    tx: &rusqlite::Transaction<'_>,
-    device: &DeviceId,
-    spec: &AccountSpec,
-    now: i64,
-) -> Result<(Node, Secret), StoreError> {
-    let mut stmt = tx.prepare_cached(
-        "INSERT INTO accounts (device_id, account_key, domain, node, secret, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    let mut attempts = 0;
-    loop {
-        let node = Node::generate().map_err(StoreError::Random)?;
-        let secret = Secret::generate().map_err(StoreError::Random)?;
-        match stmt.execute(params![
-            device.as_str(),
-            spec.key.as_str(),
-            spec.domain,
-            node.as_str(),
-            secret.expose(),
-            now
-        ]) {
-            Ok(_) => return Ok((node, secret)),
-            Err(e)
-                if attempts < 3
-                    && e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) =>
-            {
-                attempts += 1;
-            }
-            Err(e) => return Err(e.into()),
+    /// Flushes and closes: after a clean shutdown the database is complete on its own
+    /// (SQLite: the WAL is checkpointed into the main file).
+    pub fn close(self) -> Result<(), StoreError> {
+        match self.backend {
+            Backend::Sqlite(b) => b.close(),
         }
     }
 }

@@ -1,5 +1,7 @@
 use super::*;
-use crate::types::{BareJid, ChannelHosts};
+use crate::types::{
+    AccountForm, AccountKey, ChannelHosts, ChannelUri, DeviceId, Node, ProtocolVersion,
+};
 
 fn dev(s: &str) -> DeviceId {
     DeviceId::parse(s).unwrap()
@@ -111,16 +113,13 @@ fn every_way_an_account_goes_leaves_its_node_to_delete() {
         .unwrap()
         .unwrap();
     assert!(again.iter().all(|r| !r.created));
-    assert_eq!(
-        s.removed_nodes(10).unwrap(),
-        vec![recs[0].node.as_str().to_owned()]
-    );
+    assert_eq!(s.removed_nodes(10).unwrap(), vec![recs[0].node.clone()]);
     // The device goes (ChannelGone): its accounts go by cascade.
     assert!(s.delete_device_if_channel(&d, &u).unwrap());
     let mut gone = s.removed_nodes(10).unwrap();
-    gone.sort();
-    let mut want: Vec<String> = recs.iter().map(|r| r.node.as_str().to_owned()).collect();
-    want.sort();
+    gone.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let mut want: Vec<Node> = recs.iter().map(|r| r.node.clone()).collect();
+    want.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     assert_eq!(gone, want);
     s.forget_removed_nodes(&gone).unwrap();
     assert!(s.removed_nodes(10).unwrap().is_empty());
@@ -138,42 +137,4 @@ fn every_way_an_account_goes_leaves_its_node_to_delete() {
     s.set_accounts(&d, ProtocolVersion::V2, None, &[], 6)
         .unwrap();
     assert_eq!(s.removed_nodes(10).unwrap().len(), 1);
-}
-
-#[test]
-fn bare_jid_accounts_store_hash_and_domain_only() {
-    let s = Store::open_in_memory().unwrap();
-    let d = dev("5486bd86");
-    s.set_channel(
-        &d,
-        &uri("https://a.notify.windows.com/?t"),
-        ProtocolVersion::V1,
-        1,
-    )
-    .unwrap();
-    let jid = BareJid::parse("someClient@XMPP.uwpx.org").unwrap();
-    let key = AccountKey::derive(&d, &jid);
-    let spec = AccountSpec {
-        key: key.clone(),
-        domain: Some(jid.domain()),
-    };
-    s.set_accounts(
-        &d,
-        ProtocolVersion::V1,
-        Some(AccountForm::BareJid),
-        &[spec],
-        2,
-    )
-    .unwrap()
-    .unwrap();
-    let conn = s.lock();
-    let (k, domain): (String, String) = conn
-        .query_row("SELECT account_key, domain FROM accounts", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .unwrap();
-    assert_eq!(
-        (k.as_str(), domain.as_str()),
-        (key.as_str(), "xmpp.uwpx.org")
-    );
 }

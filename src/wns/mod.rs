@@ -5,12 +5,14 @@
 //! - [`token`]: the OAuth token, cached, persisted, refreshed single-flight.
 //! - [`client`]: the shared ureq agent, the POST, and the HTTP → verdict table.
 //!
-//! The pool applies the xep0357-wns.md part D policy to each verdict:
+//! The pool applies the xep0357-wns.md part D policy to each verdict. Store side
+//! effects of an outcome (deleting a dead channel's device, moving last-seen) are not
+//! done here: the submitter's [`Reply`] gets the outcome and applies them (`push`).
 //!
 //! | verdict                         | pool action                                        | outcome        |
 //! |---------------------------------|----------------------------------------------------|----------------|
-//! | 200                             | note the device as seen (flushed in batches)       | `Delivered`    |
-//! | 404 / 410                       | delete the device if its channel is still this one | `ChannelGone`  |
+//! | 200                             | —                                                  | `Delivered`    |
+//! | 404 / 410                       | —                                                  | `ChannelGone`  |
 //! | 401                             | refresh the token once, resend once                | (resend)       |
 //! | 401 again, 403, Domain Blocked  | log an error                                       | `Misconfigured`|
 //! | 406 / 503                       | pause every job until `Retry-After`, then retry    | `Transient` if out of attempts/time |
@@ -19,31 +21,35 @@
 //! | queue full, token unavailable   | —                                                  | `Transient`    |
 //!
 //! Threads: `wns-worker-1..K` take jobs from a bounded crossbeam channel and make the
-//! blocking HTTP calls; `wns-timer` holds jobs waiting for a retry (workers never
-//! sleep) and flushes last-seen times to the store every few seconds. Outcomes are
-//! handed back through each job's [`Reply`], which must not block. Locks: `paused`,
-//! `seen` and the token cache's, each briefly; the store's through [`Store`] methods.
+//! blocking HTTP calls. A job waiting for a retry sits in a shared heap; each worker
+//! waits on the channel only until the earliest retry is due, so no worker sleeps and
+//! no extra timer thread exists. The pool owns the channel's only sender: dropping it
+//! at [`WnsPool::stop`] ends every worker once the queue is drained, and each is
+//! joined. Outcomes are handed back through each job's [`Reply`], which must not block
+//! for long. Locks: `delayed`, `paused_until`, `stop_by` and the token cache's, each
+//! briefly, never across HTTP. The token is kept through [`token::TokenVault`], the
+//! only storage this module knows.
 
 pub mod client;
 pub mod payload;
 pub mod token;
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded, unbounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 
+use crate::clock::Clock;
 use crate::config::WnsConfig;
-use crate::ops::metrics::METRICS;
-use crate::store::Store;
-use crate::store::unix_now;
+use crate::metrics::METRICS;
+use crate::shutdown::join_logged;
 use crate::types::{ChannelHosts, ChannelUri, DeviceId};
 use client::{Answer, Verdict, WnsClient, classify};
-use token::TokenCache;
+use token::{TokenCache, TokenVault};
 
 /// What became of a push job. The XMPP side maps it to an IQ reply (only `ChannelGone`
 /// makes a user's server drop its registration), the registration side to an answer.
@@ -51,7 +57,7 @@ use token::TokenCache;
 pub enum Outcome {
     /// WNS accepted the notification.
     Delivered,
-    /// The channel is dead (404/410); the device was removed.
+    /// The channel is dead (404/410); the submitter removes the device.
     ChannelGone,
     /// WNS or the network failed for now (throttled, unavailable, timeouts, queue full,
     /// token endpoint down). Worth trying again later.
@@ -74,9 +80,24 @@ impl fmt::Display for Outcome {
     }
 }
 
-/// Hands an outcome back to the submitter. Called exactly once, on a WNS thread, so
-/// it must not block (send on an unbounded channel or a fresh bounded(1) channel).
-pub type Reply = Box<dyn FnOnce(Outcome) + Send>;
+/// A finished job handed back to its submitter: what it was for, and what became of it.
+/// The device and channel come back so that the submitter can apply the outcome's
+/// store side effects (the dead-channel guard needs the channel that was pushed to).
+#[derive(Debug)]
+pub struct Finished {
+    /// The device pushed to.
+    pub device: DeviceId,
+    /// The channel pushed to.
+    pub channel: ChannelUri,
+    /// What WNS did.
+    pub outcome: Outcome,
+}
+
+/// Hands a finished job back to the submitter. Called exactly once, on a WNS thread
+/// (or the submitting thread, for a job refused at once), so it must not block for
+/// long (a store write at most; then a send on an unbounded or fresh bounded(1)
+/// channel).
+pub type Reply = Box<dyn FnOnce(Finished) + Send>;
 
 /// One notification to one device.
 pub struct Job {
@@ -88,7 +109,6 @@ pub struct Job {
     attempts: u32,
     refreshed: bool,
     last_error: String,
-    touch: bool,
 }
 
 impl Job {
@@ -109,20 +129,15 @@ impl Job {
             attempts: 0,
             refreshed: false,
             last_error: String::new(),
-            touch: true,
         }
     }
 
-    /// Whether a delivery should move the device's last-seen time (default yes). The
-    /// dispatcher skips it for devices seen within the last hour: expiry counts in
-    /// days, and a write per push would be wasted.
-    pub fn touch_on_delivery(mut self, touch: bool) -> Self {
-        self.touch = touch;
-        self
-    }
-
     fn finish(self, outcome: Outcome) {
-        (self.reply)(outcome);
+        (self.reply)(Finished {
+            device: self.device,
+            channel: self.channel,
+            outcome,
+        });
     }
 }
 
@@ -146,53 +161,60 @@ impl Ord for Delayed {
     }
 }
 
-/// How often successful deliveries are written to `devices.last_seen_at`.
-const SEEN_FLUSH: Duration = Duration::from_secs(5);
-
+/// What the pool's workers share.
 struct Shared {
     client: Arc<WnsClient>,
     tokens: Arc<TokenCache>,
-    store: Arc<Store>,
     hosts: ChannelHosts,
     max_attempts: u32,
-    jobs: Sender<Job>,
-    delayed: Sender<Delayed>,
+    clock: Clock,
+    /// Jobs waiting for their retry time, soonest first.
+    delayed: Mutex<BinaryHeap<Delayed>>,
     paused_until: Mutex<Option<Instant>>,
-    seen: Mutex<HashMap<DeviceId, i64>>,
-    stopping: AtomicBool,
-    abandon: AtomicBool,
+    /// Set by [`WnsPool::stop`]: from then on no job waits for a retry, and past this
+    /// instant whatever is left is answered `Transient` at once.
+    stop_by: Mutex<Option<Instant>>,
     busy: AtomicUsize,
+}
+
+impl Shared {
+    fn delayed(&self) -> MutexGuard<'_, BinaryHeap<Delayed>> {
+        self.delayed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stop_by(&self) -> Option<Instant> {
+        *self.stop_by.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The worker pool.
 pub struct WnsPool {
+    /// The queue's only sender: dropping it ends the workers.
+    jobs: Sender<Job>,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
-    timer: JoinHandle<()>,
 }
 
 impl WnsPool {
-    /// Starts `wns.workers` workers and the timer thread.
+    /// Starts `wns.workers` workers. The first one fetches (or loads) the token before
+    /// taking jobs, so the first push is not slowed by it and wrong credentials show up
+    /// in the log at start rather than at the first message.
     pub fn start(
         cfg: &WnsConfig,
         client: Arc<WnsClient>,
         tokens: Arc<TokenCache>,
-        store: Arc<Store>,
+        clock: Clock,
     ) -> std::io::Result<Self> {
         let (jobs_tx, jobs_rx) = bounded::<Job>(cfg.queue_capacity);
-        let (delay_tx, delay_rx) = unbounded::<Delayed>();
         let shared = Arc::new(Shared {
             client,
             tokens,
-            store,
             hosts: cfg.channel_hosts.clone(),
             max_attempts: cfg.max_attempts,
-            jobs: jobs_tx,
-            delayed: delay_tx,
+            clock,
+            delayed: Mutex::new(BinaryHeap::new()),
             paused_until: Mutex::new(None),
-            seen: Mutex::new(HashMap::new()),
-            stopping: AtomicBool::new(false),
-            abandon: AtomicBool::new(false),
+            stop_by: Mutex::new(None),
             busy: AtomicUsize::new(0),
         });
         let mut workers = Vec::with_capacity(cfg.workers);
@@ -201,24 +223,29 @@ impl WnsPool {
             workers.push(
                 thread::Builder::new()
                     .name(format!("wns-worker-{i}"))
-                    .spawn(move || worker(&shared, &rx))?,
+                    .spawn(move || {
+                        if i == 1 {
+                            prefetch_token(&shared);
+                        }
+                        worker(&shared, &rx)
+                    })?,
             );
         }
-        let timer_shared = shared.clone();
-        let timer = thread::Builder::new()
-            .name("wns-timer".into())
-            .spawn(move || timer(&timer_shared, &delay_rx))?;
         Ok(Self {
+            jobs: jobs_tx,
             shared,
             workers,
-            timer,
         })
     }
 
     /// Builds the whole pipeline from the configuration: the shared HTTPS client (with
-    /// `wns.ca_file` added to the trusted roots), the token cache persisted in `store`,
+    /// `wns.ca_file` added to the trusted roots), the token cache persisted in `vault`,
     /// and the workers.
-    pub fn from_config(cfg: &WnsConfig, store: Arc<Store>) -> std::io::Result<Self> {
+    pub fn from_config(
+        cfg: &WnsConfig,
+        vault: Option<Arc<dyn TokenVault>>,
+        clock: Clock,
+    ) -> std::io::Result<Self> {
         let roots = cfg
             .ca_pem
             .as_ref()
@@ -228,21 +255,16 @@ impl WnsPool {
         let fetcher = client.clone();
         let tokens = Arc::new(TokenCache::new(
             Box::new(move || fetcher.fetch_token()),
-            Some(store.clone()),
-            unix_now(),
+            vault,
+            clock.unix_now(),
         ));
-        Self::start(cfg, client, tokens, store)
+        Self::start(cfg, client, tokens, clock)
     }
 
     /// Queues a job. A full queue answers `Transient` at once rather than blocking the
     /// caller (the XMPP thread must never wait on WNS).
     pub fn submit(&self, job: Job) {
-        if self.shared.stopping.load(Ordering::Acquire) {
-            return job.finish(Outcome::Transient(
-                "the push server is shutting down".into(),
-            ));
-        }
-        match self.shared.jobs.try_send(job) {
+        match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(job)) => {
                 log::warn!(
@@ -251,15 +273,13 @@ impl WnsPool {
                 );
                 job.finish(Outcome::Transient("the push queue is full".into()));
             }
-            Err(TrySendError::Disconnected(job)) => job.finish(Outcome::Transient(
-                "the push server is shutting down".into(),
-            )),
+            Err(TrySendError::Disconnected(job)) => job.finish(shutting_down()),
         }
     }
 
     /// Jobs waiting in the queue.
     pub fn queue_len(&self) -> usize {
-        self.shared.jobs.len()
+        self.jobs.len()
     }
 
     /// Workers in the middle of a job.
@@ -272,59 +292,73 @@ impl WnsPool {
         self.shared.tokens.expires_at()
     }
 
-    /// Stops taking jobs, lets queued and running ones finish for up to `grace`, answers
-    /// jobs waiting for a retry with `Transient`, and flushes last-seen times.
+    /// Stops taking jobs and ends the workers by dropping the queue's sender. Queued
+    /// and running jobs may finish within `grace`; after it, and for every job waiting
+    /// for a retry, the answer is `Transient`. A request in flight ends within
+    /// `wns.timeout_ms`. Every worker is joined.
     pub fn stop(self, grace: Duration) {
-        self.shared.stopping.store(true, Ordering::Release);
-        let deadline = Instant::now() + grace;
-        while (!self.shared.jobs.is_empty() || self.busy() > 0) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-        // Whatever is left is answered at once; a request in flight ends within
-        // `wns.timeout_ms`, and a worker still busy after that is left behind.
-        self.shared.abandon.store(true, Ordering::Release);
-        let _ = self.timer.join();
-        let hard = Instant::now() + Duration::from_secs(6);
-        while self.workers.iter().any(|w| !w.is_finished()) && Instant::now() < hard {
-            thread::sleep(Duration::from_millis(10));
-        }
+        *self
+            .shared
+            .stop_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + grace);
+        drop(self.jobs);
         for w in self.workers {
-            if w.is_finished() {
-                let _ = w.join();
-            }
+            join_logged(w);
+        }
+        for Delayed(_, job) in std::mem::take(&mut *self.shared.delayed()) {
+            job.finish(shutting_down());
         }
     }
 }
 
-fn worker(shared: &Arc<Shared>, rx: &Receiver<Job>) {
-    // Ends when every sender is gone: the pool's (dropped at stop) and the timer's.
-    // The queue's sender lives in `Shared`, which each worker holds too, so also stop
-    // on the flag once the queue is empty.
+fn shutting_down() -> Outcome {
+    Outcome::Transient("the push server is shutting down".into())
+}
+
+fn prefetch_token(shared: &Shared) {
+    if let Err(e) = shared.tokens.get(shared.clock.unix_now()) {
+        log::warn!("wns: no access token at start ({e}); will retry on the first push");
+    }
+}
+
+/// A worker: takes due retries first, then waits on the queue until the next retry is
+/// due. Ends when the queue's sender is gone and the queue is empty.
+fn worker(shared: &Shared, rx: &Receiver<Job>) {
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(job) => {
-                shared.busy.fetch_add(1, Ordering::Relaxed);
-                process(shared, job);
-                shared.busy.fetch_sub(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let next_retry = {
+            let mut heap = shared.delayed();
+            match heap.peek() {
+                Some(d) if d.0 <= now => heap.pop().map(|Delayed(_, job)| Ok(job)),
+                Some(d) => Some(Err(d.0)),
+                None => None,
             }
-            Err(RecvTimeoutError::Timeout) => {
-                if shared.stopping.load(Ordering::Acquire) && rx.is_empty() {
-                    return;
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
-        }
+        };
+        let job = match next_retry {
+            Some(Ok(job)) => job,
+            Some(Err(due)) => match rx.recv_timeout(due.saturating_duration_since(now)) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            },
+            None => match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
+        shared.busy.fetch_add(1, Ordering::Relaxed);
+        process(shared, job);
+        shared.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Sends one job once (plus one resend after a 401) and decides what comes next.
 fn process(shared: &Shared, mut job: Job) {
-    if shared.abandon.load(Ordering::Acquire) {
-        return job.finish(Outcome::Transient(
-            "the push server is shutting down".into(),
-        ));
-    }
     let now = Instant::now();
+    if shared.stop_by().is_some_and(|by| now >= by) {
+        return job.finish(shutting_down());
+    }
     if now >= job.deadline {
         let reason = if job.last_error.is_empty() {
             "no time left before the deadline".to_owned()
@@ -354,7 +388,7 @@ fn process(shared: &Shared, mut job: Job) {
         job.last_error = "WNS asked us to back off".into();
         return retry_at(shared, job, until, false);
     }
-    let token = match shared.tokens.get(unix_now()) {
+    let token = match shared.tokens.get(shared.clock.unix_now()) {
         Ok(t) => t,
         Err(e) => return job.finish(Outcome::Transient(e.to_string())),
     };
@@ -383,28 +417,10 @@ fn process(shared: &Shared, mut job: Job) {
                 "wns: {who} delivered ({})",
                 status.as_deref().unwrap_or("no status")
             );
-            if job.touch {
-                shared
-                    .seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(job.device.clone(), unix_now());
-            }
             job.finish(Outcome::Delivered)
         }
         Verdict::ChannelGone(code) => {
-            match shared
-                .store
-                .delete_device_if_channel(&job.device, &job.channel)
-            {
-                Ok(true) => {
-                    log::info!("wns: {who} channel gone (HTTP {code}); device removed {diag}")
-                }
-                Ok(false) => log::info!(
-                    "wns: {who} channel gone (HTTP {code}), but the device re-registered meanwhile; kept"
-                ),
-                Err(e) => log::error!("wns: {who} channel gone, removing the device failed: {e}"),
-            }
+            log::info!("wns: {who} channel gone (HTTP {code}) {diag}");
             job.finish(Outcome::ChannelGone)
         }
         Verdict::Unauthorized if !job.refreshed => {
@@ -412,7 +428,7 @@ fn process(shared: &Shared, mut job: Job) {
             log::info!("wns: {who} got 401; refreshing the token and resending once");
             match shared
                 .tokens
-                .refresh_after_401(token.generation, unix_now())
+                .refresh_after_401(token.generation, shared.clock.unix_now())
             {
                 Ok(_) => process(shared, job),
                 Err(e) => job.finish(Outcome::Transient(e.to_string())),
@@ -478,16 +494,10 @@ fn retry_at(shared: &Shared, mut job: Job, at: Instant, counts: bool) {
         let reason = std::mem::take(&mut job.last_error);
         return job.finish(Outcome::Transient(reason));
     }
-    if shared.stopping.load(Ordering::Acquire) {
-        return job.finish(Outcome::Transient(
-            "the push server is shutting down".into(),
-        ));
+    if shared.stop_by().is_some() {
+        return job.finish(shutting_down());
     }
-    if let Err(e) = shared.delayed.send(Delayed(at, job)) {
-        e.into_inner().1.finish(Outcome::Transient(
-            "the push server is shutting down".into(),
-        ));
-    }
+    shared.delayed().push(Delayed(at, job));
 }
 
 /// Exponential backoff with ±50 % jitter: 250 ms, 500 ms, 1 s, … capped at 8 s.
@@ -500,79 +510,6 @@ fn backoff(attempt: u32) -> Duration {
         base / 2
     };
     Duration::from_millis((base / 2 + jitter).min(8000))
-}
-
-/// The `wns-timer` thread: re-queues delayed jobs when due and flushes last-seen times.
-fn timer(shared: &Shared, rx: &Receiver<Delayed>) {
-    // Fetch (or load) the token now: the first push is not slowed by it, and wrong
-    // credentials show up in the log at start, not at the first message.
-    if let Err(e) = shared.tokens.get(unix_now()) {
-        log::warn!("wns: no access token at start ({e}); will retry on the first push");
-    }
-    let mut heap: BinaryHeap<Delayed> = BinaryHeap::new();
-    let mut next_flush = Instant::now() + SEEN_FLUSH;
-    loop {
-        let now = Instant::now();
-        while heap.peek().is_some_and(|d| d.0 <= now) {
-            if let Some(Delayed(_, job)) = heap.pop()
-                && let Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) =
-                    shared.jobs.try_send(job)
-            {
-                job.finish(Outcome::Transient("the push queue is full".into()));
-            }
-        }
-        if now >= next_flush {
-            flush_seen(shared);
-            next_flush = now + SEEN_FLUSH;
-        }
-        if shared.stopping.load(Ordering::Acquire) {
-            for Delayed(_, job) in heap.drain() {
-                job.finish(Outcome::Transient(
-                    "the push server is shutting down".into(),
-                ));
-            }
-            while let Ok(Delayed(_, job)) = rx.try_recv() {
-                job.finish(Outcome::Transient(
-                    "the push server is shutting down".into(),
-                ));
-            }
-            // Workers may still deliver while the grace period runs; they flush below.
-            if shared.busy.load(Ordering::Acquire) == 0 && shared.jobs.is_empty() {
-                flush_seen(shared);
-                return;
-            }
-        }
-        let wake = heap
-            .peek()
-            .map_or(next_flush, |d| d.0.min(next_flush))
-            .min(now + Duration::from_millis(100));
-        match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-            Ok(d) => heap.push(d),
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => {
-                flush_seen(shared);
-                return;
-            }
-        }
-    }
-}
-
-/// Writes the devices seen since the last flush in one transaction: no synchronous
-/// write per push on the hot path.
-fn flush_seen(shared: &Shared) {
-    let batch: Vec<(DeviceId, i64)> =
-        std::mem::take(&mut *shared.seen.lock().unwrap_or_else(|p| p.into_inner()))
-            .into_iter()
-            .collect();
-    if batch.is_empty() {
-        return;
-    }
-    if let Err(e) = shared.store.touch_devices(&batch) {
-        log::warn!(
-            "wns: could not record {} deliveries as last seen: {e}",
-            batch.len()
-        );
-    }
 }
 
 #[cfg(test)]

@@ -14,24 +14,11 @@
 
 use serde::Serialize;
 
-use crate::types::ClientGeneration;
+use crate::types::{ClientGeneration, Summary};
 use crate::xml::escape;
 
 /// WNS refuses bodies over 5000 bytes with 413.
 pub const MAX_PAYLOAD: usize = 5000;
-
-/// What a push says, independent of how a generation encodes it: the XEP-0357 summary.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Summary {
-    /// `message-count`, 0 if absent or not a number.
-    pub message_count: u64,
-    /// `pending-subscription-count`, likewise.
-    pub pending_subscription_count: u64,
-    /// `last-message-sender`, if the user's server includes it.
-    pub last_message_sender: Option<String>,
-    /// `last-message-body`, if the user's server includes it.
-    pub last_message_body: Option<String>,
-}
 
 /// The text pre-0.35 clients show verbatim as a toast: it must not leak who wrote what.
 pub const V1_TEXT_PUSH: &str = "You might have received new messages while you were away.";

@@ -1,5 +1,6 @@
-//! The WNS OAuth access token: cached in memory and in SQLite, refreshed ahead of
-//! expiry, and refreshed single-flight after a 401.
+//! The WNS OAuth access token: cached in memory and in a [`TokenVault`] (the store,
+//! wired in by the app), refreshed ahead of expiry, and refreshed single-flight after a
+//! 401.
 //!
 //! Rules (xep0357-wns.md §B 4.1, 4.5):
 //! - a token is reused until shortly before it expires ([`TokenCache::get`]); in the last
@@ -17,7 +18,16 @@ use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::store::{Store, StoredToken};
+pub use crate::types::SavedToken;
+
+/// Where the token is kept across restarts. `wns` owns this narrow interface so that it
+/// never depends on the store; the app hands in the store's implementation.
+pub trait TokenVault: Send + Sync {
+    /// The saved token, if any.
+    fn load(&self) -> Result<Option<SavedToken>, String>;
+    /// Replaces the saved token.
+    fn save(&self, token: &SavedToken) -> Result<(), String>;
+}
 
 /// How long before expiry a token is refreshed.
 pub const REFRESH_AHEAD: i64 = 300;
@@ -101,17 +111,17 @@ pub struct TokenCache {
     state: Mutex<State>,
     done: Condvar,
     fetch: Box<Fetch>,
-    store: Option<Arc<Store>>,
+    vault: Option<Arc<dyn TokenVault>>,
     requests: std::sync::atomic::AtomicU64,
 }
 
 impl TokenCache {
-    /// A cache that fetches with `fetch` and persists to `store` (if any). A token saved
+    /// A cache that fetches with `fetch` and persists to `vault` (if any). A token saved
     /// by an earlier run is reused while it is valid.
-    pub fn new(fetch: Box<Fetch>, store: Option<Arc<Store>>, now: i64) -> Self {
-        let token = store
+    pub fn new(fetch: Box<Fetch>, vault: Option<Arc<dyn TokenVault>>, now: i64) -> Self {
+        let token = vault
             .as_ref()
-            .and_then(|s| s.load_token().ok().flatten())
+            .and_then(|v| v.load().ok().flatten())
             .filter(|t| t.expires_at > now + REFRESH_AHEAD)
             .map(|t| Token {
                 value: t.access_token.into(),
@@ -133,7 +143,7 @@ impl TokenCache {
             }),
             done: Condvar::new(),
             fetch,
-            store,
+            vault,
             requests: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -231,14 +241,14 @@ impl TokenCache {
         };
         drop(state);
         self.done.notify_all();
-        if let (Ok(t), Some(store)) = (&result, &self.store)
+        if let (Ok(t), Some(vault)) = (&result, &self.vault)
             && t.generation > 0
         {
-            let saved = StoredToken {
+            let saved = SavedToken {
                 access_token: t.value.to_string(),
                 expires_at: t.expires_at,
             };
-            if let Err(e) = store.save_token(&saved) {
+            if let Err(e) = vault.save(&saved) {
                 log::warn!("wns: could not save the access token: {e}");
             }
         }

@@ -18,8 +18,8 @@ pub mod pep;
 pub mod publish;
 pub mod reader;
 pub mod reply;
+mod session;
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::net::{TcpStream, ToSocketAddrs};
@@ -32,13 +32,12 @@ use crossbeam_channel::Receiver;
 
 use crate::config::{ClientConfig, ComponentConfig};
 use crate::net::Socket;
-use crate::push::{Completed, Decision, Dispatcher, PushOutcome};
-use crate::shutdown::Shutdown;
+use crate::push::{Completed, Dispatcher};
+use crate::shutdown::{Shutdown, join_logged};
 use crate::store::Store;
-use crate::wns::Outcome;
 use pep::PepRequest;
-use publish::{Inbound, IqHeader, Publish};
 use reader::{ReadError, StanzaReader, StreamEvent};
+use session::{Session, Timing};
 
 /// Why a connection ended or could not be made. Drives the reconnect backoff and the log;
 /// never reaches a wire.
@@ -151,9 +150,7 @@ impl XmppLink {
     /// Waits for the thread to end (after shutdown was triggered: it answers open IQs
     /// with `wait` and closes the stream).
     pub fn join(self) {
-        if self.thread.join().is_err() {
-            log::error!("xmpp: the I/O thread panicked");
-        }
+        join_logged(self.thread);
     }
 }
 
@@ -246,9 +243,8 @@ impl Io<'_> {
             }
             let wait = jitter(backoff);
             log::info!("xmpp: reconnecting in {:.1} s", wait.as_secs_f64());
-            let until = Instant::now() + wait;
-            while Instant::now() < until && !self.shutdown.is_triggered() {
-                thread::sleep(Duration::from_millis(50));
+            if self.shutdown.wait_timeout(wait) {
+                return;
             }
             backoff = (backoff * 2).min(Duration::from_secs(60));
         }
@@ -263,37 +259,25 @@ impl Io<'_> {
         log::info!("xmpp: connected as {jid}");
     }
 
-    /// The authenticated stream: read, dispatch, reply, ping, until it ends.
+    /// The authenticated stream: read, hand to the session, write what it queued,
+    /// until the stream ends or shutdown has drained it.
     fn session<S: Socket>(&mut self, id: &Identity, reader: &mut StanzaReader<S>) -> End {
-        let s = self.s;
-        let ping_timeout = s.ping_interval.min(Duration::from_secs(30));
-        let mut pending: HashMap<u64, Pending> = HashMap::new();
-        // Deadlines in arrival order (all publishes get the same budget), so expiry is a
-        // look at the front, not a scan; entries of answered IQs are skipped.
-        let mut deadlines: VecDeque<(Instant, u64)> = VecDeque::new();
-        let mut peps: HashMap<String, PepStep> = HashMap::new();
-        let mut deleting: HashSet<String> = HashSet::new();
-        let mut seen_items = publish::RecentItems::new(4096);
-        let mut seq = 0u64;
-        let mut next_timers = Instant::now();
-        let mut next_removed = Instant::now();
-        let mut out = String::new();
-        let mut next_ping = Instant::now() + s.ping_interval;
-        let mut ping_sent: Option<(String, Instant)> = None;
+        let timing = Timing {
+            ping_interval: self.s.ping_interval,
+            deadline: self.s.deadline,
+            grace: self.s.grace,
+        };
+        let mut session = Session::new(
+            id,
+            timing,
+            &self.s.store,
+            &mut self.dispatcher,
+            (self.outcomes, self.peps),
+            Instant::now(),
+        );
         let mut current_wait = Duration::ZERO;
-        let mut draining: Option<Instant> = None;
         loop {
-            let now = Instant::now();
-            let mut wait = Duration::from_millis(200);
-            if !pending.is_empty() || !peps.is_empty() {
-                wait = Duration::from_millis(1);
-            }
-            if let Some(due) = self.dispatcher.next_due() {
-                wait = wait.min(
-                    due.saturating_duration_since(now)
-                        .max(Duration::from_millis(1)),
-                );
-            }
+            let wait = session.read_wait(Instant::now());
             if wait != current_wait {
                 if reader.get_ref().tcp().set_read_timeout(Some(wait)).is_err() {
                     return End::Lost("cannot set the read timeout".into());
@@ -303,318 +287,59 @@ impl Io<'_> {
             match reader.next_event() {
                 Ok(StreamEvent::Stanza(stanza)) => {
                     log::trace!("xmpp: <- {}", reply::redact_secrets(&String::from(&stanza)));
-                    match publish::classify(&stanza, id.ns) {
-                        Inbound::Publish(h, _) if draining.is_some() => {
-                            let shutting =
-                                PushOutcome::Wns(Outcome::Transient("shutting down".into()));
-                            log_outcome(&h.from, &shutting);
-                            out.push_str(&reply::iq_reply(&h, reply::for_outcome(&shutting)));
-                        }
-                        Inbound::Publish(h, p) if !id.client => {
-                            match self.dispatcher.publish(Some(&h.from), &p, Instant::now()) {
-                                Decision::Now(outcome) => {
-                                    log_outcome(&h.from, &outcome);
-                                    out.push_str(&reply::iq_reply(
-                                        &h,
-                                        reply::for_outcome(&outcome),
-                                    ));
-                                }
-                                Decision::Later(token) => {
-                                    let deadline = Instant::now() + s.deadline;
-                                    pending.insert(
-                                        token,
-                                        Pending {
-                                            header: Some(h),
-                                            since: Instant::now(),
-                                        },
-                                    );
-                                    deadlines.push_back((deadline, token));
-                                }
-                            }
-                        }
-                        Inbound::Publish(h, _) | Inbound::Unsupported(h) => {
-                            out.push_str(&reply::unsupported(&h))
-                        }
-                        Inbound::BadPublish(h, why) => {
-                            log::info!("xmpp: malformed publish from {}: {why}", h.from);
-                            out.push_str(&reply::bad_request(&h));
-                        }
-                        Inbound::DiscoInfo(h) if !id.client => out.push_str(&reply::disco_info(&h)),
-                        Inbound::DiscoItems(h) if !id.client => {
-                            out.push_str(&reply::disco_items(&h))
-                        }
-                        Inbound::DiscoInfo(h) | Inbound::DiscoItems(h) => {
-                            out.push_str(&reply::unsupported(&h))
-                        }
-                        Inbound::Ping(h) => out.push_str(&reply::iq_result(&h, "")),
-                        Inbound::Response { id: rid, error } => {
-                            if ping_sent.as_ref().is_some_and(|(p, _)| *p == rid) {
-                                ping_sent = None;
-                            } else if let Some(step) = peps.remove(&rid) {
-                                self.pep_answer(
-                                    id,
-                                    step,
-                                    error,
-                                    &mut peps,
-                                    &mut deleting,
-                                    &mut seq,
-                                    &mut out,
-                                );
-                            }
-                        }
-                        Inbound::Event {
-                            from,
-                            node,
-                            item_id,
-                            publisher,
-                            summary,
-                        } if id.client => {
-                            if bare(&from) != id.own.to_lowercase() {
-                                log::debug!("xmpp: ignoring a pubsub event from {from}");
-                            } else if item_id
-                                .as_deref()
-                                .is_some_and(|i| !seen_items.insert(&node, i))
-                            {
-                                log::debug!("xmpp: duplicate event for node {node}");
-                            } else {
-                                let p = Publish {
-                                    node,
-                                    secret: None,
-                                    summary,
-                                };
-                                let from = publisher.as_deref();
-                                match self.dispatcher.publish(from, &p, Instant::now()) {
-                                    Decision::Now(outcome) => {
-                                        log_outcome(from.unwrap_or("?"), &outcome)
-                                    }
-                                    Decision::Later(token) => {
-                                        pending.insert(
-                                            token,
-                                            Pending {
-                                                header: None,
-                                                since: Instant::now(),
-                                            },
-                                        );
-                                        deadlines.push_back((Instant::now() + s.deadline, token));
-                                    }
-                                }
-                            }
-                        }
-                        Inbound::Event { .. } | Inbound::Ignored => {}
-                    }
+                    session.on_stanza(&stanza, Instant::now());
                 }
-                Ok(StreamEvent::Open(_)) => {
-                    return End::Lost("unexpected second stream header".into());
-                }
-                Ok(StreamEvent::Close) => return End::Lost("the server closed the stream".into()),
                 Err(ReadError::Idle) => {}
-                Err(ReadError::Eof) => return End::Lost("the server closed the connection".into()),
-                Err(ReadError::Policy(why)) => {
-                    let _ = reader
-                        .get_mut()
-                        .write_all(reply::stream_error("policy-violation").as_bytes());
-                    return End::Lost(format!("policy violation: {why}"));
-                }
-                Err(ReadError::Xml(e)) => {
-                    let _ = reader
-                        .get_mut()
-                        .write_all(reply::stream_error("not-well-formed").as_bytes());
-                    return End::Lost(format!("XML error: {e}"));
-                }
-                Err(ReadError::Io(e)) => return End::Lost(e.to_string()),
-            }
-
-            while let Ok(done) = self.outcomes.try_recv() {
-                if let Some(p) = pending.remove(&done.token) {
-                    crate::ops::metrics::METRICS
-                        .publish_latency
-                        .observe(p.since.elapsed());
-                    let outcome = PushOutcome::Wns(done.outcome);
-                    match &p.header {
-                        Some(h) => {
-                            log_outcome(&h.from, &outcome);
-                            out.push_str(&reply::iq_reply(h, reply::for_outcome(&outcome)));
-                        }
-                        None => log_outcome("pep", &outcome),
-                    }
-                }
-            }
-            while let Ok(req) = self.peps.try_recv() {
-                seq += 1;
-                let rid = format!("pep-{seq}");
-                out.push_str(&pep::create_iq(&rid, &id.own, &req.node));
-                peps.insert(rid, PepStep::Create(req));
+                Ok(event) => return End::Lost(stream_ended(event)),
+                Err(e) => return End::Lost(read_failed(reader, e)),
             }
             let now = Instant::now();
-            if now >= next_timers {
-                // Timers at most every 2 ms: cheap per stanza under load.
-                next_timers = now + Duration::from_millis(2);
-                while deadlines.front().is_some_and(|(d, _)| *d <= now) {
-                    let Some((_, token)) = deadlines.pop_front() else {
-                        break;
-                    };
-                    if let Some(p) = pending.remove(&token) {
-                        match &p.header {
-                            Some(h) => {
-                                log_outcome(&h.from, &PushOutcome::TimedOut);
-                                out.push_str(&reply::iq_reply(
-                                    h,
-                                    reply::for_outcome(&PushOutcome::TimedOut),
-                                ));
-                            }
-                            None => log_outcome("pep", &PushOutcome::TimedOut),
-                        }
-                    }
-                }
-                if pending.is_empty() {
-                    deadlines.clear();
-                }
-                self.dispatcher.tick(now);
-                if let Some((_, sent)) = &ping_sent
-                    && now.duration_since(*sent) > ping_timeout
-                {
-                    return End::Lost("no answer to our ping".into());
-                }
-                if now >= next_ping && ping_sent.is_none() {
-                    seq += 1;
-                    let pid = format!("uwpx-ping-{seq}");
-                    out.push_str(&reply::ping(&pid, &id.own, &id.server));
-                    ping_sent = Some((pid, now));
-                    next_ping = now + s.ping_interval;
-                }
-                if now >= next_removed {
-                    next_removed = now + Duration::from_secs(2);
-                    self.work_off_removed(id, &mut deleting, &mut peps, &mut seq, &mut out);
-                }
+            session.drain_outcomes();
+            session.drain_peps();
+            if let Err(why) = session.tick(now) {
+                return End::Lost(why);
             }
-            if self.shutdown.is_triggered() && draining.is_none() {
-                // Let publishes already with WNS get their real answer for a while.
-                log::info!(
-                    "xmpp: shutting down; {} publishes wait for WNS",
-                    pending.len()
-                );
-                draining = Some(Instant::now());
+            if self.shutdown.is_triggered() {
+                session.begin_shutdown(now);
             }
-            if draining.is_some_and(|since| pending.is_empty() || since.elapsed() >= s.grace) {
-                for (_, p) in pending.drain() {
-                    if let Some(h) = p.header {
-                        let shutting = PushOutcome::Wns(Outcome::Transient("shutting down".into()));
-                        out.push_str(&reply::iq_reply(&h, reply::for_outcome(&shutting)));
-                    }
-                }
-                for (_, step) in peps.drain() {
-                    if let PepStep::Create(r) | PepStep::Subscribe(r) = step {
-                        let _ = r.reply.send(Err("shutting down".into()));
-                    }
-                }
-                out.push_str("</stream:stream>");
-                let _ = reader.get_mut().write_all(out.as_bytes());
+            if session.is_drained(now) {
+                session.finish_shutdown();
+                let _ = reader.get_mut().write_all(session.out.as_bytes());
                 let _ = reader.get_mut().flush();
                 return End::Shutdown;
             }
-            if !out.is_empty() {
-                log::trace!("xmpp: -> {out}");
-                if let Err(e) = reader.get_mut().write_all(out.as_bytes()) {
+            if !session.out.is_empty() {
+                log::trace!("xmpp: -> {}", session.out);
+                if let Err(e) = reader.get_mut().write_all(session.out.as_bytes()) {
                     return End::Lost(format!("write failed: {e}"));
                 }
-                out.clear();
-            }
-        }
-    }
-
-    /// The next step of a PEP request after the server's answer.
-    #[allow(clippy::too_many_arguments)]
-    fn pep_answer(
-        &self,
-        id: &Identity,
-        step: PepStep,
-        error: Option<String>,
-        peps: &mut HashMap<String, PepStep>,
-        deleting: &mut HashSet<String>,
-        seq: &mut u64,
-        out: &mut String,
-    ) {
-        match step {
-            // An existing node (a retry, or a crash before the DB commit) is fine.
-            PepStep::Create(req) if error.is_none() || error.as_deref() == Some("conflict") => {
-                *seq += 1;
-                let rid = format!("pep-{seq}");
-                out.push_str(&pep::subscribe_iq(&rid, &id.own, &req.node));
-                peps.insert(rid, PepStep::Subscribe(req));
-            }
-            PepStep::Create(req) | PepStep::Subscribe(req) => {
-                let result = match error {
-                    None => Ok(()),
-                    Some(e) => {
-                        log::warn!("xmpp: PEP node for a new account failed: {e}");
-                        Err(e)
-                    }
-                };
-                let _ = req.reply.send(result);
-            }
-            PepStep::Delete(node) => {
-                deleting.remove(&node);
-                if error.is_none() || error.as_deref() == Some("item-not-found") {
-                    if let Err(e) = self
-                        .s
-                        .store
-                        .forget_removed_nodes(std::slice::from_ref(&node))
-                    {
-                        log::warn!("xmpp: cannot update the removed-node list: {e}");
-                    }
-                } else {
-                    log::warn!("xmpp: deleting a PEP node failed ({error:?}); will retry");
-                }
-            }
-        }
-    }
-
-    /// Deletes PEP nodes of removed accounts (client mode); in component mode there are
-    /// no PEP nodes, so the list is just cleared.
-    fn work_off_removed(
-        &self,
-        id: &Identity,
-        deleting: &mut HashSet<String>,
-        peps: &mut HashMap<String, PepStep>,
-        seq: &mut u64,
-        out: &mut String,
-    ) {
-        let removed = match self.s.store.removed_nodes(200) {
-            Ok(r) if !r.is_empty() => r,
-            Ok(_) => return,
-            Err(e) => return log::warn!("xmpp: cannot read the removed-node list: {e}"),
-        };
-        if !id.client {
-            let _ = self.s.store.forget_removed_nodes(&removed);
-            return;
-        }
-        for node in removed {
-            if deleting.insert(node.clone()) {
-                *seq += 1;
-                let rid = format!("pep-{seq}");
-                out.push_str(&pep::delete_iq(&rid, &id.own, &node));
-                peps.insert(rid, PepStep::Delete(node));
+                session.out.clear();
             }
         }
     }
 }
 
-/// A PEP request in flight.
-enum PepStep {
-    Create(PepRequest),
-    Subscribe(PepRequest),
-    Delete(String),
+/// Why a stream that sent something other than a stanza is over.
+fn stream_ended(event: StreamEvent) -> String {
+    match event {
+        StreamEvent::Close => "the server closed the stream".into(),
+        _ => "unexpected second stream header".into(),
+    }
 }
 
-/// A publish waiting for its WNS outcome; client mode's have no IQ to answer.
-struct Pending {
-    header: Option<IqHeader>,
-    since: Instant,
-}
-
-/// The bare part of a JID, lowercased.
-fn bare(jid: &str) -> String {
-    jid.split('/').next().unwrap_or("").to_lowercase()
+/// Why a read failed, after telling the server when it broke a rule.
+fn read_failed<S: Socket>(reader: &mut StanzaReader<S>, e: ReadError) -> String {
+    let (condition, why) = match e {
+        ReadError::Eof => return "the server closed the connection".into(),
+        ReadError::Io(e) => return e.to_string(),
+        ReadError::Idle => return "idle".into(),
+        ReadError::Policy(why) => ("policy-violation", format!("policy violation: {why}")),
+        ReadError::Xml(e) => ("not-well-formed", format!("XML error: {e}")),
+    };
+    let _ = reader
+        .get_mut()
+        .write_all(reply::stream_error(condition).as_bytes());
+    why
 }
 
 /// Backoff with ±25 % jitter so a fleet does not reconnect in lockstep.
@@ -656,26 +381,4 @@ fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, Xmp
     let mut reader = StanzaReader::new(dial(&c.host, c.port)?);
     component::authenticate(&mut reader, &c.jid, c.secret.expose())?;
     Ok(reader)
-}
-
-/// One info line per push outcome; no secrets, no user JIDs (`from` is a server).
-fn log_outcome(from: &str, outcome: &PushOutcome) {
-    use crate::ops::metrics::{METRICS, PublishResult as R};
-    METRICS.publish(match outcome {
-        PushOutcome::Wns(Outcome::Delivered) => R::Delivered,
-        PushOutcome::Coalesced => R::Coalesced,
-        PushOutcome::Wns(Outcome::ChannelGone) => R::ChannelGone,
-        PushOutcome::Wns(Outcome::Transient(_)) | PushOutcome::TimedOut => R::Transient,
-        PushOutcome::Wns(Outcome::Misconfigured(_) | Outcome::OurBug(_))
-        | PushOutcome::NoWns
-        | PushOutcome::Internal(_) => R::Misconfigured,
-        PushOutcome::UnknownNode => R::UnknownNode,
-        PushOutcome::BadSecret | PushOutcome::ForeignDomain => R::BadSecret,
-    });
-    match outcome {
-        PushOutcome::Wns(Outcome::Delivered) | PushOutcome::Coalesced => {
-            log::info!("push: from {from} {outcome:?}")
-        }
-        other => log::info!("push: from {from} not delivered: {other:?}"),
-    }
 }

@@ -24,11 +24,12 @@ use super::reply::esc;
 use super::{LinkStatus, XmppError, publish};
 use crate::net::Socket;
 use crate::store::Store;
+use crate::types::Node;
 
 /// A request for `xmpp-io`.
 pub struct PepRequest {
     /// The node to create and subscribe to.
-    pub node: String,
+    pub node: Node,
     /// Where the outcome goes.
     pub reply: Sender<Result<(), String>>,
 }
@@ -54,7 +55,7 @@ impl Pep {
     /// Creates and subscribes each node, all requests in flight at once, within one
     /// timeout in total; per node, `Err` says why not (that account is then answered
     /// with `success: false`).
-    pub fn create_all(&self, nodes: &[&str]) -> Vec<Result<(), String>> {
+    pub fn create_all(&self, nodes: &[&Node]) -> Vec<Result<(), String>> {
         if !self.status.is_connected() {
             return nodes
                 .iter()
@@ -66,7 +67,7 @@ impl Pep {
             .map(|node| {
                 let (reply, rx) = bounded(1);
                 let sent = self.tx.send(PepRequest {
-                    node: (*node).to_owned(),
+                    node: (*node).clone(),
                     reply,
                 });
                 sent.map(|()| rx)
@@ -162,6 +163,7 @@ pub fn reconcile<S: Socket>(
         .all_nodes()
         .map_err(|e| XmppError::Protocol(format!("store: {e}")))?
         .into_iter()
+        .map(|n| n.as_str().to_owned())
         .collect();
     let missing: Vec<&String> = in_db.difference(&on_server).collect();
     let extra: Vec<&String> = on_server.difference(&in_db).collect();
@@ -194,7 +196,7 @@ pub fn reconcile<S: Socket>(
         .map(|(i, n)| (format!("rc-d-{i}"), delete_iq(&format!("rc-d-{i}"), own, n)))
         .collect();
     roundtrip(reader, deletes)?;
-    let gone: Vec<String> = extra.iter().map(|n| (*n).clone()).collect();
+    let gone: Vec<Node> = extra.iter().filter_map(|n| Node::parse(n).ok()).collect();
     let _ = store.forget_removed_nodes(&gone);
     log::info!(
         "xmpp: reconciled PEP nodes: {} in the database, {} created, {} deleted, {} failures",

@@ -14,7 +14,8 @@ use std::collections::{HashSet, VecDeque};
 
 use minidom::Element;
 
-use crate::wns::payload::Summary;
+use crate::push::Publish;
+use crate::types::{Node, Summary};
 
 /// XEP-0060 pubsub.
 pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
@@ -42,17 +43,6 @@ pub struct IqHeader {
     pub to: String,
 }
 
-/// A parsed publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publish {
-    /// The XEP-0357 node.
-    pub node: String,
-    /// The `secret` publish-option, if any.
-    pub secret: Option<String>,
-    /// The summary counts and texts.
-    pub summary: Summary,
-}
-
 /// What an inbound stanza is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound {
@@ -60,6 +50,9 @@ pub enum Inbound {
     Publish(IqHeader, Publish),
     /// A publish we cannot use (no node, no item): answered `modify/bad-request`.
     BadPublish(IqHeader, &'static str),
+    /// A publish to a node that cannot be one of ours (not the shape we generate):
+    /// answered like an unknown node, without a lookup.
+    ForeignNode(IqHeader),
     /// disco#info get.
     DiscoInfo(IqHeader),
     /// disco#items get.
@@ -80,7 +73,7 @@ pub enum Inbound {
         /// `from` of the message: must be our own bare JID.
         from: String,
         /// The node.
-        node: String,
+        node: Node,
         /// The item id (servers may deliver an event twice).
         item_id: Option<String>,
         /// `publisher` of the item: the user's server, where the server names it.
@@ -125,7 +118,8 @@ pub fn classify(stanza: &Element, stream_ns: &str) -> Inbound {
             ),
         },
         ("set", Some(p)) if p.is("pubsub", NS_PUBSUB) => match parse_publish(p) {
-            Ok(publish) => Inbound::Publish(header, publish),
+            Ok(Some(publish)) => Inbound::Publish(header, publish),
+            Ok(None) => Inbound::ForeignNode(header),
             Err(why) => Inbound::BadPublish(header, why),
         },
         ("get", Some(p)) if p.is("query", NS_DISCO_INFO) => Inbound::DiscoInfo(header),
@@ -140,7 +134,9 @@ fn event_of(message: &Element) -> Option<Inbound> {
     let items = message
         .get_child("event", NS_PUBSUB_EVENT)?
         .get_child("items", NS_PUBSUB_EVENT)?;
-    let node = items.attr("node").filter(|n| !n.is_empty())?;
+    // Events for nodes that cannot be ours (other PEP data of the push account) are
+    // none of our business.
+    let node = Node::parse(items.attr("node")?).ok()?;
     let item = items.get_child("item", NS_PUBSUB_EVENT)?;
     let summary = item
         .get_child("notification", NS_PUSH)
@@ -149,14 +145,15 @@ fn event_of(message: &Element) -> Option<Inbound> {
         .unwrap_or_default();
     Some(Inbound::Event {
         from: message.attr("from").unwrap_or("").to_owned(),
-        node: node.to_owned(),
+        node,
         item_id: item.attr("id").map(str::to_owned),
         publisher: item.attr("publisher").map(str::to_owned),
         summary,
     })
 }
 
-fn parse_publish(pubsub: &Element) -> Result<Publish, &'static str> {
+/// The publish, `None` if its node cannot be ours, or why it is malformed.
+fn parse_publish(pubsub: &Element) -> Result<Option<Publish>, &'static str> {
     let publish = pubsub
         .get_child("publish", NS_PUBSUB)
         .ok_or("no <publish/> in <pubsub/>")?;
@@ -164,6 +161,9 @@ fn parse_publish(pubsub: &Element) -> Result<Publish, &'static str> {
         .attr("node")
         .filter(|n| !n.is_empty())
         .ok_or("<publish/> has no node")?;
+    let Ok(node) = Node::parse(node) else {
+        return Ok(None);
+    };
     let item = publish.get_child("item", NS_PUBSUB);
     let notification = item.and_then(|i| i.get_child("notification", NS_PUSH));
     let summary = notification
@@ -174,11 +174,11 @@ fn parse_publish(pubsub: &Element) -> Result<Publish, &'static str> {
         .get_child("publish-options", NS_PUBSUB)
         .and_then(|o| o.get_child("x", NS_DATA))
         .and_then(|form| field(form, "secret"));
-    Ok(Publish {
-        node: node.to_owned(),
+    Ok(Some(Publish {
+        node,
         secret,
         summary,
-    })
+    }))
 }
 
 /// The first value of a form field, if present.
@@ -209,15 +209,6 @@ fn summary_of(form: &Element) -> Summary {
         }
     }
     summary
-}
-
-/// The domain part of a JID (`user@domain/resource` → `domain`), lowercased.
-pub fn jid_domain(jid: &str) -> String {
-    let no_resource = jid.split('/').next().unwrap_or("");
-    no_resource
-        .rsplit_once('@')
-        .map_or(no_resource, |(_, d)| d)
-        .to_lowercase()
 }
 
 /// Recently seen event item ids, to drop a second delivery of the same event.
@@ -279,7 +270,7 @@ mod tests {
             (h.id.as_str(), h.from.as_str(), h.to.as_str()),
             ("2858b90f", "localhost", "push.localhost")
         );
-        assert_eq!(p.node, "node-3c3799e23e1b");
+        assert_eq!(p.node.as_str(), "node-3c3799e23e1b");
         assert_eq!(p.secret.as_deref(), Some("secret-6b347accefdf"));
         assert_eq!(p.summary.message_count, 1);
         assert_eq!(p.summary.pending_subscription_count, 0);
@@ -419,12 +410,5 @@ mod tests {
         );
         assert!(r.insert("n", "2"));
         assert!(r.insert("n", "1"), "forgotten after the window");
-    }
-
-    #[test]
-    fn jid_domains() {
-        assert_eq!(jid_domain("localhost"), "localhost");
-        assert_eq!(jid_domain("User@Example.ORG/res"), "example.org");
-        assert_eq!(jid_domain("example.org/res@x"), "example.org");
     }
 }

@@ -15,20 +15,39 @@
 //! batch. Followers block only on their own result channel, never on the connection
 //! lock, so a finished write is answered as soon as its COMMIT returned.
 //!
-//! Threads: any thread that writes (`reg-conn-*` today). Locks: `state` briefly, then
-//! the connection lock for one batch (leader only).
+//! A batch that cannot start (another process holds the database locked past the busy
+//! timeout) answers every job in it with that error, [`StoreError::Busy`], so each
+//! client gets the documented "try again later" answer. The wait is budgeted per job:
+//! a batch waits for the lock only as long as its oldest job has left of
+//! [`BUSY_TIMEOUT`], so no write waits longer than that in total.
+//!
+//! Threads: any thread that writes (`reg-conn-*`, `wns-worker-*`, `xmpp-io`,
+//! `ops-expiry`). Locks: `state` briefly, then the connection lock for one batch
+//! (leader only).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select};
 use rusqlite::{Connection, Transaction};
 
-use super::StoreError;
+use super::{BUSY_TIMEOUT, StoreError};
 
-/// A queued write: runs inside a savepoint, reports its own success, and returns the
-/// closure that delivers its result once the batch's COMMIT has returned.
-type Job = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Deliver) + Send>;
+/// A queued write.
+struct Job {
+    /// Runs inside a savepoint, reports its own success, and returns the closure that
+    /// delivers its result once the batch's COMMIT has returned.
+    run: Run,
+    /// Answers the job with an error when its batch could not run it at all.
+    fail: Box<dyn FnOnce(StoreError) + Send>,
+    /// When it was queued: its share of [`BUSY_TIMEOUT`] runs from here.
+    queued: Instant,
+}
+
+/// A job's write: runs inside a savepoint, says whether it succeeded, and returns how
+/// to deliver its result.
+type Run = Box<dyn FnOnce(&Transaction<'_>) -> (bool, Deliver) + Send>;
 /// Delivers a job's result; gets the COMMIT error if the batch failed to commit.
 type Deliver = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 
@@ -123,7 +142,7 @@ fn wait<R>(rx: &Receiver<Result<R, StoreError>>) -> Result<R, StoreError> {
 
 /// A disconnected result channel can only mean a batch was dropped by a panic.
 fn aborted() -> StoreError {
-    StoreError::Sql("write batch aborted".into())
+    StoreError::Internal("write batch aborted".into())
 }
 
 fn make_job<R, F>(tx: Sender<Result<R, StoreError>>, f: F) -> Job
@@ -131,27 +150,42 @@ where
     R: Send + 'static,
     F: FnOnce(&Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
 {
-    Box::new(move |t| {
-        let result = f(t);
-        let ok = result.is_ok();
-        let deliver: Deliver = Box::new(move |commit_error| {
-            let _ = tx.send(match (commit_error, result) {
-                (Some(e), Ok(_)) => Err(e.clone()),
-                (_, r) => r,
+    let fail_tx = tx.clone();
+    Job {
+        run: Box::new(move |t| {
+            let result = f(t);
+            let ok = result.is_ok();
+            let deliver: Deliver = Box::new(move |commit_error| {
+                let _ = tx.send(match (commit_error, result) {
+                    (Some(e), Ok(_)) => Err(e.clone()),
+                    (_, r) => r,
+                });
             });
-        });
-        (ok, deliver)
-    })
+            (ok, deliver)
+        }),
+        fail: Box::new(move |e| {
+            let _ = fail_tx.send(Err(e));
+        }),
+        queued: Instant::now(),
+    }
 }
 
 /// Runs `jobs` in one transaction, a savepoint each, commits, then delivers results.
+/// Every job is answered: with its own result, with the COMMIT's error, or, if the
+/// batch never got to run it, with the error that stopped the batch.
 fn run_batch(conn: &mut Connection, jobs: Vec<Job>) {
-    let mut delivers = Vec::with_capacity(jobs.len());
+    let total = jobs.len();
+    let mut delivers = Vec::with_capacity(total);
+    let mut jobs = jobs.into_iter();
+    let oldest = jobs.as_slice().iter().map(|j| j.queued).min();
+    let budget = oldest.map_or(BUSY_TIMEOUT, |q| BUSY_TIMEOUT.saturating_sub(q.elapsed()));
     let outcome = (|| -> Result<(), StoreError> {
+        // Wait for another process's lock only as long as the oldest job has left.
+        conn.busy_timeout(budget.max(Duration::from_millis(1)))?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for job in jobs {
+        for job in jobs.by_ref() {
             tx.execute_batch("SAVEPOINT job")?;
-            let (ok, deliver) = job(&tx);
+            let (ok, deliver) = (job.run)(&tx);
             delivers.push(deliver);
             if ok {
                 tx.execute_batch("RELEASE job")?;
@@ -163,8 +197,17 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Job>) {
         Ok(())
     })();
     let error = outcome.err();
-    if let Some(e) = &error {
-        log::error!("store: write batch of {} failed: {e}", delivers.len());
+    match &error {
+        Some(StoreError::Busy) => log::error!(
+            "store: the database is locked by another connection or process (waited {:.1} s); \
+             {total} writes answered busy, nothing of them stored",
+            budget.as_secs_f64()
+        ),
+        Some(e) => log::error!("store: write batch of {total} failed, nothing of it stored: {e}"),
+        None => {}
+    }
+    for job in jobs {
+        (job.fail)(error.clone().unwrap_or_else(aborted));
     }
     for deliver in delivers {
         deliver(error.as_ref());

@@ -46,6 +46,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER accounts_removed AFTER DELETE ON accounts BEGIN
         INSERT OR IGNORE INTO removed_nodes (node) VALUES (old.node);
     END;",
+    // 2 -> 3: whether the list is kept becomes a stored setting the trigger reads, so
+    // the trigger lives only here (before, the server created or dropped it at start).
+    // Tracking stays on, as version 2 had it, until the server says otherwise at start.
+    "CREATE TABLE settings (key TEXT PRIMARY KEY NOT NULL, value INTEGER NOT NULL) STRICT, WITHOUT ROWID;
+    INSERT INTO settings (key, value) VALUES ('track_removed_nodes', 1);
+    DROP TRIGGER IF EXISTS accounts_removed;
+    CREATE TRIGGER accounts_removed AFTER DELETE ON accounts
+    WHEN (SELECT value FROM settings WHERE key = 'track_removed_nodes') = 1
+    BEGIN
+        INSERT OR IGNORE INTO removed_nodes (node) VALUES (old.node);
+    END;",
 ];
 
 /// The schema version this binary writes.
@@ -55,7 +66,10 @@ pub const CURRENT: i64 = MIGRATIONS.len() as i64;
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > CURRENT {
-        return Err(StoreError::NewerSchema(version));
+        return Err(StoreError::NewerSchema {
+            found: version,
+            known: CURRENT,
+        });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction()?;

@@ -1,0 +1,429 @@
+//! One authenticated XMPP stream's state: the publishes waiting for WNS, the PEP
+//! requests in flight, the keep-alive ping, and the shutdown drain.
+//!
+//! A [`Session`] never touches the socket. The I/O loop in `mod.rs` hands it what it
+//! read and the current time, and writes out what it queued in [`Session::out`]. So
+//! every rule here (IQ deadlines, ping timeouts, the shutdown grace) is tested with a
+//! hand-moved `now` and no real waiting.
+//!
+//! Threads: `xmpp-io` only. Locks: none of its own; the store's through the
+//! dispatcher and the removed-node list.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use minidom::Element;
+
+use super::Identity;
+use super::pep::{self, PepRequest};
+use super::publish::{self, Inbound, IqHeader};
+use super::reply;
+use crate::metrics::{METRICS, PublishResult};
+use crate::push::{Completed, Decision, Dispatcher, Publish, PushOutcome, Ticket};
+use crate::store::Store;
+use crate::types::Node;
+use crate::wns::Outcome;
+
+/// How often, at most, the timers run: cheap per stanza under load.
+const TIMER_STEP: Duration = Duration::from_millis(2);
+/// How often the removed-node list is looked at.
+const REMOVED_STEP: Duration = Duration::from_secs(2);
+/// The longest read timeout: how late an idle session notices shutdown.
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// The read timeout while answers are outstanding.
+const BUSY_WAIT: Duration = Duration::from_millis(1);
+
+/// The session's clocks, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    /// `xmpp.ping_interval_s`: a ping after this long; no answer within it (at most
+    /// 30 s) gives the stream up.
+    pub ping_interval: Duration,
+    /// `wns.deadline_ms`: a publish not answered by WNS within it is answered `wait`.
+    pub deadline: Duration,
+    /// `shutdown_grace_ms`: how long publishes already with WNS may still get their
+    /// real answer at shutdown.
+    pub grace: Duration,
+}
+
+/// A PEP request in flight.
+enum PepStep {
+    Create(PepRequest),
+    Subscribe(PepRequest),
+    Delete(Node),
+}
+
+/// A publish waiting for its WNS outcome; client mode's have no IQ to answer.
+struct Pending {
+    header: Option<IqHeader>,
+    since: Instant,
+}
+
+/// The state of one stream (see the module docs).
+pub(super) struct Session<'a> {
+    id: &'a Identity,
+    timing: Timing,
+    store: &'a Store,
+    dispatcher: &'a mut Dispatcher,
+    outcomes: &'a Receiver<Completed>,
+    peps: &'a Receiver<PepRequest>,
+    pending: HashMap<Ticket, Pending>,
+    /// Deadlines in arrival order (all publishes get the same budget), so expiry is a
+    /// look at the front, not a scan; entries of answered IQs are skipped.
+    deadlines: VecDeque<(Instant, Ticket)>,
+    pep_steps: HashMap<String, PepStep>,
+    deleting: HashSet<Node>,
+    seen_items: publish::RecentItems,
+    seq: u64,
+    next_timers: Instant,
+    next_removed: Instant,
+    next_ping: Instant,
+    ping_sent: Option<(String, Instant)>,
+    draining: Option<Instant>,
+    /// Stanzas to write, in order.
+    pub out: String,
+}
+
+impl<'a> Session<'a> {
+    /// A fresh session on a stream that just came up at `now`.
+    pub fn new(
+        id: &'a Identity,
+        timing: Timing,
+        store: &'a Store,
+        dispatcher: &'a mut Dispatcher,
+        channels: (&'a Receiver<Completed>, &'a Receiver<PepRequest>),
+        now: Instant,
+    ) -> Self {
+        let (outcomes, peps) = channels;
+        Self {
+            id,
+            timing,
+            store,
+            dispatcher,
+            outcomes,
+            peps,
+            pending: HashMap::new(),
+            deadlines: VecDeque::new(),
+            pep_steps: HashMap::new(),
+            deleting: HashSet::new(),
+            seen_items: publish::RecentItems::new(4096),
+            seq: 0,
+            next_timers: now,
+            next_removed: now,
+            next_ping: now + timing.ping_interval,
+            ping_sent: None,
+            draining: None,
+            out: String::new(),
+        }
+    }
+
+    /// How long the next read may block: short while answers are outstanding, up to
+    /// the next coalesced push otherwise.
+    pub fn read_wait(&self, now: Instant) -> Duration {
+        let mut wait = IDLE_WAIT;
+        if !self.pending.is_empty() || !self.pep_steps.is_empty() {
+            wait = BUSY_WAIT;
+        }
+        if let Some(due) = self.dispatcher.next_due() {
+            wait = wait.min(due.saturating_duration_since(now).max(BUSY_WAIT));
+        }
+        wait
+    }
+
+    /// Handles one inbound stanza.
+    pub fn on_stanza(&mut self, stanza: &Element, now: Instant) {
+        let client = self.id.client;
+        match publish::classify(stanza, self.id.ns) {
+            Inbound::Publish(h, _) if self.draining.is_some() => {
+                let from = h.from.clone();
+                self.answer(&from, Some(&h), &shutting_down());
+            }
+            Inbound::Publish(h, p) if !client => {
+                let from = h.from.clone();
+                self.dispatch(Some(&from), Some(h), &p, now);
+            }
+            Inbound::ForeignNode(h) if !client => {
+                let from = h.from.clone();
+                self.answer(&from, Some(&h), &PushOutcome::UnknownNode);
+            }
+            Inbound::Publish(h, _) | Inbound::ForeignNode(h) | Inbound::Unsupported(h) => {
+                self.out.push_str(&reply::unsupported(&h))
+            }
+            Inbound::BadPublish(h, why) => {
+                log::info!("xmpp: malformed publish from {}: {why}", h.from);
+                self.out.push_str(&reply::bad_request(&h));
+            }
+            Inbound::DiscoInfo(h) if !client => self.out.push_str(&reply::disco_info(&h)),
+            Inbound::DiscoItems(h) if !client => self.out.push_str(&reply::disco_items(&h)),
+            Inbound::DiscoInfo(h) | Inbound::DiscoItems(h) => {
+                self.out.push_str(&reply::unsupported(&h))
+            }
+            Inbound::Ping(h) => self.out.push_str(&reply::iq_result(&h, "")),
+            Inbound::Response { id, error } => self.on_response(&id, error),
+            Inbound::Event {
+                from,
+                node,
+                item_id,
+                publisher,
+                summary,
+            } if client => {
+                if bare(&from) != self.id.own.to_lowercase() {
+                    log::debug!("xmpp: ignoring a pubsub event from {from}");
+                } else if item_id
+                    .as_deref()
+                    .is_some_and(|i| !self.seen_items.insert(node.as_str(), i))
+                {
+                    log::debug!("xmpp: duplicate event for node {}", node.as_str());
+                } else {
+                    let p = Publish {
+                        node,
+                        secret: None,
+                        summary,
+                    };
+                    self.dispatch(publisher.as_deref(), None, &p, now);
+                }
+            }
+            Inbound::Event { .. } | Inbound::Ignored => {}
+        }
+    }
+
+    /// Dispatches a publish from `from` (the user's server; client mode knows it only
+    /// where the event names its publisher); `header` is the IQ to answer (component
+    /// mode).
+    fn dispatch(
+        &mut self,
+        from: Option<&str>,
+        header: Option<IqHeader>,
+        p: &Publish,
+        now: Instant,
+    ) {
+        match self.dispatcher.publish(from, p, now) {
+            Decision::Now(outcome) => self.answer(from.unwrap_or("pep"), header.as_ref(), &outcome),
+            Decision::Later(ticket) => {
+                self.pending.insert(ticket, Pending { header, since: now });
+                self.deadlines
+                    .push_back((now + self.timing.deadline, ticket));
+            }
+        }
+    }
+
+    /// Logs and counts a push outcome, and answers its IQ if it has one.
+    fn answer(&mut self, from: &str, header: Option<&IqHeader>, outcome: &PushOutcome) {
+        log_outcome(from, outcome);
+        if let Some(h) = header {
+            self.out
+                .push_str(&reply::iq_reply(h, reply::for_outcome(outcome)));
+        }
+    }
+
+    /// Answers publishes whose WNS outcome arrived.
+    pub fn drain_outcomes(&mut self) {
+        while let Ok(done) = self.outcomes.try_recv() {
+            if let Some(p) = self.pending.remove(&done.ticket) {
+                METRICS.publish_latency.observe(p.since.elapsed());
+                self.answer_pending(p, &PushOutcome::Wns(done.outcome));
+            }
+        }
+    }
+
+    fn answer_pending(&mut self, p: Pending, outcome: &PushOutcome) {
+        let from = p
+            .header
+            .as_ref()
+            .map_or("pep", |h| h.from.as_str())
+            .to_owned();
+        self.answer(&from, p.header.as_ref(), outcome);
+    }
+
+    /// Sends the PEP node requests registration threads queued (client mode).
+    pub fn drain_peps(&mut self) {
+        while let Ok(req) = self.peps.try_recv() {
+            let rid = self.next_id("pep");
+            self.out
+                .push_str(&pep::create_iq(&rid, &self.id.own, req.node.as_str()));
+            self.pep_steps.insert(rid, PepStep::Create(req));
+        }
+    }
+
+    fn next_id(&mut self, prefix: &str) -> String {
+        self.seq += 1;
+        format!("{prefix}-{}", self.seq)
+    }
+
+    /// Runs the timers due at `now`: IQ deadlines, trailing pushes, the keep-alive
+    /// ping, the removed-node list. `Err` says why the stream is to be given up.
+    pub fn tick(&mut self, now: Instant) -> Result<(), String> {
+        if now < self.next_timers {
+            return Ok(());
+        }
+        self.next_timers = now + TIMER_STEP;
+        self.expire_deadlines(now);
+        self.dispatcher.tick(now);
+        let ping_timeout = self.timing.ping_interval.min(Duration::from_secs(30));
+        if let Some((_, sent)) = &self.ping_sent
+            && now.duration_since(*sent) > ping_timeout
+        {
+            return Err("no answer to our ping".into());
+        }
+        if now >= self.next_ping && self.ping_sent.is_none() {
+            let pid = self.next_id("uwpx-ping");
+            self.out
+                .push_str(&reply::ping(&pid, &self.id.own, &self.id.server));
+            self.ping_sent = Some((pid, now));
+            self.next_ping = now + self.timing.ping_interval;
+        }
+        if now >= self.next_removed {
+            self.next_removed = now + REMOVED_STEP;
+            self.work_off_removed();
+        }
+        Ok(())
+    }
+
+    /// Answers `wait` to publishes WNS did not answer within `wns.deadline_ms`.
+    fn expire_deadlines(&mut self, now: Instant) {
+        while self.deadlines.front().is_some_and(|(d, _)| *d <= now) {
+            let Some((_, ticket)) = self.deadlines.pop_front() else {
+                break;
+            };
+            if let Some(p) = self.pending.remove(&ticket) {
+                self.answer_pending(p, &PushOutcome::TimedOut);
+            }
+        }
+        if self.pending.is_empty() {
+            self.deadlines.clear();
+        }
+    }
+
+    /// An IQ result or error for us: our ping, a PEP step, or (with several instances
+    /// on one component) another instance's request, which is ignored quietly.
+    fn on_response(&mut self, rid: &str, error: Option<String>) {
+        if self.ping_sent.as_ref().is_some_and(|(p, _)| p == rid) {
+            self.ping_sent = None;
+            return;
+        }
+        let Some(step) = self.pep_steps.remove(rid) else {
+            return;
+        };
+        match step {
+            // An existing node (a retry, or a crash before the DB commit) is fine.
+            PepStep::Create(req) if error.is_none() || error.as_deref() == Some("conflict") => {
+                let rid = self.next_id("pep");
+                self.out
+                    .push_str(&pep::subscribe_iq(&rid, &self.id.own, req.node.as_str()));
+                self.pep_steps.insert(rid, PepStep::Subscribe(req));
+            }
+            PepStep::Create(req) | PepStep::Subscribe(req) => {
+                let result = match error {
+                    None => Ok(()),
+                    Some(e) => {
+                        log::warn!("xmpp: PEP node for a new account failed: {e}");
+                        Err(e)
+                    }
+                };
+                let _ = req.reply.send(result);
+            }
+            PepStep::Delete(node) => {
+                self.deleting.remove(&node);
+                if error.is_none() || error.as_deref() == Some("item-not-found") {
+                    if let Err(e) = self.store.forget_removed_nodes(std::slice::from_ref(&node)) {
+                        log::warn!("xmpp: cannot update the removed-node list: {e}");
+                    }
+                } else {
+                    log::warn!("xmpp: deleting a PEP node failed ({error:?}); will retry");
+                }
+            }
+        }
+    }
+
+    /// Deletes PEP nodes of removed accounts (client mode); in component mode there are
+    /// no PEP nodes, so the list is just cleared.
+    fn work_off_removed(&mut self) {
+        let store = self.store;
+        let removed = match store.removed_nodes(200) {
+            Ok(r) if !r.is_empty() => r,
+            Ok(_) => return,
+            Err(e) => return log::warn!("xmpp: cannot read the removed-node list: {e}"),
+        };
+        if !self.id.client {
+            let _ = store.forget_removed_nodes(&removed);
+            return;
+        }
+        for node in removed {
+            if self.deleting.insert(node.clone()) {
+                let rid = self.next_id("pep");
+                self.out
+                    .push_str(&pep::delete_iq(&rid, &self.id.own, node.as_str()));
+                self.pep_steps.insert(rid, PepStep::Delete(node));
+            }
+        }
+    }
+
+    /// Starts the shutdown drain (once): publishes already with WNS may still get their
+    /// real answer for `grace`; new ones are answered `wait`.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        if self.draining.is_none() {
+            log::info!(
+                "xmpp: shutting down; {} publishes wait for WNS",
+                self.pending.len()
+            );
+            self.draining = Some(now);
+        }
+    }
+
+    /// Whether the drain is over: nothing is waiting, or the grace ran out.
+    pub fn is_drained(&self, now: Instant) -> bool {
+        self.draining.is_some_and(|since| {
+            self.pending.is_empty() || now.duration_since(since) >= self.timing.grace
+        })
+    }
+
+    /// Answers what is left with `wait`, fails PEP requests, and closes the stream.
+    pub fn finish_shutdown(&mut self) {
+        let left: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        for p in left {
+            self.answer_pending(p, &shutting_down());
+        }
+        for (_, step) in self.pep_steps.drain() {
+            if let PepStep::Create(r) | PepStep::Subscribe(r) = step {
+                let _ = r.reply.send(Err("shutting down".into()));
+            }
+        }
+        self.out.push_str("</stream:stream>");
+    }
+}
+
+fn shutting_down() -> PushOutcome {
+    PushOutcome::Wns(Outcome::Transient("shutting down".into()))
+}
+
+/// The bare part of a JID, lowercased.
+fn bare(jid: &str) -> String {
+    jid.split('/').next().unwrap_or("").to_lowercase()
+}
+
+/// One info line and one count per push outcome; no secrets, no user JIDs (`from` is a
+/// server, or `pep`).
+fn log_outcome(from: &str, outcome: &PushOutcome) {
+    use PublishResult as R;
+    METRICS.publish(match outcome {
+        PushOutcome::Wns(Outcome::Delivered) => R::Delivered,
+        PushOutcome::Coalesced => R::Coalesced,
+        PushOutcome::Wns(Outcome::ChannelGone) => R::ChannelGone,
+        PushOutcome::Wns(Outcome::Transient(_)) | PushOutcome::TimedOut => R::Transient,
+        PushOutcome::Wns(Outcome::Misconfigured(_) | Outcome::OurBug(_))
+        | PushOutcome::NoWns
+        | PushOutcome::Internal(_) => R::Misconfigured,
+        PushOutcome::UnknownNode => R::UnknownNode,
+        PushOutcome::BadSecret | PushOutcome::ForeignDomain => R::BadSecret,
+    });
+    match outcome {
+        PushOutcome::Wns(Outcome::Delivered) | PushOutcome::Coalesced => {
+            log::info!("push: from {from} {outcome:?}")
+        }
+        other => log::info!("push: from {from} not delivered: {other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
