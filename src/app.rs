@@ -95,96 +95,50 @@ pub struct App {
     grace_wns: Duration,
 }
 
+/// What the components share while they are being built.
+struct Parts<'a> {
+    config: &'a Config,
+    shutdown: &'a Shutdown,
+    clock: Clock,
+    store: Arc<Store>,
+    effects: Arc<Effects>,
+    wns: Option<Arc<WnsPool>>,
+}
+
 impl App {
-    /// Opens the store, binds the listener and starts accepting.
+    /// Opens the store, starts WNS, XMPP and the ops threads, binds the listener and
+    /// starts accepting.
     pub fn start(config: &Config, shutdown: Shutdown) -> Result<App, StartError> {
         let clock = Clock::system();
-        let store = Arc::new(Store::open(&config.db).map_err(StartError::Store)?);
-        let counts = store.counts().map_err(StartError::Store)?;
-        log::info!(
-            "store: {} ({} devices, {} accounts)",
-            store.describe(),
-            counts.devices,
-            counts.accounts
-        );
+        let store = open_store(config)?;
         let effects = Arc::new(Effects::new(store.clone(), clock.clone()));
-        let tls = match &config.tcp.tls {
-            None => None,
-            Some(t) => Some(
-                native_tls::TlsAcceptor::builder(t.identity.clone())
-                    .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
-                    .build()
-                    .map_err(StartError::Tls)?,
-            ),
-        };
-        let wns = match &config.wns.credentials {
-            None => {
-                log::warn!("wns: no wns.packet_id/client_secret; WNS delivery is off");
-                None
-            }
-            Some(_) => {
-                let vault = Arc::new(StoreVault(store.clone()));
-                let pool = WnsPool::from_config(&config.wns, Some(vault), clock.clone())
-                    .map_err(StartError::Thread)?;
-                log::info!(
-                    "wns: {} workers, token endpoint {}",
-                    config.wns.workers,
-                    config.wns.token_url
-                );
-                Some(Arc::new(pool))
-            }
+        let wns = start_wns(config, &store, &clock)?;
+        let parts = Parts {
+            config,
+            shutdown: &shutdown,
+            clock,
+            store,
+            effects,
+            wns,
         };
         let status = Arc::new(LinkStatus::default());
         let (pep_tx, pep_rx) = crossbeam_channel::unbounded();
-        let mode = match (&config.xmpp.component, &config.xmpp.client) {
-            (Some(c), _) => Some(Mode::Component(c.clone())),
-            (None, Some(c)) => Some(Mode::Client(c.clone())),
-            (None, None) => {
-                log::warn!(
-                    "xmpp: neither xmpp.component nor xmpp.password is set; publishes are not received"
-                );
-                None
-            }
-        };
+        let mode = xmpp_mode(config);
         let client_mode = matches!(mode, Some(Mode::Client(_)));
-        store
+        parts
+            .store
             .track_removed_nodes(client_mode)
             .map_err(StartError::Store)?;
         let pep = client_mode.then(|| Pep::new(pep_tx, status.clone(), Duration::from_secs(10)));
         let xmpp = match mode {
             None => None,
-            Some(mode) => {
-                let (tx, rx) = crossbeam_channel::unbounded();
-                let dispatcher = Dispatcher::new(
-                    DispatchSettings {
-                        store: store.clone(),
-                        pool: wns.clone(),
-                        effects: effects.clone(),
-                        clock: clock.clone(),
-                        deadline: config.wns.deadline,
-                        min_interval: config.push.min_interval,
-                        require_secret: matches!(mode, Mode::Component(_)),
-                    },
-                    tx,
-                );
-                let settings = LinkSettings {
-                    mode,
-                    store: store.clone(),
-                    grace: config.shutdown_grace,
-                    ping_interval: config.xmpp.ping_interval,
-                    deadline: config.wns.deadline,
-                };
-                Some(
-                    XmppLink::start(settings, dispatcher, rx, pep_rx, status, shutdown.clone())
-                        .map_err(StartError::Thread)?,
-                )
-            }
+            Some(mode) => Some(parts.start_xmpp(mode, pep_rx, status)?),
         };
         let expiry = Some(
             crate::ops::expiry::start(
-                store.clone(),
+                parts.store.clone(),
                 config.db.device_ttl_days,
-                clock.clone(),
+                parts.clock.clone(),
                 shutdown.clone(),
             )
             .map_err(StartError::Thread)?,
@@ -195,8 +149,8 @@ impl App {
                 OpsHttp::start(
                     addr,
                     Sources {
-                        store: store.clone(),
-                        wns: wns.clone(),
+                        store: parts.store.clone(),
+                        wns: parts.wns.clone(),
                         xmpp: xmpp.as_ref().map(XmppLink::status),
                     },
                     shutdown.clone(),
@@ -204,44 +158,12 @@ impl App {
                 .map_err(|e| StartError::Bind(addr, e))?,
             ),
         };
-        let server = RegistrationServer::bind(config.tcp.addr, config.tcp.max_connections)
-            .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
-        let addr = server.local_addr();
-        if tls.is_none() {
-            log::warn!(
-                "registration: plain TCP without TLS; real UWPX clients only connect over TLS 1.2 (set tcp.tls)"
-            );
-        }
-        log::info!(
-            "registration: listening on {addr} ({})",
-            if tls.is_some() { "tls" } else { "plain" }
-        );
-        let ctx = Arc::new(ConnContext {
-            handler: Handler::new(
-                store.clone(),
-                clock,
-                config.push_jid().to_owned(),
-                wns.as_ref().map(|pool| TestPush {
-                    pool: pool.clone(),
-                    effects: effects.clone(),
-                    deadline: config.wns.deadline,
-                }),
-                pep.map(|p| Box::new(p) as Box<dyn NodeProvisioner>),
-            ),
-            rules: Rules {
-                max_accounts: config.limits.max_accounts,
-                channel_hosts: config.wns.channel_hosts.clone(),
-            },
-            tls,
-            read_timeout: config.tcp.read_timeout,
-            max_request_bytes: config.limits.max_request_bytes,
-            shutdown: shutdown.clone(),
-        });
-        let registration = server.start(ctx).map_err(StartError::Thread)?;
+        let nodes = pep.map(|p| Box::new(p) as Box<dyn NodeProvisioner>);
+        let (registration, addr) = parts.start_registration(nodes)?;
         Ok(App {
-            store,
-            wns,
-            effects,
+            store: parts.store,
+            wns: parts.wns,
+            effects: parts.effects,
             xmpp,
             ops_http,
             expiry,
@@ -299,6 +221,146 @@ impl App {
                 log::warn!("store: still in use at exit; the WAL will be replayed at next start")
             }
         }
+    }
+}
+
+/// Opens and migrates the database, and says what it holds.
+fn open_store(config: &Config) -> Result<Arc<Store>, StartError> {
+    let store = Arc::new(Store::open(&config.db).map_err(StartError::Store)?);
+    let counts = store.counts().map_err(StartError::Store)?;
+    log::info!(
+        "store: {} ({} devices, {} accounts)",
+        store.describe(),
+        counts.devices,
+        counts.accounts
+    );
+    Ok(store)
+}
+
+/// The WNS pool, if credentials are configured.
+fn start_wns(
+    config: &Config,
+    store: &Arc<Store>,
+    clock: &Clock,
+) -> Result<Option<Arc<WnsPool>>, StartError> {
+    if config.wns.credentials.is_none() {
+        log::warn!("wns: no wns.packet_id/client_secret; WNS delivery is off");
+        return Ok(None);
+    }
+    let vault = Arc::new(StoreVault(store.clone()));
+    let pool = WnsPool::from_config(&config.wns, Some(vault), clock.clone())
+        .map_err(StartError::Thread)?;
+    log::info!(
+        "wns: {} workers, token endpoint {}",
+        config.wns.workers,
+        config.wns.token_url
+    );
+    Ok(Some(Arc::new(pool)))
+}
+
+/// Component mode wins if both are configured.
+fn xmpp_mode(config: &Config) -> Option<Mode> {
+    match (&config.xmpp.component, &config.xmpp.client) {
+        (Some(c), _) => Some(Mode::Component(c.clone())),
+        (None, Some(c)) => Some(Mode::Client(c.clone())),
+        (None, None) => {
+            log::warn!(
+                "xmpp: neither xmpp.component nor xmpp.password is set; publishes are not received"
+            );
+            None
+        }
+    }
+}
+
+impl Parts<'_> {
+    /// The dispatcher and the `xmpp-io` thread.
+    fn start_xmpp(
+        &self,
+        mode: Mode,
+        peps: crossbeam_channel::Receiver<crate::xmpp::pep::PepRequest>,
+        status: Arc<LinkStatus>,
+    ) -> Result<XmppLink, StartError> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let dispatcher = Dispatcher::new(
+            DispatchSettings {
+                store: self.store.clone(),
+                pool: self.wns.clone(),
+                effects: self.effects.clone(),
+                clock: self.clock.clone(),
+                deadline: self.config.wns.deadline,
+                min_interval: self.config.push.min_interval,
+                require_secret: matches!(mode, Mode::Component(_)),
+            },
+            tx,
+        );
+        let settings = LinkSettings {
+            mode,
+            store: self.store.clone(),
+            grace: self.config.shutdown_grace,
+            ping_interval: self.config.xmpp.ping_interval,
+            deadline: self.config.wns.deadline,
+        };
+        XmppLink::start(
+            settings,
+            dispatcher,
+            rx,
+            peps,
+            status,
+            self.shutdown.clone(),
+        )
+        .map_err(StartError::Thread)
+    }
+
+    /// The TLS acceptor, the listener and the accept loop.
+    fn start_registration(
+        &self,
+        nodes: Option<Box<dyn NodeProvisioner>>,
+    ) -> Result<(Running, SocketAddr), StartError> {
+        let config = self.config;
+        let tls = match &config.tcp.tls {
+            None => None,
+            Some(t) => Some(
+                native_tls::TlsAcceptor::builder(t.identity.clone())
+                    .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
+                    .build()
+                    .map_err(StartError::Tls)?,
+            ),
+        };
+        let server = RegistrationServer::bind(config.tcp.addr, config.tcp.max_connections)
+            .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
+        let addr = server.local_addr();
+        if tls.is_none() {
+            log::warn!(
+                "registration: plain TCP without TLS; real UWPX clients only connect over TLS 1.2 (set tcp.tls)"
+            );
+        }
+        log::info!(
+            "registration: listening on {addr} ({})",
+            if tls.is_some() { "tls" } else { "plain" }
+        );
+        let ctx = Arc::new(ConnContext {
+            handler: Handler::new(
+                self.store.clone(),
+                self.clock.clone(),
+                config.push_jid().to_owned(),
+                self.wns.as_ref().map(|pool| TestPush {
+                    pool: pool.clone(),
+                    effects: self.effects.clone(),
+                    deadline: config.wns.deadline,
+                }),
+                nodes,
+            ),
+            rules: Rules {
+                max_accounts: config.limits.max_accounts,
+                channel_hosts: config.wns.channel_hosts.clone(),
+            },
+            tls,
+            read_timeout: config.tcp.read_timeout,
+            max_request_bytes: config.limits.max_request_bytes,
+            shutdown: self.shutdown.clone(),
+        });
+        let running = server.start(ctx).map_err(StartError::Thread)?;
+        Ok((running, addr))
     }
 }
 

@@ -15,7 +15,9 @@
 //! | test push without WNS                   | `Test push is not available: WNS delivery is not configured.` |
 //! | test push refused by WNS                | `Channel expired: …` / `WNS unavailable: …` / `Server misconfigured: …` |
 //! | too large / too slow / too many conns   | `Request too large: …` / `Request timed out: …` / `Server busy: …` |
-//! | storage failure                         | `Server busy: …` (locked) or `Internal server error: …`     |
+//! | storage busy (locked elsewhere)         | `Server busy: the database is locked, try again later.`     |
+//! | storage unreachable                     | `Storage unavailable: the request was not stored, try again later.` |
+//! | any other storage failure               | `Internal server error: the request was not stored, try again later.` |
 //!
 //! Threads: `reg-conn-*`; pure functions.
 
@@ -155,9 +157,12 @@ impl fmt::Display for RegError {
                 "Request timed out: no complete request within {ms} ms."
             ),
             Self::Busy => f.write_str("Server busy: too many connections, try again later."),
-            Self::Store(e) if e.is_transient() => {
+            Self::Store(StoreError::Busy) => {
                 f.write_str("Server busy: the database is locked, try again later.")
             }
+            Self::Store(StoreError::Unavailable(_)) => f.write_str(
+                "Storage unavailable: the request was not stored, try again later.",
+            ),
             Self::Store(_) => {
                 f.write_str("Internal server error: the request was not stored, try again later.")
             }
@@ -334,6 +339,8 @@ mod tests {
             RegError::Timeout { ms: 10000 },
             RegError::Busy,
             RegError::Store(StoreError::Busy),
+            RegError::Store(StoreError::Unavailable("gone".into())),
+            RegError::Store(StoreError::Full),
         ];
         let texts: std::collections::HashSet<String> =
             errors.iter().map(|e| e.to_string()).collect();

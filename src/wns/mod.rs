@@ -409,6 +409,12 @@ fn process(shared: &Shared, mut job: Job) {
         Answer::Http { diagnostics, .. } => diagnostics.to_string(),
         Answer::Transport(_) => String::new(),
     };
+    on_verdict(shared, job, verdict, token.generation, &diag);
+}
+
+/// What a verdict means for the job: finished with an outcome, resent after a token
+/// refresh, or scheduled for a retry (the table in the module docs).
+fn on_verdict(shared: &Shared, mut job: Job, verdict: Verdict, token_generation: u64, diag: &str) {
     let who = WhoLog(&job.device, &job.channel);
     match verdict {
         Verdict::Delivered { status } => {
@@ -428,7 +434,7 @@ fn process(shared: &Shared, mut job: Job) {
             log::info!("wns: {who} got 401; refreshing the token and resending once");
             match shared
                 .tokens
-                .refresh_after_401(token.generation, shared.clock.unix_now())
+                .refresh_after_401(token_generation, shared.clock.unix_now())
             {
                 Ok(_) => process(shared, job),
                 Err(e) => job.finish(Outcome::Transient(e.to_string())),

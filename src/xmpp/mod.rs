@@ -2,15 +2,17 @@
 //! publishes, and writes their replies once WNS has answered.
 //!
 //! - [`reader`]: incremental stanza reader with size and depth caps.
-//! - [`component`]: the XEP-0114 handshake.
+//! - [`component`]: the XEP-0114 handshake; [`client`]: client mode's login.
 //! - [`publish`]: stanza → typed request (lenient, namespace-agnostic envelope).
 //! - [`reply`]: outcome → IQ reply (THE mapping table), disco, ping, stream errors.
+//! - [`pep`]: client mode's PEP nodes; `session`: one stream's state, no I/O.
 //!
-//! Threads: `xmpp-io` owns the socket. It reads with a short timeout (1 ms while replies
-//! are outstanding, up to 200 ms when idle) and in between drains the channel of WNS
-//! outcomes, answers IQs whose deadline passed, sends coalesced trailing pushes and
-//! keep-alive pings. It never waits on WNS. It reconnects forever with exponential
-//! backoff (1 s to 60 s, with jitter) and logs every state change.
+//! Threads: `xmpp-io` owns the socket. This module is its I/O loop: connect, log in,
+//! then read with a short timeout (1 ms while replies are outstanding, up to 200 ms
+//! when idle), hand each stanza and the current time to the session, and write what
+//! the session queued. It never waits on WNS. It reconnects forever with exponential
+//! backoff (1 s to 60 s, with jitter, sleeping on the shutdown signal) and logs every
+//! state change.
 
 pub mod client;
 pub mod component;
