@@ -7,13 +7,13 @@
 //! Threads: `reg-conn-*`; takes the store lock through [`Store`] methods only.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::codec::{Action, Request};
 use super::wire::{AccountAnswer, Answer, RegError};
 use crate::store::{Store, unix_now};
 use crate::types::ClientGeneration;
-use crate::wns::{Job, Outcome, WnsPool, payload};
+use crate::wns::{Outcome, WnsPool, test_push};
 use crate::xmpp::pep::Pep;
 
 /// Shared, read-only state of the registration service.
@@ -111,22 +111,15 @@ impl Handler {
                 // The asking client's own version decides the format: a 0.39+ client
                 // asking with version 2 wants JSON even if it registered as v1 before.
                 let generation = ClientGeneration::of(req.version, device.account_form);
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                wns.pool.submit(Job::new(
+                match test_push::send_and_wait(
+                    &wns.pool,
                     device.device_id,
                     device.channel_uri,
-                    payload::test_push(generation),
-                    Instant::now() + wns.deadline,
-                    Box::new(move |outcome| {
-                        let _ = tx.try_send(outcome);
-                    }),
-                ));
-                match rx.recv_timeout(wns.deadline + Duration::from_secs(2)) {
-                    Ok(Outcome::Delivered) => Ok(Answer::Done),
-                    Ok(outcome) => Err(RegError::TestPushFailed(outcome)),
-                    Err(_) => Err(RegError::TestPushFailed(Outcome::Transient(
-                        "no answer from WNS in time".into(),
-                    ))),
+                    generation,
+                    wns.deadline,
+                ) {
+                    Outcome::Delivered => Ok(Answer::Done),
+                    outcome => Err(RegError::TestPushFailed(outcome)),
                 }
             }
         }

@@ -4,6 +4,7 @@
 //! - [`payload`]: the bytes per client generation.
 //! - [`token`]: the OAuth token, cached, persisted, refreshed single-flight.
 //! - [`client`]: the shared ureq agent, the POST, and the HTTP → verdict table.
+//! - [`test_push`]: one test push, waited for (the admin command and `request_test_push`).
 //!
 //! The pool applies the xep0357-wns.md part D policy to each verdict:
 //!
@@ -26,6 +27,7 @@
 
 pub mod client;
 pub mod payload;
+pub mod test_push;
 pub mod token;
 
 use std::collections::{BinaryHeap, HashMap};
