@@ -16,6 +16,7 @@
 //! cached plan.
 
 mod commit;
+pub mod listing;
 mod schema;
 
 use std::collections::HashMap;
