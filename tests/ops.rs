@@ -400,3 +400,68 @@ fn admin_commands_take_a_unique_prefix_and_stats_lists_devices() {
         "{left:?}"
     );
 }
+
+/// Issue 10 item 16: a token endpoint that refuses our credentials was reported as a
+/// transient failure everywhere. It is a configuration error in the log, in
+/// `test-push`, in `/health` and in the metrics; the XMPP server is still told `wait`.
+#[test]
+fn rejected_wns_credentials_are_a_configuration_error() {
+    let (wns, _xmpp, server, mut conn) =
+        rig(json!({"wns": {"client_secret": "not-the-secret-7f3a"}}));
+    let addr = ops_addr(&server);
+    let (node, secret) = register(&server, &wns, "ee01", "cred");
+
+    conn.send(&prosody_publish("r1", "localhost", &node, Some(&secret), 1));
+    let v = verdict(&conn.reply_to("r1"));
+    assert!(v.starts_with("wait/"), "{v}");
+
+    let (status, body) = http_get(&addr, "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("wns: WNS credentials rejected:")
+            && body.contains("invalid_client")
+            && body.contains("wns.packet_id")
+            && body.contains("wns.client_secret"),
+        "{body}"
+    );
+
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("\nuwpx_wns_credentials_rejected 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("uwpx_publishes_total{outcome=\"misconfigured\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("uwpx_wns_token_requests_total{result=\"rejected\"} 0"),
+        "{metrics}"
+    );
+
+    let answer = server.client().send_json(&json!(
+        {"version": 2, "action": "request_test_push", "device_id": "ee01"}
+    ));
+    assert_error(&answer, 2, "Server misconfigured");
+
+    let (code, out, err) = admin(&server, &["test-push", "ee01"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("misconfigured"), "{out}");
+    assert!(
+        err.contains("configuration error") && err.contains("wns.client_secret"),
+        "{err}"
+    );
+    assert!(!out.contains("transient") && !err.contains("transient"));
+
+    assert!(server.log_shows(
+        "[ERROR] wns: configuration error: the WNS token endpoint rejected our credentials"
+    ));
+    assert!(server.log_text().lines().any(|l| l.contains("[ERROR]")
+        && l.contains("wns.packet_id")
+        && l.contains("wns.client_secret")));
+    assert!(
+        !server.log_text().contains("not-the-secret-7f3a"),
+        "secret logged"
+    );
+    assert!(wns.fake.channel_requests("cred").is_empty());
+}

@@ -17,6 +17,7 @@
 //! | 406 / 503                       | pause every job until `Retry-After`, then retry    | `Transient` if out of attempts/time |
 //! | 500, timeout, transport         | retry after exponential backoff with jitter        | `Transient` if out of attempts/time |
 //! | 400 / 405 / 413, bad payload    | log an error                                       | `OurBug`       |
+//! | token endpoint refuses us       | — (logged as a configuration error by `token`)     | `Misconfigured`|
 //! | queue full, token unavailable   | —                                                  | `Transient`    |
 //!
 //! Threads: `wns-worker-1..K` take jobs from a bounded crossbeam channel and make the
@@ -274,6 +275,11 @@ impl WnsPool {
         self.shared.tokens.expires_at()
     }
 
+    /// Why the token endpoint refused our credentials, while it does (`/health`).
+    pub fn credentials_rejected(&self) -> Option<String> {
+        self.shared.tokens.credentials_rejected()
+    }
+
     /// Stops taking jobs, lets queued and running ones finish for up to `grace`, answers
     /// jobs waiting for a retry with `Transient`, and flushes last-seen times.
     pub fn stop(self, grace: Duration) {
@@ -358,7 +364,7 @@ fn process(shared: &Shared, mut job: Job) {
     }
     let token = match shared.tokens.get(unix_now()) {
         Ok(t) => t,
-        Err(e) => return job.finish(Outcome::Transient(e.to_string())),
+        Err(e) => return job.finish(e.outcome()),
     };
     let sent = Instant::now();
     let answer = shared.client.post(
@@ -417,7 +423,7 @@ fn process(shared: &Shared, mut job: Job) {
                 .refresh_after_401(token.generation, unix_now())
             {
                 Ok(_) => process(shared, job),
-                Err(e) => job.finish(Outcome::Transient(e.to_string())),
+                Err(e) => job.finish(e.outcome()),
             }
         }
         Verdict::Unauthorized => {
