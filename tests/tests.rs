@@ -27,3 +27,6 @@ mod robustness;
 
 /// Configuration loading and the command line.
 mod cli;
+
+/// docs/PROTOCOL.md: every example request sent to the real binary, every answer checked.
+mod protocol_doc;
