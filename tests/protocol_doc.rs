@@ -215,3 +215,42 @@ fn the_notation_reader_keeps_every_byte() {
     let b = blocks(doc);
     assert_eq!((b[0].bytes.as_slice(), b[0].size), (&b"ab\0"[..], Some(3)));
 }
+
+/// Issue 10 items 12 and 15: a self-hoster learned only late in the README that
+/// released clients reach one fixed host and that only the app's own WNS credentials
+/// push to them; and the protocol paragraph pointed to notes a user does not have. The
+/// first screen (50 lines) keeps the two commands on top and says who can deploy it.
+#[test]
+fn the_readme_first_screen_says_who_can_deploy_it() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let first: Vec<&str> = readme.lines().take(50).collect();
+    let block = first
+        .iter()
+        .position(|l| *l == "```sh")
+        .expect("a command block on the first screen");
+    assert!(
+        first[block + 1].starts_with("scripts/demo.sh"),
+        "{first:#?}"
+    );
+    assert!(
+        first[block + 2].starts_with("scripts/test.sh"),
+        "{first:#?}"
+    );
+    let screen = first.join("\n");
+    for needle in [
+        "## Who can deploy it",
+        "`push.uwpx.org:1997`",
+        "`wns.packet_id`",
+        "`wns.client_secret`",
+        "Package SID and client secret of the app package",
+        "your own client build",
+    ] {
+        assert!(
+            screen.contains(needle),
+            "{needle:?} not in the first screen"
+        );
+    }
+    assert!(!readme.contains("reference notes"));
+    assert!(readme.contains("(docs/PROTOCOL.md)"));
+}
