@@ -23,9 +23,10 @@ fn open(config: &Config) -> Result<Store, String> {
         .map_err(|e| format!("cannot open {}: {e}", config.db.path.display()))
 }
 
-/// The shortest prefix a command accepts in place of a whole device id. Six hex
-/// characters are 16.7 million values: unambiguous among a few thousand devices, and
-/// short enough to be a typo's length no more (issue 10 item 14).
+/// The shortest prefix a command accepts in place of a whole device id (issue 10 item
+/// 14). Six hex characters are 16.7 million values, so a prefix that long is almost
+/// always unique among thousands of devices; a shorter one is more likely a slip than a
+/// choice, and `remove-device` deletes.
 pub const MIN_PREFIX: usize = 6;
 
 /// How many matches an ambiguous prefix names.
@@ -89,6 +90,7 @@ fn distinct_prefixes(ids: &[DeviceId]) -> Vec<String> {
         .collect()
 }
 
+/// The first `len` bytes of an id (ids are ASCII hex, so any cut is a char boundary).
 fn cut(s: &str, len: usize) -> &str {
     &s[..s.len().min(len)]
 }
@@ -126,16 +128,22 @@ pub fn stats(config: &Config, devices: bool) -> Result<(), String> {
     }
     if devices {
         let list = store.device_summaries().map_err(|e| e.to_string())?;
+        let width = list
+            .iter()
+            .map(|d| d.device_id.as_str().len())
+            .max()
+            .unwrap_or(0)
+            .max("device id".len());
         if !list.is_empty() {
             println!();
             println!(
-                "{:<64}  {:<26}  {:>8}  last seen",
+                "{:<width$}  {:<25}  {:>8}  last seen",
                 "device id", "generation", "accounts"
             );
         }
         for d in list {
             println!(
-                "{:<64}  {:<26}  {:>8}  {}",
+                "{:<width$}  {:<25}  {:>8}  {}",
                 d.device_id.as_str(),
                 generation_label(ClientGeneration::of(d.version, d.account_form)),
                 d.accounts,
