@@ -418,7 +418,7 @@ fn rejected_wns_credentials_are_a_configuration_error() {
     let (status, body) = http_get(&addr, "/health");
     assert_eq!(status, 503, "{body}");
     assert!(
-        body.starts_with("wns: WNS credentials rejected:")
+        body.starts_with("wns: WNS credentials rejected by the token endpoint (HTTP 400")
             && body.contains("invalid_client")
             && body.contains("wns.packet_id")
             && body.contains("wns.client_secret"),
@@ -459,6 +459,10 @@ fn rejected_wns_credentials_are_a_configuration_error() {
     assert!(server.log_text().lines().any(|l| l.contains("[ERROR]")
         && l.contains("wns.packet_id")
         && l.contains("wns.client_secret")));
+    assert!(
+        !server.log_text().contains("will retry on the first push"),
+        "refused credentials are not a passing failure"
+    );
     assert!(
         !server.log_text().contains("not-the-secret-7f3a"),
         "secret logged"

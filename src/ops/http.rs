@@ -107,7 +107,9 @@ fn health(s: &Sources) -> Result<(), String> {
     }
     // Issue 10 item 16: refused WNS credentials are a configuration error, not a blip.
     if let Some(why) = s.wns.as_ref().and_then(|w| w.credentials_rejected()) {
-        return Err(format!("wns: WNS credentials rejected: {why}"));
+        return Err(format!(
+            "wns: WNS credentials rejected by the token endpoint ({why}): check wns.packet_id and wns.client_secret"
+        ));
     }
     Ok(())
 }

@@ -514,7 +514,10 @@ fn backoff(attempt: u32) -> Duration {
 fn timer(shared: &Shared, rx: &Receiver<Delayed>) {
     // Fetch (or load) the token now: the first push is not slowed by it, and wrong
     // credentials show up in the log at start, not at the first message.
-    if let Err(e) = shared.tokens.get(unix_now()) {
+    // Refused credentials were logged as a configuration error already: no retry helps.
+    if let Err(e) = shared.tokens.get(unix_now())
+        && !matches!(e, token::TokenError::Rejected(_))
+    {
         log::warn!("wns: no access token at start ({e}); will retry on the first push");
     }
     let mut heap: BinaryHeap<Delayed> = BinaryHeap::new();
