@@ -4,7 +4,8 @@
 //! paths (no lock, no allocation), and `/metrics` reads them all. Labels are fixed
 //! enums, so every series exists from the start (a zero is an answer too).
 //!
-//! Threads: recorded from `reg-conn-*`, `xmpp-io`, `wns-worker-*`; read by `ops-http`.
+//! Threads: recorded from `reg-conn-*`, `xmpp-io`, `wns-worker-*`, `wns-timer`; read by
+//! `ops-http`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
