@@ -1,7 +1,10 @@
-//! Admin commands: `stats`, `test-push`, `remove-device`. Each opens the same
+//! Admin commands: `stats [--devices]`, `test-push`, `remove-device`. Each opens the same
 //! configuration and database as the server; SQLite's WAL and busy timeout make that
 //! safe while the server runs (a removed device's PEP nodes are then deleted by the
 //! running server, from the store's removed-node list).
+//!
+//! A device is named by its whole id or by a unique prefix of at least [`MIN_PREFIX`]
+//! characters ([`resolve_device`]): the log prints 12.
 //!
 //! Threads: `main` (and, for `test-push`, a one-worker WNS pool).
 
@@ -20,8 +23,76 @@ fn open(config: &Config) -> Result<Store, String> {
     Store::open(&config.db).map_err(|e| format!("cannot open {}: {e}", config.db.path.display()))
 }
 
-fn device_id(id: &str) -> Result<DeviceId, String> {
-    DeviceId::parse(id).map_err(|e| format!("{e}"))
+/// The shortest prefix a command accepts in place of a whole device id (issue 10 item
+/// 14). Six hex characters are 16.7 million values, so a prefix that long is almost
+/// always unique among thousands of devices; a shorter one is more likely a slip than a
+/// choice, and `remove-device` deletes.
+pub const MIN_PREFIX: usize = 6;
+
+/// How many matches an ambiguous prefix names.
+const NAMED_MATCHES: usize = 10;
+
+/// The device an operator means by `arg`: its whole id, or a unique prefix of at least
+/// [`MIN_PREFIX`] characters (as git takes a commit id), compared without regard to
+/// case. An ambiguous prefix names its matches by their short ids, as the log shows them.
+pub fn resolve_device(store: &Store, arg: &str) -> Result<DeviceId, String> {
+    let id = DeviceId::parse(arg).map_err(|e| format!("`{arg}`: {e}"))?;
+    if store.device(&id).map_err(|e| e.to_string())?.is_some() {
+        return Ok(id);
+    }
+    if arg.len() < MIN_PREFIX {
+        return Err(format!(
+            "Device id unknown. `{arg}` is not a whole device id, and a prefix needs at least \
+             {MIN_PREFIX} characters (the log shows 12)."
+        ));
+    }
+    let found = store
+        .devices_with_prefix(&id, NAMED_MATCHES)
+        .map_err(|e| e.to_string())?;
+    match found.total {
+        0 => Err(format!(
+            "Device id unknown. No device id starts with `{arg}`."
+        )),
+        1 => found
+            .first
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the device disappeared while it was looked up".into()),
+        n => {
+            let names = distinct_prefixes(&found.first).join(", ");
+            let more = match n as usize - found.first.len() {
+                0 => String::new(),
+                rest => format!(" and {rest} more"),
+            };
+            Err(format!(
+                "`{arg}` is ambiguous: {n} devices start with it ({names}{more}); give more characters."
+            ))
+        }
+    }
+}
+
+/// The ids cut to the log's 12 characters, or longer where 12 do not tell them apart.
+fn distinct_prefixes(ids: &[DeviceId]) -> Vec<String> {
+    let longest = ids.iter().map(|d| d.as_str().len()).max().unwrap_or(0);
+    let mut len = 12;
+    while len < longest {
+        let shown: std::collections::HashSet<String> = ids
+            .iter()
+            .map(|d| cut(d.as_str(), len).to_ascii_lowercase())
+            .collect();
+        if shown.len() == ids.len() {
+            break;
+        }
+        len += 4;
+    }
+    ids.iter()
+        .map(|d| cut(d.as_str(), len).to_owned())
+        .collect()
+}
+
+/// The first `len` bytes of an id (ids are ASCII hex, so any cut is a char boundary).
+fn cut(s: &str, len: usize) -> &str {
+    &s[..s.len().min(len)]
 }
 
 /// When a unix time was, in words.
@@ -35,8 +106,9 @@ fn ago(t: i64, now: i64) -> String {
     }
 }
 
-/// Counts, the least and most recently seen device, and the WNS token's expiry.
-pub fn stats(config: &Config) -> Result<(), String> {
+/// Counts, the least and most recently seen device, and the WNS token's expiry; with
+/// `devices`, one line per device too (id, generation, accounts, last seen: no JIDs).
+pub fn stats(config: &Config, devices: bool) -> Result<(), String> {
     let store = open(config)?;
     let now = Clock::system().unix_now();
     let c = store.counts().map_err(|e| e.to_string())?;
@@ -54,16 +126,51 @@ pub fn stats(config: &Config) -> Result<(), String> {
         Some(_) => println!("WNS token: expired (a new one is fetched on the next push)"),
         None => println!("WNS token: none yet"),
     }
+    if devices {
+        let list = store.device_summaries().map_err(|e| e.to_string())?;
+        let width = list
+            .iter()
+            .map(|d| d.device_id.as_str().len())
+            .max()
+            .unwrap_or(0)
+            .max("device id".len());
+        if !list.is_empty() {
+            println!();
+            println!(
+                "{:<width$}  {:<25}  {:>8}  last seen",
+                "device id", "generation", "accounts"
+            );
+        }
+        for d in list {
+            println!(
+                "{:<width$}  {:<25}  {:>8}  {}",
+                d.device_id.as_str(),
+                generation_label(ClientGeneration::of(d.version, d.account_form)),
+                d.accounts,
+                ago(d.last_seen_at, now)
+            );
+        }
+    }
     Ok(())
 }
 
-/// Sends the device's test push and prints the WNS outcome.
+/// The generation as the README names it, with the client releases it stands for.
+fn generation_label(g: ClientGeneration) -> &'static str {
+    match g {
+        ClientGeneration::V2 => "v2 (0.39+)",
+        ClientGeneration::V1AccountId => "v1 account_id (0.35-0.38)",
+        ClientGeneration::V1BareJid => "v1 bare_jid (0.25-0.34)",
+    }
+}
+
+/// Sends the device's test push and prints the WNS outcome. Rejected WNS credentials
+/// are named as a configuration error, not a failure to retry (issue 10 item 16).
 pub fn test_push(config: &Config, id: &str) -> Result<(), String> {
-    let device = device_id(id)?;
     if config.wns.credentials.is_none() {
         return Err("WNS delivery is not configured (wns.packet_id, wns.client_secret)".into());
     }
     let store = Arc::new(open(config)?);
+    let device = resolve_device(&store, id)?;
     let record = store
         .device(&device)
         .map_err(|e| e.to_string())?
@@ -88,14 +195,15 @@ pub fn test_push(config: &Config, id: &str) -> Result<(), String> {
     println!("test push to {}: {outcome}", device.short());
     match outcome {
         Outcome::Delivered => Ok(()),
+        Outcome::Misconfigured(why) => Err(format!("not delivered: configuration error: {why}")),
         other => Err(format!("not delivered: {other}")),
     }
 }
 
 /// Deletes a device and its accounts.
 pub fn remove_device(config: &Config, id: &str) -> Result<(), String> {
-    let device = device_id(id)?;
     let store = open(config)?;
+    let device = resolve_device(&store, id)?;
     if store.remove_device(&device).map_err(|e| e.to_string())? {
         println!("removed device {device} and its accounts");
         Ok(())

@@ -3,9 +3,11 @@
 //! ```text
 //! uwpx-push-server [--config PATH]                  run the server (default ./configuration.json)
 //! uwpx-push-server check-config [--config PATH]     validate and print the effective configuration
-//! uwpx-push-server stats [--config PATH]            devices, accounts, last seen, token expiry
+//! uwpx-push-server stats [--devices] [--config PATH]  devices, accounts, last seen, token expiry;
+//!                                                   --devices: one line per device
 //! uwpx-push-server test-push DEVICE_ID [--config PATH]      send a test push, print the outcome
 //! uwpx-push-server remove-device DEVICE_ID [--config PATH]  delete a device and its accounts
+//! DEVICE_ID is a whole id or a unique prefix of at least 6 characters.
 //! ```
 //! The admin commands open the same database and are safe while the server runs.
 //! Exit codes: 0 success, 1 could not start / the admin command failed, 2 bad usage or
@@ -23,12 +25,12 @@ use uwpx_push_server::app::App;
 use uwpx_push_server::config::Config;
 use uwpx_push_server::shutdown::Shutdown;
 
-const USAGE: &str = "usage: uwpx-push-server [check-config | stats | test-push DEVICE_ID | remove-device DEVICE_ID] [--config PATH]";
+const USAGE: &str = "usage: uwpx-push-server [check-config | stats [--devices] | test-push DEVICE_ID | remove-device DEVICE_ID] [--config PATH]";
 
 enum Command {
     Run,
     CheckConfig,
-    Stats,
+    Stats { devices: bool },
     TestPush(String),
     RemoveDevice(String),
 }
@@ -56,7 +58,14 @@ fn parse_args() -> Result<(Command, PathBuf), String> {
                 std::process::exit(0);
             }
             "check-config" => Command::CheckConfig,
-            "stats" => Command::Stats,
+            "stats" => Command::Stats { devices: false },
+            "--devices" => match &mut command {
+                Some(Command::Stats { devices }) => {
+                    *devices = true;
+                    continue;
+                }
+                _ => return Err("--devices goes after stats".into()),
+            },
             "test-push" => Command::TestPush(device()?),
             "remove-device" => Command::RemoveDevice(device()?),
             other => return Err(format!("unexpected argument `{other}`")),
@@ -93,7 +102,7 @@ fn main() -> ExitCode {
     }
     let result = match command {
         Command::Run | Command::CheckConfig => return run(&config),
-        Command::Stats => admin::stats(&config),
+        Command::Stats { devices } => admin::stats(&config, devices),
         Command::TestPush(id) => admin::test_push(&config, &id),
         Command::RemoveDevice(id) => admin::remove_device(&config, &id),
     };

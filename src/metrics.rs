@@ -4,7 +4,8 @@
 //! paths (no lock, no allocation), and `/metrics` reads them all. Labels are fixed
 //! enums, so every series exists from the start (a zero is an answer too).
 //!
-//! Threads: recorded from `reg-conn-*`, `xmpp-io`, `wns-worker-*`; read by `ops-http`.
+//! Threads: recorded from `reg-conn-*`, `xmpp-io`, `wns-worker-*`, `wns-timer`; read by
+//! `ops-http`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -53,6 +54,17 @@ pub enum PublishResult {
     BadSecret,
 }
 
+/// Token endpoint answers, for `uwpx_wns_token_requests_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenResult {
+    /// A token was issued.
+    Issued,
+    /// Our credentials were refused (400/401/403): a configuration error.
+    Rejected,
+    /// Unreachable, or an answer that is not a token.
+    Failed,
+}
+
 const REG_ACTIONS: [&str; 4] = [
     "set_channel_uri",
     "set_push_accounts",
@@ -60,6 +72,7 @@ const REG_ACTIONS: [&str; 4] = [
     "invalid",
 ];
 const REG_RESULTS: [&str; 3] = ["ok", "rejected", "failed"];
+const TOKEN_RESULTS: [&str; 3] = ["issued", "rejected", "failed"];
 const PUBLISH: [&str; 7] = [
     "delivered",
     "coalesced",
@@ -125,6 +138,9 @@ pub struct Metrics {
     registrations: [[AtomicU64; 3]; 4],
     publishes: [AtomicU64; 7],
     wns_responses: [AtomicU64; WNS_CODES.len() + 1],
+    token_requests: [AtomicU64; 3],
+    /// 1 while the token endpoint's last answer refused our credentials.
+    credentials_rejected: AtomicU64,
     /// Time of one WNS HTTP request.
     pub wns_latency: Histogram,
     /// Time from a publish IQ's arrival to its reply.
@@ -132,15 +148,22 @@ pub struct Metrics {
 }
 
 /// The process's metrics.
-pub static METRICS: Metrics = Metrics {
-    registrations: [const { [const { AtomicU64::new(0) }; 3] }; 4],
-    publishes: [const { AtomicU64::new(0) }; 7],
-    wns_responses: [const { AtomicU64::new(0) }; WNS_CODES.len() + 1],
-    wns_latency: Histogram::new(),
-    publish_latency: Histogram::new(),
-};
+pub static METRICS: Metrics = Metrics::new();
 
 impl Metrics {
+    /// All zero.
+    const fn new() -> Self {
+        Self {
+            registrations: [const { [const { AtomicU64::new(0) }; 3] }; 4],
+            publishes: [const { AtomicU64::new(0) }; 7],
+            wns_responses: [const { AtomicU64::new(0) }; WNS_CODES.len() + 1],
+            token_requests: [const { AtomicU64::new(0) }; 3],
+            credentials_rejected: AtomicU64::new(0),
+            wns_latency: Histogram::new(),
+            publish_latency: Histogram::new(),
+        }
+    }
+
     /// Counts a registration request.
     pub fn registration(&self, action: RegAction, result: RegResult) {
         self.registrations[action as usize][result as usize].fetch_add(1, Ordering::Relaxed);
@@ -161,6 +184,15 @@ impl Metrics {
                 .unwrap_or(WNS_CODES.len() - 1),
         };
         self.wns_responses[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a token endpoint answer; the credentials gauge follows the latest one.
+    pub fn token_request(&self, result: TokenResult) {
+        self.token_requests[result as usize].fetch_add(1, Ordering::Relaxed);
+        self.credentials_rejected.store(
+            u64::from(result == TokenResult::Rejected),
+            Ordering::Relaxed,
+        );
     }
 
     /// Appends the counters and histograms in the Prometheus text format.
@@ -201,6 +233,20 @@ impl Metrics {
             "uwpx_wns_responses_total{{status=\"transport\"}} {}",
             self.wns_responses[WNS_CODES.len()].load(Ordering::Relaxed)
         );
+        out.push_str("# HELP uwpx_wns_token_requests_total WNS token endpoint answers by result.\n# TYPE uwpx_wns_token_requests_total counter\n");
+        for (i, result) in TOKEN_RESULTS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "uwpx_wns_token_requests_total{{result=\"{result}\"}} {}",
+                self.token_requests[i].load(Ordering::Relaxed)
+            );
+        }
+        gauge(
+            out,
+            "uwpx_wns_credentials_rejected",
+            "1 while the WNS token endpoint refuses wns.packet_id/wns.client_secret (a configuration error).",
+            self.credentials_rejected.load(Ordering::Relaxed),
+        );
         self.wns_latency.render(
             out,
             "uwpx_wns_request_seconds",
@@ -228,13 +274,7 @@ mod tests {
 
     #[test]
     fn renders_every_series_with_its_labels() {
-        let m = Metrics {
-            registrations: [const { [const { AtomicU64::new(0) }; 3] }; 4],
-            publishes: [const { AtomicU64::new(0) }; 7],
-            wns_responses: [const { AtomicU64::new(0) }; WNS_CODES.len() + 1],
-            wns_latency: Histogram::new(),
-            publish_latency: Histogram::new(),
-        };
+        let m = Metrics::new();
         m.registration(RegAction::SetPushAccounts, RegResult::Ok);
         m.publish(PublishResult::ChannelGone);
         m.wns_response(Some(410));
@@ -254,5 +294,23 @@ mod tests {
         assert!(out.contains("uwpx_wns_request_seconds_bucket{le=\"0.0025\"} 0"));
         assert!(out.contains("uwpx_wns_request_seconds_bucket{le=\"0.005\"} 1"));
         assert!(out.contains("uwpx_wns_request_seconds_count 1"));
+        assert!(out.contains("uwpx_wns_credentials_rejected 0"));
+    }
+
+    /// Issue 10 item 16: refused WNS credentials had no metric.
+    #[test]
+    fn rejected_credentials_show_until_a_token_is_issued() {
+        let m = Metrics::new();
+        m.token_request(TokenResult::Rejected);
+        m.token_request(TokenResult::Rejected);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("uwpx_wns_token_requests_total{result=\"rejected\"} 2"));
+        assert!(out.contains("uwpx_wns_credentials_rejected 1"));
+        m.token_request(TokenResult::Issued);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("uwpx_wns_token_requests_total{result=\"issued\"} 1"));
+        assert!(out.contains("uwpx_wns_credentials_rejected 0"));
     }
 }

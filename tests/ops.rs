@@ -293,3 +293,179 @@ fn shutdown_under_load_answers_every_iq_and_keeps_every_ack() {
         assert!(stored.contains(d), "acknowledged {d} was lost");
     }
 }
+
+/// Issue 10 item 14: the log prints 12 characters of a device id, and the admin
+/// commands wanted the whole id. A unique prefix of 6 or more now names the device,
+/// an ambiguous one names its matches, a shorter one is refused, and `stats --devices`
+/// lists the devices without any JID.
+#[test]
+fn admin_commands_take_a_unique_prefix_and_stats_lists_devices() {
+    let wns = WnsFixture::start();
+    let server = Server::start(Setup {
+        extra: wns.config(json!({})),
+        ..Setup::default()
+    });
+    let c = server.client();
+    // Two ids alike in the log's 12 characters, and a third.
+    let twin_a = format!("aaaaaa110000{}", "0".repeat(52));
+    let twin_b = format!("aaaaaa110000{}", "f".repeat(52));
+    let other = format!("c0ffee{}", "1".repeat(58));
+    for (device, channel) in [(&twin_a, "pa"), (&twin_b, "pb"), (&other, "pc")] {
+        assert_eq!(
+            c.send_json(&set_channel(2, device, &wns.fake.channel_uri(channel)))["status"],
+            1
+        );
+    }
+    assert_eq!(
+        c.send_json(&set_accounts(
+            1,
+            &other,
+            json!([{"bare_jid": "someone@jids-stay-private.example"}])
+        ))["status"],
+        1
+    );
+
+    // A unique prefix, in any case.
+    let (code, out, err) = admin(&server, &["test-push", "C0FFEE"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("test push to c0ffee111111: delivered"),
+        "{out}"
+    );
+    assert_eq!(wns.fake.channel_requests("pc").len(), 1);
+
+    // Too short: refused, with the reason.
+    for short in ["c0ffe", "aa"] {
+        let (code, _, err) = admin(&server, &["test-push", short]);
+        assert_eq!(code, Some(1));
+        assert!(
+            err.contains("Device id unknown.") && err.contains("at least 6 characters"),
+            "{err}"
+        );
+    }
+
+    // Ambiguous: both matches named, told apart past the log's 12 characters.
+    let (code, _, err) = admin(&server, &["remove-device", "aaaaaa"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("`aaaaaa` is ambiguous: 2 devices start with it")
+            && err.contains("aaaaaa1100000000")
+            && err.contains("aaaaaa110000ffff"),
+        "{err}"
+    );
+    assert_eq!(server.dump().len(), 4, "nothing removed");
+
+    let (code, _, err) = admin(&server, &["remove-device", "ffffff"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("Device id unknown. No device id starts with `ffffff`."),
+        "{err}"
+    );
+
+    // stats --devices: every device, whole id, generation, accounts; no JID.
+    let (code, out, err) = admin(&server, &["stats", "--devices"]);
+    assert_eq!(code, Some(0), "{err}");
+    for device in [&twin_a, &twin_b, &other] {
+        assert!(out.contains(device.as_str()), "{out}");
+    }
+    let line = out.lines().find(|l| l.starts_with(&other)).unwrap();
+    assert!(line.contains("v1 bare_jid (0.25-0.34)"), "{line}");
+    let cols: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(cols[cols.len() - 4], "1", "accounts column: {line}");
+    assert!(line.ends_with("s ago"), "{line}");
+    assert!(
+        !out.contains("jids-stay-private"),
+        "a JID was printed:\n{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&twin_a) && l.contains("v2 (0.39+)")),
+        "{out}"
+    );
+    // Plain stats stays as it was.
+    let (_, out, _) = admin(&server, &["stats"]);
+    assert!(!out.contains(&other), "{out}");
+
+    // A unique longer prefix removes exactly that device.
+    let (code, out, err) = admin(&server, &["remove-device", "aaaaaa1100000"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains(&format!("removed device {twin_a}")), "{out}");
+    let left: Vec<String> = server
+        .dump()
+        .iter()
+        .map(|r| r.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert!(
+        !left.contains(&twin_a) && left.contains(&twin_b),
+        "{left:?}"
+    );
+}
+
+/// Issue 10 item 16: a token endpoint that refuses our credentials was reported as a
+/// transient failure everywhere. It is a configuration error in the log, in
+/// `test-push`, in `/health` and in the metrics; the XMPP server is still told `wait`.
+#[test]
+fn rejected_wns_credentials_are_a_configuration_error() {
+    let (wns, _xmpp, server, mut conn) =
+        rig(json!({"wns": {"client_secret": "not-the-secret-7f3a"}}));
+    let addr = ops_addr(&server);
+    let (node, secret) = register(&server, &wns, "ee01", "cred");
+
+    conn.send(&prosody_publish("r1", "localhost", &node, Some(&secret), 1));
+    let v = verdict(&conn.reply_to("r1"));
+    assert!(v.starts_with("wait/"), "{v}");
+
+    let (status, body) = http_get(&addr, "/health");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("wns: WNS credentials rejected by the token endpoint (HTTP 400")
+            && body.contains("invalid_client")
+            && body.contains("wns.packet_id")
+            && body.contains("wns.client_secret"),
+        "{body}"
+    );
+
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(
+        metrics.contains("\nuwpx_wns_credentials_rejected 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("uwpx_publishes_total{outcome=\"misconfigured\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("uwpx_wns_token_requests_total{result=\"rejected\"} 0"),
+        "{metrics}"
+    );
+
+    let answer = server.client().send_json(&json!(
+        {"version": 2, "action": "request_test_push", "device_id": "ee01"}
+    ));
+    assert_error(&answer, 2, "Server misconfigured");
+
+    let (code, out, err) = admin(&server, &["test-push", "ee01"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("misconfigured"), "{out}");
+    assert!(
+        err.contains("configuration error") && err.contains("wns.client_secret"),
+        "{err}"
+    );
+    assert!(!out.contains("transient") && !err.contains("transient"));
+
+    assert!(server.log_shows(
+        "[ERROR] wns: configuration error: the WNS token endpoint rejected our credentials"
+    ));
+    assert!(server.log_text().lines().any(|l| l.contains("[ERROR]")
+        && l.contains("wns.packet_id")
+        && l.contains("wns.client_secret")));
+    assert!(
+        !server.log_text().contains("will retry on the first push"),
+        "refused credentials are not a passing failure"
+    );
+    assert!(
+        !server.log_text().contains("not-the-secret-7f3a"),
+        "secret logged"
+    );
+    assert!(wns.fake.channel_requests("cred").is_empty());
+}

@@ -27,3 +27,7 @@ mod robustness;
 
 /// Configuration loading and the command line.
 mod cli;
+
+/// docs/PROTOCOL.md: every example request sent to the real binary, every answer checked;
+/// the README's first screen and its pointer to the document.
+mod protocol_doc;

@@ -347,12 +347,12 @@ fn the_token_survives_a_restart() {
 }
 
 #[test]
-fn token_endpoint_failures_are_transient_and_named_in_the_log() {
-    // Wrong secret.
+fn token_endpoint_failures_are_named_in_the_log() {
+    // Wrong secret: a configuration error, not "try again later" (issue 10 item 16).
     let (wns, server) = start(json!({"wns": {"client_secret": "wrong"}}));
     let c = server.client();
     register(&c, &wns, 2, "b1", "t", None);
-    assert_error(&c.send_json(&test_push(2, "b1")), 2, "WNS unavailable");
+    assert_error(&c.send_json(&test_push(2, "b1")), 2, "Server misconfigured");
     assert!(server.log_shows("rejected our credentials"));
     assert!(wns.fake.channel_requests("t").is_empty());
     assert!(!server.log_text().contains("wrong"), "secret logged");
@@ -368,6 +368,26 @@ fn token_endpoint_failures_are_transient_and_named_in_the_log() {
     register(&c, &wns, 2, "b2", "t", None);
     assert_error(&c.send_json(&test_push(2, "b2")), 2, "WNS unavailable");
     assert!(server.log_shows("token endpoint is unreachable"));
+}
+
+/// Issue 10 item 16: a token endpoint refusing us with a bare 401 (no JSON body) was an
+/// "unusable answer", retried as transient; it is refused credentials.
+#[test]
+fn a_bare_401_from_the_token_endpoint_is_a_configuration_error() {
+    let wns = WnsFixture::start();
+    // Every token request in this test is refused; the first comes at start.
+    wns.fake.script_token(vec![Reply::status(401); 20]);
+    let server = Server::start(Setup {
+        extra: wns.config(json!({})),
+        ..Setup::default()
+    });
+    let c = server.client();
+    register(&c, &wns, 2, "b3", "t", None);
+    assert_error(&c.send_json(&test_push(2, "b3")), 2, "Server misconfigured");
+    assert!(server.log_shows(
+        "wns: configuration error: the WNS token endpoint rejected our credentials (HTTP 401 no error code): check wns.packet_id and wns.client_secret"
+    ));
+    assert!(wns.fake.channel_requests("t").is_empty());
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The optional health and metrics endpoint (`metrics.listen`): plain HTTP/1.1 on std,
 //! one short request per connection.
 //!
-//! - `GET /health`: 200 "ok" when the database answers and the XMPP connection (if one
-//!   is configured) is up; otherwise 503 with a one-line reason.
+//! - `GET /health`: 200 "ok" when the database answers, the XMPP connection (if one
+//!   is configured) is up and the WNS token endpoint has not refused our credentials;
+//!   otherwise 503 with a one-line reason.
 //! - `GET /metrics`: the Prometheus text format.
 //!
 //! Threads: `ops-http` accepts and answers inline (requests are tiny; a 2 s timeout
@@ -103,6 +104,12 @@ fn health(s: &Sources) -> Result<(), String> {
         && !x.is_connected()
     {
         return Err("xmpp: not connected".into());
+    }
+    // Issue 10 item 16: refused WNS credentials are a configuration error, not a blip.
+    if let Some(why) = s.wns.as_ref().and_then(|w| w.credentials_rejected()) {
+        return Err(format!(
+            "wns: WNS credentials rejected by the token endpoint ({why}): check wns.packet_id and wns.client_secret"
+        ));
     }
     Ok(())
 }

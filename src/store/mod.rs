@@ -153,6 +153,30 @@ pub struct Counts {
     pub accounts: u64,
 }
 
+/// One line of `stats --devices`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSummary {
+    /// The whole device id.
+    pub device_id: DeviceId,
+    /// The protocol version of its last request.
+    pub version: ProtocolVersion,
+    /// How its accounts are named, if it ever sent any.
+    pub account_form: Option<AccountForm>,
+    /// How many push accounts it has.
+    pub accounts: u64,
+    /// Unix seconds of its last registration or recorded delivery.
+    pub last_seen_at: i64,
+}
+
+/// The devices whose id starts with a prefix: the first few, and how many in all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixMatches {
+    /// Up to the asked limit, ordered by id.
+    pub first: Vec<DeviceId>,
+    /// Every match, including those not in `first`.
+    pub total: u64,
+}
+
 /// The database handle: one type whatever the backend. Cheap to share as `Arc<Store>`.
 pub struct Store {
     backend: Backend,
@@ -307,6 +331,23 @@ impl Store {
     /// How many devices and accounts are stored.
     pub fn counts(&self) -> Result<Counts, StoreError> {
         backend!(self.counts())
+    }
+
+    /// Devices whose id starts with `prefix`, compared without regard to ASCII case (ids
+    /// are hex; old clients' may be upper case): the first `limit` by id, and how many
+    /// in all. For the operator's commands (a full scan).
+    pub fn devices_with_prefix(
+        &self,
+        prefix: &DeviceId,
+        limit: usize,
+    ) -> Result<PrefixMatches, StoreError> {
+        backend!(self.devices_with_prefix(prefix, limit))
+    }
+
+    /// Every device with its account count, most recently seen first (`stats
+    /// --devices`; never a JID, a node or a secret).
+    pub fn device_summaries(&self) -> Result<Vec<DeviceSummary>, StoreError> {
+        backend!(self.device_summaries())
     }
 
     /// What the backend is, for the start-up log line (`sqlite /path/to/file`).

@@ -138,3 +138,64 @@ fn every_way_an_account_goes_leaves_its_node_to_delete() {
         .unwrap();
     assert_eq!(s.removed_nodes(10).unwrap().len(), 1);
 }
+
+fn store_with(ids: &[&str]) -> Store {
+    let store = Store::open_in_memory().unwrap();
+    let hosts = ChannelHosts::new(vec!["notify.windows.com".into()]);
+    let uri = ChannelUri::parse("https://a.notify.windows.com/?t=1", &hosts).unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let device = DeviceId::parse(id).unwrap();
+        store
+            .set_channel(&device, &uri, ProtocolVersion::V2, 1000 + i as i64)
+            .unwrap();
+    }
+    store
+}
+
+#[test]
+fn a_prefix_finds_its_devices_whatever_the_case() {
+    let store = store_with(&["abcdef01", "abcdef02", "ABCDEF03", "abcd99"]);
+    let m = store
+        .devices_with_prefix(&DeviceId::parse("abcdef").unwrap(), 2)
+        .unwrap();
+    assert_eq!(m.total, 3);
+    assert_eq!(m.first.len(), 2);
+    let m = store
+        .devices_with_prefix(&DeviceId::parse("AbCdEf02").unwrap(), 10)
+        .unwrap();
+    assert_eq!((m.total, m.first[0].as_str()), (1, "abcdef02"));
+    let m = store
+        .devices_with_prefix(&DeviceId::parse("abcdef0").unwrap(), 10)
+        .unwrap();
+    assert_eq!(m.total, 3);
+    let none = store
+        .devices_with_prefix(&DeviceId::parse("ffff").unwrap(), 10)
+        .unwrap();
+    assert_eq!((none.total, none.first.len()), (0, 0));
+}
+
+#[test]
+fn summaries_count_accounts_newest_first() {
+    let store = store_with(&["aa01", "aa02"]);
+    let spec = |k: &str| AccountSpec {
+        key: AccountKey::parse(k).unwrap(),
+        domain: None,
+    };
+    store
+        .set_accounts(
+            &DeviceId::parse("aa01").unwrap(),
+            ProtocolVersion::V1,
+            Some(AccountForm::AccountId),
+            &[spec("k1"), spec("k2")],
+            5000,
+        )
+        .unwrap();
+    let list = store.device_summaries().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].device_id.as_str(), "aa01");
+    assert_eq!(list[0].accounts, 2);
+    assert_eq!(list[0].version, ProtocolVersion::V1);
+    assert_eq!(list[0].account_form, Some(AccountForm::AccountId));
+    assert_eq!(list[0].last_seen_at, 5000);
+    assert_eq!((list[1].device_id.as_str(), list[1].accounts), ("aa02", 0));
+}

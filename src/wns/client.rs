@@ -311,20 +311,33 @@ fn read_body(resp: &mut ureq::http::Response<ureq::Body>) -> Result<String, ureq
 
 /// Parses the token endpoint's answer. `expires_in` may be a number or a string
 /// (the Entra ID flow sends a string).
+///
+/// | answer                         | result                                           |
+/// |--------------------------------|--------------------------------------------------|
+/// | 200 with a token               | `Ok`                                             |
+/// | 400, 401, 403 (any body)       | `Rejected`: our credentials (issue 10 item 16)   |
+/// | 408, 429, 5xx                  | `Unreachable`: may pass                          |
+/// | anything else, a 200 without a token | `BadResponse`                              |
 pub fn parse_token(status: u16, body: &str) -> Result<Fresh, TokenError> {
-    let json: serde_json::Value = serde_json::from_str(body)
-        .map_err(|_| TokenError::BadResponse(format!("HTTP {status}, body is not JSON")))?;
+    let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
     if status != 200 {
-        let error = json
-            .get("error")
+        let error: String = json
+            .as_ref()
+            .and_then(|j| j.get("error"))
             .and_then(|e| e.as_str())
-            .unwrap_or("no error code");
-        return Err(if (400..500).contains(&status) {
-            TokenError::Rejected(format!("HTTP {status} {error}"))
-        } else {
-            TokenError::Unreachable(format!("HTTP {status} {error}"))
+            .unwrap_or("no error code")
+            .chars()
+            .take(64)
+            .collect();
+        let what = format!("HTTP {status} {error}");
+        return Err(match status {
+            400 | 401 | 403 => TokenError::Rejected(what),
+            408 | 429 | 500..=599 => TokenError::Unreachable(what),
+            _ => TokenError::BadResponse(what),
         });
     }
+    let json =
+        json.ok_or_else(|| TokenError::BadResponse(format!("HTTP {status}, body is not JSON")))?;
     let access_token = json
         .get("access_token")
         .and_then(|t| t.as_str())
@@ -448,6 +461,35 @@ mod tests {
         ));
         assert!(matches!(
             parse_token(502, "<html>"),
+            Err(TokenError::Unreachable(_))
+        ));
+        assert!(matches!(
+            parse_token(200, "<html>"),
+            Err(TokenError::BadResponse(_))
+        ));
+    }
+
+    /// Issue 10 item 16: a refusal whose body is not JSON was a "bad response", and so
+    /// transient, instead of a credentials problem.
+    #[test]
+    fn refused_credentials_are_rejected_whatever_the_body() {
+        for (status, body) in [
+            (400, r#"{"error":"invalid_client"}"#),
+            (401, ""),
+            (401, "<html>Unauthorized</html>"),
+            (403, r#"{"error":"unauthorized_client"}"#),
+        ] {
+            assert!(
+                matches!(parse_token(status, body), Err(TokenError::Rejected(_))),
+                "{status} {body}"
+            );
+        }
+        assert!(matches!(
+            parse_token(429, ""),
+            Err(TokenError::Unreachable(_))
+        ));
+        assert!(matches!(
+            parse_token(404, ""),
             Err(TokenError::BadResponse(_))
         ));
     }

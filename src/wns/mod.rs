@@ -18,6 +18,7 @@
 //! | 406 / 503                       | pause every job until `Retry-After`, then retry    | `Transient` if out of attempts/time |
 //! | 500, timeout, transport         | retry after exponential backoff with jitter        | `Transient` if out of attempts/time |
 //! | 400 / 405 / 413, bad payload    | log an error                                       | `OurBug`       |
+//! | token endpoint refuses us       | — (logged as a configuration error by `token`)     | `Misconfigured`|
 //! | queue full, token unavailable   | —                                                  | `Transient`    |
 //!
 //! Threads: `wns-worker-1..K` take jobs from a bounded crossbeam channel and make the
@@ -292,6 +293,11 @@ impl WnsPool {
         self.shared.tokens.expires_at()
     }
 
+    /// Why the token endpoint refused our credentials, while it does (`/health`).
+    pub fn credentials_rejected(&self) -> Option<String> {
+        self.shared.tokens.credentials_rejected()
+    }
+
     /// Stops taking jobs and ends the workers by dropping the queue's sender. Queued
     /// and running jobs may finish within `grace`; after it, and for every job waiting
     /// for a retry, the answer is `Transient`. A request in flight ends within
@@ -317,7 +323,10 @@ fn shutting_down() -> Outcome {
 }
 
 fn prefetch_token(shared: &Shared) {
-    if let Err(e) = shared.tokens.get(shared.clock.unix_now()) {
+    // Refused credentials were logged as a configuration error already: no retry helps.
+    if let Err(e) = shared.tokens.get(shared.clock.unix_now())
+        && !matches!(e, token::TokenError::Rejected(_))
+    {
         log::warn!("wns: no access token at start ({e}); will retry on the first push");
     }
 }
@@ -390,7 +399,7 @@ fn process(shared: &Shared, mut job: Job) {
     }
     let token = match shared.tokens.get(shared.clock.unix_now()) {
         Ok(t) => t,
-        Err(e) => return job.finish(Outcome::Transient(e.to_string())),
+        Err(e) => return job.finish(e.outcome()),
     };
     let sent = Instant::now();
     let answer = shared.client.post(
@@ -437,7 +446,7 @@ fn on_verdict(shared: &Shared, mut job: Job, verdict: Verdict, token_generation:
                 .refresh_after_401(token_generation, shared.clock.unix_now())
             {
                 Ok(_) => process(shared, job),
-                Err(e) => job.finish(Outcome::Transient(e.to_string())),
+                Err(e) => job.finish(e.outcome()),
             }
         }
         Verdict::Unauthorized => {

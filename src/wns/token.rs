@@ -9,7 +9,12 @@
 //!   ([`TokenCache::refresh_after_401`]); however many workers ask at once, exactly one
 //!   token request is made and the others wait for its result;
 //! - a failed token request is not repeated by every job: callers within
-//!   [`FAILURE_BACKOFF`] get the same error at once.
+//!   [`FAILURE_BACKOFF`] get the same error at once;
+//! - credentials the endpoint refuses are a configuration error, not a passing failure
+//!   (issue 10 item 16): the log line is an error naming `wns.packet_id` and
+//!   `wns.client_secret`, a push without a token comes to `Misconfigured`
+//!   ([`TokenError::outcome`]), and [`TokenCache::credentials_rejected`] feeds `/health`
+//!   and the `uwpx_wns_credentials_rejected` gauge until a token is issued again.
 //!
 //! Threads: `wns-worker-*` call it; `main` loads the persisted token at start. Locks:
 //! `state` (never held across the HTTP request; a `Condvar` parks waiters).
@@ -17,6 +22,9 @@
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use super::Outcome;
+use crate::metrics::{METRICS, TokenResult};
 
 pub use crate::types::SavedToken;
 
@@ -61,10 +69,12 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Why no token could be had. Jobs turn this into a transient outcome.
+/// Why no token could be had. A job turns this into its outcome with
+/// [`TokenError::outcome`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
-    /// The endpoint refused the credentials (`invalid_client`): wrong packet_id or secret.
+    /// The endpoint refused the credentials (400/401/403, e.g. `invalid_client`): wrong
+    /// packet_id or secret, or a secret that expired. Only the operator can fix it.
     Rejected(String),
     /// The endpoint could not be reached (DNS, TCP, TLS, timeout).
     Unreachable(String),
@@ -83,6 +93,19 @@ impl fmt::Display for TokenError {
             Self::BadResponse(e) => {
                 write!(f, "the WNS token endpoint gave an unusable answer: {e}")
             }
+        }
+    }
+}
+
+impl TokenError {
+    /// What a push that got no token comes to. Refused credentials are the operator's
+    /// to fix, so `Misconfigured` (the XMPP server is still told `wait`, and the
+    /// registration answer says "Server misconfigured"); an endpoint that is down or
+    /// answers nonsense may recover, so `Transient`.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Rejected(_) => Outcome::Misconfigured(self.to_string()),
+            Self::Unreachable(_) | Self::BadResponse(_) => Outcome::Transient(self.to_string()),
         }
     }
 }
@@ -158,6 +181,15 @@ impl TokenCache {
         self.lock().token.as_ref().map(|t| t.expires_at)
     }
 
+    /// The endpoint's answer (e.g. "HTTP 400 invalid_client") if its last one refused
+    /// our credentials: the health check reports it until a token is issued again.
+    pub fn credentials_rejected(&self) -> Option<String> {
+        match &self.lock().failure {
+            Some((_, TokenError::Rejected(answer))) => Some(answer.clone()),
+            _ => None,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -226,11 +258,20 @@ impl TokenCache {
                 };
                 state.token = Some(token.clone());
                 state.failure = None;
+                METRICS.token_request(TokenResult::Issued);
                 log::info!("wns: new access token (expires in {} s)", fresh.expires_in);
                 Ok(token)
             }
             Err(e) => {
-                log::error!("wns: {e}");
+                if let TokenError::Rejected(_) = e {
+                    METRICS.token_request(TokenResult::Rejected);
+                    log::error!(
+                        "wns: configuration error: {e}; no push can be delivered until they are fixed"
+                    );
+                } else {
+                    METRICS.token_request(TokenResult::Failed);
+                    log::error!("wns: {e}");
+                }
                 state.failure = Some((Instant::now(), e.clone()));
                 // A still-valid old token keeps working while the refresh is retried.
                 match &state.token {
@@ -332,5 +373,46 @@ mod tests {
                 .to_string()
                 .contains("wns.client_secret")
         );
+    }
+
+    /// Issue 10 item 16: refused credentials were reported as a transient failure.
+    #[test]
+    fn rejected_credentials_are_a_configuration_error_until_a_token_comes() {
+        let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let r = refuse.clone();
+        let c = TokenCache::new(
+            Box::new(move || {
+                if r.load(Ordering::SeqCst) {
+                    Err(TokenError::Rejected("HTTP 400 invalid_client".into()))
+                } else {
+                    Ok(Fresh {
+                        access_token: "t".into(),
+                        expires_in: 3600,
+                    })
+                }
+            }),
+            None,
+            0,
+        );
+        // A token first, then the endpoint starts refusing (a secret revoked or expired).
+        refuse.store(false, Ordering::SeqCst);
+        assert!(c.get(5).is_ok());
+        assert_eq!(c.credentials_rejected(), None);
+        refuse.store(true, Ordering::SeqCst);
+        // In the refresh-ahead window the refresh fails; the old token still serves.
+        assert!(c.get(3500).is_ok());
+        assert_eq!(
+            c.credentials_rejected().as_deref(),
+            Some("HTTP 400 invalid_client")
+        );
+        let e = TokenError::Rejected("HTTP 400 invalid_client".into());
+        assert!(matches!(e.outcome(), Outcome::Misconfigured(m) if m.contains("wns.packet_id")));
+        // Fixed (or the endpoint recovered): a new token clears the report.
+        refuse.store(false, Ordering::SeqCst);
+        assert!(c.get(3501).is_ok());
+        assert_eq!(c.credentials_rejected(), None);
+        // An endpoint that is down stays transient.
+        let down = TokenError::Unreachable("timeout".into());
+        assert!(matches!(down.outcome(), Outcome::Transient(_)));
     }
 }

@@ -17,6 +17,7 @@
 //! cached plan.
 
 mod commit;
+mod listing;
 mod schema;
 
 use std::collections::HashMap;
