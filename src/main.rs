@@ -155,7 +155,10 @@ fn init_logging(config: &Config) -> Result<(), String> {
     builder
         .set_target_level(LevelFilter::Off)
         .set_thread_level(LevelFilter::Off)
-        .set_time_format_rfc3339();
+        .set_time_format_rfc3339()
+        // Only our own lines: driver crates log query parameters (tokio-postgres at
+        // debug), and those carry secrets, device ids and channel URIs.
+        .add_filter_allow_str("uwpx_push_server");
     let _ = builder.set_time_offset_to_local();
     let log_config = builder.build();
     let mut loggers: Vec<Box<dyn SharedLogger>> = vec![WriteLogger::new(

@@ -134,13 +134,9 @@ fn devices_unseen_for_the_ttl_are_swept_at_start() {
         assert_eq!(c.send_json(&set_channel(2, d, &channel(1)))["status"], 1);
     }
     server.stop();
-    let db = rusqlite::Connection::open(server.db_path()).unwrap();
-    db.execute(
+    server.db().exec(
         "UPDATE devices SET last_seen_at = last_seen_at - 100 * 86400 WHERE device_id = 'aa01'",
-        [],
-    )
-    .unwrap();
-    drop(db);
+    );
     server.launch();
     assert!(server.log_shows("expiry: removed 1 devices not seen for 90 days"));
     let dump = server.dump();

@@ -510,16 +510,10 @@ fn a_delivery_moves_last_seen_forward() {
     let (wns, mut server) = start(json!({}));
     let c = server.client();
     register(&c, &wns, 2, "d7", "seen", None);
-    let before: i64 = server
-        .db()
-        .query_row("SELECT last_seen_at FROM devices", [], |r| r.get(0))
-        .unwrap();
+    let before = server.db().int("SELECT last_seen_at FROM devices");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(c.send_json(&test_push(2, "d7"))["status"], 1);
     assert_eq!(server.stop(), Some(0)); // flushes the batched last-seen writes
-    let after: i64 = server
-        .db()
-        .query_row("SELECT last_seen_at FROM devices", [], |r| r.get(0))
-        .unwrap();
+    let after = server.db().int("SELECT last_seen_at FROM devices");
     assert!(after > before, "{before} -> {after}");
 }

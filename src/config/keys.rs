@@ -222,6 +222,21 @@ pub const KEYS: &[Key] = &[
         "SQLite `synchronous` mode: \"full\" (a commit survives power loss) or \"normal\" (a commit survives a process crash; faster).",
     ),
     key(
+        "db.url",
+        "",
+        "PostgreSQL instead of SQLite: `postgres://USER:PASSWORD@HOST:PORT/DBNAME` (or `postgresql://`, with options such as `?sslmode=require`). Not together with `db.path`. The password is masked in `check-config` and never logged.",
+    ),
+    key(
+        "db.pool_size",
+        "8",
+        "PostgreSQL connections this instance keeps open.",
+    ),
+    key(
+        "db.ca_file",
+        "",
+        "PEM root certificate trusted, besides the system's, for TLS to PostgreSQL (`sslmode=require`).",
+    ),
+    key(
         "db.device_ttl_days",
         "90",
         "A device neither registered nor successfully pushed to for this many days is removed, with its accounts (hourly sweep).",

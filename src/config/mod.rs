@@ -92,6 +92,65 @@ impl fmt::Debug for Masked {
     }
 }
 
+/// `db.url`: a PostgreSQL connection URL. It carries a password, so `Debug` (what
+/// `check-config` prints) and [`DbUrl::masked`] (what logs use) replace it with stars.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbUrl(String);
+
+impl DbUrl {
+    /// Accepts `postgres://` and `postgresql://` URLs.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err("must be a postgres:// or postgresql:// URL".into())
+        }
+    }
+
+    /// The URL with its password, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password (if any) replaced by `****`.
+    pub fn masked(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return "****".into();
+        };
+        let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                let pass = if userinfo.contains(':') { ":****" } else { "" };
+                let query = mask_query_password(tail);
+                format!("{scheme}://{user}{pass}@{host}{query}")
+            }
+            None => format!("{scheme}://{authority}{}", mask_query_password(tail)),
+        }
+    }
+}
+
+/// `…?password=x&…` → `…?password=****&…`.
+fn mask_query_password(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|kv| match kv.split_once('=') {
+            Some(("password", _)) => "password=****".to_owned(),
+            _ => kv.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", query.join("&"))
+}
+
+impl fmt::Debug for DbUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.masked())
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -151,8 +210,14 @@ impl fmt::Debug for TlsConfig {
 /// `db.*`.
 #[derive(Debug, Clone)]
 pub struct DbConfig {
-    /// Absolute path of the SQLite file.
+    /// Absolute path of the SQLite file (unused when `url` is set).
     pub path: PathBuf,
+    /// `db.url`: PostgreSQL instead of SQLite when set.
+    pub url: Option<DbUrl>,
+    /// `db.pool_size`: PostgreSQL connections this instance keeps open.
+    pub pool_size: u32,
+    /// `db.ca_file`, read at load time: a root trusted for TLS to PostgreSQL.
+    pub ca_pem: Option<Pem>,
     /// `db.synchronous`.
     pub synchronous: Synchronous,
     /// `db.device_ttl_days`.
@@ -363,10 +428,23 @@ impl Config {
                 ));
             }
         };
+        let url = match doc.string("db.url")? {
+            None => None,
+            Some(u) => Some(DbUrl::parse(&u).map_err(|e| invalid("db.url", e))?),
+        };
+        if url.is_some() && doc.get("db.path").is_some() {
+            return Err(invalid(
+                "db.url",
+                "cannot be set together with db.path: db.path selects SQLite, db.url PostgreSQL; keep one",
+            ));
+        }
         let db = DbConfig {
             path: doc
                 .path("db.path")?
                 .unwrap_or_else(|| base.join("pushServer.db")),
+            url,
+            pool_size: doc.integer("db.pool_size", 1, 1000)?.unwrap_or(8) as u32,
+            ca_pem: read_pem(&doc, "db.ca_file")?,
             synchronous,
             device_ttl_days: doc.integer("db.device_ttl_days", 1, 3650)?.unwrap_or(90) as u32,
         };

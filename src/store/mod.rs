@@ -2,8 +2,9 @@
 //! client mode's list of removed nodes. This is the storage boundary.
 //!
 //! [`Store`] is the one type the rest of the server calls. Its backend is chosen at
-//! open; today that is SQLite ([`sqlite`]), and a second backend is one more variant of
-//! `Backend` implementing the same methods. Nothing outside this module sees SQL, a
+//! open from the `db.*` configuration: SQLite (`sqlite/`, one file, the default) or
+//! PostgreSQL (`postgres/`, shared by several instances). Both implement the same
+//! methods; `Backend` is an enum, so the choice costs one branch per call. Nothing outside this module sees SQL, a
 //! driver type or a driver error code: failures arrive as a [`StoreError`], a small
 //! enum that `registration/wire.rs` and `xmpp/reply.rs` each map to their wire once.
 //!
@@ -17,6 +18,7 @@
 //! `wns-worker-*` (outcome side effects, the token), `ops-expiry`, `main` (open/close).
 //! Locks: the backend's own, never across I/O.
 
+mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -184,6 +186,7 @@ pub struct Store {
 
 enum Backend {
     Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
 }
 
 /// Delegates a method call to the backend.
@@ -191,6 +194,7 @@ macro_rules! backend {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
         match &$self.backend {
             Backend::Sqlite(b) => b.$method($($arg),*),
+            Backend::Postgres(b) => b.$method($($arg),*),
         }
     };
 }
@@ -199,7 +203,12 @@ impl Store {
     /// Opens the database the `db.*` configuration names, creating and migrating it as
     /// needed: the backend is chosen here and nowhere else.
     pub fn open(db: &DbConfig) -> Result<Self, StoreError> {
-        Self::open_sqlite(&db.path, db.synchronous)
+        match &db.url {
+            Some(url) => Ok(Self {
+                backend: Backend::Postgres(postgres::Postgres::open(db, url.expose())?),
+            }),
+            None => Self::open_sqlite(&db.path, db.synchronous),
+        }
     }
 
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
@@ -352,9 +361,7 @@ impl Store {
 
     /// What the backend is, for the start-up log line (`sqlite /path/to/file`).
     pub fn describe(&self) -> String {
-        match &self.backend {
-            Backend::Sqlite(b) => b.describe(),
-        }
+        backend!(self.describe())
     }
 
     /// Flushes and closes: after a clean shutdown the database is complete on its own
@@ -362,6 +369,7 @@ impl Store {
     pub fn close(self) -> Result<(), StoreError> {
         match self.backend {
             Backend::Sqlite(b) => b.close(),
+            Backend::Postgres(b) => b.close(),
         }
     }
 }

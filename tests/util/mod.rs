@@ -44,6 +44,11 @@ impl Drop for TempDir {
     }
 }
 
+/// The test database on either backend.
+#[path = "db.rs"]
+pub mod db;
+pub use db::{Db, on_postgres};
+
 /// Test certificates made at run time.
 #[path = "cert.rs"]
 mod cert;
@@ -96,7 +101,7 @@ impl Server {
         let mut config = json!({
             "xmpp": {"bare_jid": PUSH_JID},
             "tcp": {"host": "127.0.0.1", "port": 0, "read_timeout_ms": 2000},
-            "db": {"path": "push.db", "synchronous": "normal"},
+            "db": db::db_section(),
             "log": {"level": "debug"},
         });
         let cert = setup.tls.then(|| {
@@ -217,31 +222,31 @@ impl Server {
         self.launch();
     }
 
+    /// The SQLite file (SQLite runs only).
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("push.db")
     }
 
-    /// Opens the database read-only beside the running server (WAL allows it).
-    pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open_with_flags(
-            self.db_path(),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap()
+    /// The server's configuration as written.
+    pub fn config_value(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(&self.config).unwrap()).unwrap()
+    }
+
+    /// A connection to the server's database beside the running server (SQLite's WAL
+    /// and PostgreSQL both allow it).
+    pub fn db(&self) -> Db {
+        Db::open(&self.config_value(), self.dir.path())
     }
 
     /// A snapshot of everything stored, for "nothing changed" assertions.
     pub fn dump(&self) -> Vec<String> {
-        let db = self.db();
-        let mut out = Vec::new();
-        for sql in [
-            "SELECT device_id || ' ' || channel_uri || ' ' || version || ' ' || ifnull(account_form,'-') FROM devices ORDER BY 1",
-            "SELECT device_id || ' ' || account_key || ' ' || ifnull(domain,'-') || ' ' || node || ' ' || secret FROM accounts ORDER BY 1",
-        ] {
-            let mut stmt = db.prepare(sql).unwrap();
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0)).unwrap();
-            out.extend(rows.map(Result::unwrap));
-        }
+        let mut db = self.db();
+        let mut out = db.rows(
+            "SELECT device_id || ' ' || channel_uri || ' ' || CAST(version AS TEXT) || ' ' || coalesce(account_form,'-') FROM devices ORDER BY 1",
+        );
+        out.extend(db.rows(
+            "SELECT device_id || ' ' || account_key || ' ' || coalesce(domain,'-') || ' ' || node || ' ' || secret FROM accounts ORDER BY 1",
+        ));
         out
     }
 

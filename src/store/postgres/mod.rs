@@ -1,0 +1,618 @@
+//! The PostgreSQL backend: the same data and contract as SQLite's, in a database that
+//! several instances on several hosts can share.
+//!
+//! An r2d2 pool of `db.pool_size` connections. Each connection carries its own cache
+//! of prepared statements, so a hot query is parsed once per connection, not once per
+//! call (that cache is why the pool manages [`PgConn`] rather than r2d2_postgres's bare
+//! client). Every write is one transaction on one connection, and a method returns only
+//! after its COMMIT: PostgreSQL's own group commit batches the WAL flushes of
+//! concurrent writers, so no batching of ours sits on top.
+//!
+//! Concurrent registrations for one device serialise on its row: `set_accounts` locks
+//! the device row first (its `UPDATE`), then reads and changes the accounts, so two of
+//! them never both create the same account or lose each other's change, and no two
+//! transactions take row locks in opposite orders.
+//!
+//! Failures: a connection that breaks (the server restarted) is replaced, and a call
+//! that failed on it is tried once more on a fresh one (every write here is
+//! idempotent). An unreachable database is [`StoreError::Unavailable`]; a statement
+//! that outlives the statement timeout or loses a lock wait is [`StoreError::Busy`].
+//! The log says once that the database went away, and once that it is back.
+//!
+//! Threads: whichever thread calls [`super::Store`]; r2d2's own `r2d2-worker-*`
+//! threads open connections in the background. Locks: the pool's, briefly; row locks
+//! in PostgreSQL for the length of one transaction, never across our network I/O.
+
+mod listing;
+mod schema;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::{Client, Statement};
+use postgres_native_tls::MakeTlsConnector;
+
+use super::{AccountRecord, AccountSpec, Counts, DeviceRecord, NodeTarget, StoreError};
+use crate::config::DbConfig;
+use crate::types::{
+    AccountForm, AccountKey, ChannelUri, DeviceId, Node, ProtocolVersion, SavedToken, Secret,
+};
+
+/// How long a call waits for a free (or new) connection before it is answered
+/// [`StoreError::Unavailable`].
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest statement, and longest wait for a row lock: a request must get its answer
+/// well within `tcp.read_timeout_ms` (10 s by default) even when the database is slow.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        let Some(db) = e.as_db_error() else {
+            // No answer from the server at all: the connection is gone or never came.
+            return Self::Unavailable(e.to_string().into());
+        };
+        let code = db.code();
+        if [
+            SqlState::QUERY_CANCELED,
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ]
+        .contains(code)
+        {
+            Self::Busy
+        } else if *code == SqlState::DISK_FULL {
+            Self::Full
+        } else if *code == SqlState::DATA_CORRUPTED || *code == SqlState::INDEX_CORRUPTED {
+            Self::Corrupt(db.message().into())
+        } else if code.code().starts_with("08")
+            || code.code().starts_with("28")
+            || code.code().starts_with("57P")
+            || *code == SqlState::TOO_MANY_CONNECTIONS
+        {
+            Self::Unavailable(db.message().into())
+        } else {
+            Self::Internal(e.to_string().into())
+        }
+    }
+}
+
+/// One pooled connection and its prepared statements.
+pub struct PgConn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl PgConn {
+    /// The prepared statement for `sql`, prepared on first use on this connection.
+    fn statement(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(sql)?;
+        self.statements.insert(sql, s.clone());
+        Ok(s)
+    }
+}
+
+/// Opens connections for the pool.
+struct Manager {
+    config: postgres::Config,
+    tls: MakeTlsConnector,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = PgConn;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> Result<PgConn, postgres::Error> {
+        Ok(PgConn {
+            client: self.config.connect(self.tls.clone())?,
+            statements: HashMap::new(),
+        })
+    }
+
+    fn is_valid(&self, conn: &mut PgConn) -> Result<(), postgres::Error> {
+        conn.client.simple_query("").map(|_| ())
+    }
+
+    fn has_broken(&self, conn: &mut PgConn) -> bool {
+        conn.client.is_closed()
+    }
+}
+
+/// The PostgreSQL database.
+pub struct Postgres {
+    pool: r2d2::Pool<Manager>,
+    /// `host:port/dbname`, for the log (never the password).
+    label: String,
+    /// False while the database is unreachable, so that is logged once.
+    reachable: AtomicBool,
+}
+
+impl Postgres {
+    /// Connects once (so wrong credentials or an unreachable host fail here, with the
+    /// server's own words), migrates, and builds the pool.
+    pub fn open(db: &DbConfig, url: &str) -> Result<Self, StoreError> {
+        let mut config: postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("db.url: {e}").into()))?;
+        let label = label(&config);
+        let ms = STATEMENT_TIMEOUT.as_millis();
+        config
+            .application_name("uwpx-push-server")
+            .connect_timeout(CHECKOUT_TIMEOUT)
+            .keepalives_idle(Duration::from_secs(30))
+            .options(&format!(
+                "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={}",
+                ms * 2
+            ));
+        let tls = tls_connector(db)?;
+        let manager = Manager { config, tls };
+        let mut first = r2d2::ManageConnection::connect(&manager).map_err(|e| {
+            StoreError::Unavailable(format!("PostgreSQL at {label}: {}", describe(&e)).into())
+        })?;
+        schema::migrate(&mut first.client)?;
+        let pool = r2d2::Pool::builder()
+            .max_size(db.pool_size)
+            .min_idle(Some(db.pool_size.min(2)))
+            .connection_timeout(CHECKOUT_TIMEOUT)
+            // A dead connection is found by `has_broken` or by the call that meets it
+            // (and is retried); a test query per checkout would cost a round trip.
+            .test_on_check_out(false)
+            .error_handler(Box::new(r2d2::NopErrorHandler))
+            .build_unchecked(manager);
+        drop(first);
+        Ok(Self {
+            pool,
+            label,
+            reachable: AtomicBool::new(true),
+        })
+    }
+
+    /// `postgresql host:port/dbname`.
+    pub fn describe(&self) -> String {
+        format!("postgresql {}", self.label)
+    }
+
+    /// Runs `f` on a pooled connection; on a connection-level failure, once more on a
+    /// fresh one. Logs the database going away and coming back, once each.
+    fn with<R>(&self, f: impl Fn(&mut PgConn) -> Result<R, StoreError>) -> Result<R, StoreError> {
+        let mut result = self.attempt(&f);
+        if matches!(result, Err(StoreError::Unavailable(_))) {
+            result = self.attempt(&f);
+        }
+        match &result {
+            Err(StoreError::Unavailable(why)) => {
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    log::error!(
+                        "store: PostgreSQL at {} is unavailable ({why}); requests are answered \"try again later\" until it is back",
+                        self.label
+                    );
+                }
+            }
+            _ => {
+                if !self.reachable.swap(true, Ordering::AcqRel) {
+                    log::info!("store: PostgreSQL at {} is back", self.label);
+                }
+            }
+        }
+        result
+    }
+
+    fn attempt<R>(
+        &self,
+        f: &impl Fn(&mut PgConn) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let mut conn = self
+            .pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(e.to_string().into()))?;
+        // A connection that broke during `f` reports `is_closed` and is dropped by the
+        // pool when it comes back (`has_broken`).
+        f(&mut conn)
+    }
+
+    /// Creates the device or updates its channel and version, keeping its accounts.
+    pub fn set_channel(
+        &self,
+        device: &DeviceId,
+        uri: &ChannelUri,
+        version: ProtocolVersion,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let version = i16::from(version.number());
+        self.with(|c| {
+            let s = c.statement(
+                "INSERT INTO devices (device_id, channel_uri, version, created_at, updated_at, last_seen_at)
+                 VALUES ($1, $2, $3, $4, $4, $4)
+                 ON CONFLICT (device_id) DO UPDATE SET
+                   channel_uri = excluded.channel_uri, version = excluded.version,
+                   updated_at = excluded.updated_at, last_seen_at = excluded.last_seen_at",
+            )?;
+            c.client
+                .execute(&s, &[&device.as_str(), &uri.as_str(), &version, &now])?;
+            Ok(())
+        })
+    }
+
+    /// Replaces the device's account set in one transaction (see the module docs for
+    /// why it cannot race with itself).
+    pub fn set_accounts(
+        &self,
+        device: &DeviceId,
+        version: ProtocolVersion,
+        form: Option<AccountForm>,
+        accounts: &[AccountSpec],
+        now: i64,
+    ) -> Result<Option<Vec<AccountRecord>>, StoreError> {
+        self.with(|c| replace_accounts(c, device, version, form, accounts, now))
+    }
+
+    /// Loads one device.
+    pub fn device(&self, device: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+        self.with(|c| {
+            let s = c.statement(
+                "SELECT channel_uri, version, account_form, updated_at, last_seen_at
+                 FROM devices WHERE device_id = $1",
+            )?;
+            let row = c.client.query_opt(&s, &[&device.as_str()])?;
+            Ok(row.map(|r| DeviceRecord {
+                device_id: device.clone(),
+                channel_uri: ChannelUri::from_stored(r.get(0)),
+                version: stored_version(r.get(1)),
+                account_form: form_of(r.get(2)),
+                updated_at: r.get(3),
+                last_seen_at: r.get(4),
+            }))
+        })
+    }
+
+    /// The push target behind a node (the publish hot path: one indexed join).
+    pub fn node_target(&self, node: &Node) -> Result<Option<NodeTarget>, StoreError> {
+        self.with(|c| {
+            let s = c.statement(
+                "SELECT a.device_id, a.account_key, a.domain, a.secret, d.channel_uri, d.version,
+                        d.account_form, d.last_seen_at
+                 FROM accounts a JOIN devices d USING (device_id) WHERE a.node = $1",
+            )?;
+            let row = c.client.query_opt(&s, &[&node.as_str()])?;
+            Ok(row.map(|r| NodeTarget {
+                device_id: DeviceId::from_stored(r.get(0)),
+                account_key: AccountKey::from_stored(r.get(1)),
+                domain: r.get(2),
+                secret: Secret::from_stored(r.get(3)),
+                channel_uri: ChannelUri::from_stored(r.get(4)),
+                version: stored_version(r.get(5)),
+                account_form: form_of(r.get(6)),
+                last_seen_at: r.get(7),
+            }))
+        })
+    }
+
+    /// The accounts of one device, ordered by key.
+    pub fn accounts(&self, device: &DeviceId) -> Result<Vec<AccountRecord>, StoreError> {
+        self.with(|c| {
+            let s = c.statement(
+                "SELECT account_key, node, secret FROM accounts WHERE device_id = $1 ORDER BY account_key",
+            )?;
+            let rows = c.client.query(&s, &[&device.as_str()])?;
+            Ok(rows
+                .iter()
+                .map(|r| AccountRecord {
+                    key: AccountKey::from_stored(r.get(0)),
+                    node: Node::from_stored(r.get(1)),
+                    secret: Secret::from_stored(r.get(2)),
+                    created: false,
+                })
+                .collect())
+        })
+    }
+
+    /// Deletes the device, but only if its channel is still `uri`.
+    pub fn delete_device_if_channel(
+        &self,
+        device: &DeviceId,
+        uri: &ChannelUri,
+    ) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let s = c.statement("DELETE FROM devices WHERE device_id = $1 AND channel_uri = $2")?;
+            Ok(c.client.execute(&s, &[&device.as_str(), &uri.as_str()])? > 0)
+        })
+    }
+
+    /// Moves `last_seen_at` forward for each device, in one statement. Sorted by id, so
+    /// two flushes lock their rows in the same order and cannot deadlock.
+    pub fn touch_devices(&self, seen: &[(DeviceId, i64)]) -> Result<(), StoreError> {
+        let mut seen: Vec<&(DeviceId, i64)> = seen.iter().collect();
+        seen.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let ids: Vec<&str> = seen.iter().map(|(d, _)| d.as_str()).collect();
+        let ats: Vec<i64> = seen.iter().map(|(_, at)| *at).collect();
+        self.with(|c| {
+            let s = c.statement(
+                "UPDATE devices d SET last_seen_at = greatest(d.last_seen_at, v.at)
+                 FROM unnest($1::text[], $2::bigint[]) AS v(id, at) WHERE d.device_id = v.id",
+            )?;
+            c.client.execute(&s, &[&ids, &ats])?;
+            Ok(())
+        })
+    }
+
+    /// The persisted WNS token, if any.
+    pub fn load_token(&self) -> Result<Option<SavedToken>, StoreError> {
+        self.with(|c| {
+            let s = c.statement("SELECT access_token, expires_at FROM wns_token WHERE id = 1")?;
+            Ok(c.client.query_opt(&s, &[])?.map(|r| SavedToken {
+                access_token: r.get(0),
+                expires_at: r.get(1),
+            }))
+        })
+    }
+
+    /// Persists the WNS token.
+    pub fn save_token(&self, token: &SavedToken) -> Result<(), StoreError> {
+        self.with(|c| {
+            let s = c.statement(
+                "INSERT INTO wns_token (id, access_token, token_type, expires_at) VALUES (1, $1, 'bearer', $2)
+                 ON CONFLICT (id) DO UPDATE SET access_token = excluded.access_token,
+                   expires_at = excluded.expires_at",
+            )?;
+            c.client
+                .execute(&s, &[&token.access_token, &token.expires_at])?;
+            Ok(())
+        })
+    }
+
+    /// Sets the `track_removed_nodes` setting the trigger reads; off also clears the list.
+    pub fn track_removed_nodes(&self, enabled: bool) -> Result<(), StoreError> {
+        self.with(|c| {
+            let mut tx = c.client.transaction()?;
+            tx.execute(
+                "UPDATE settings SET value = $1 WHERE key = 'track_removed_nodes'",
+                &[&i64::from(enabled)],
+            )?;
+            if !enabled {
+                tx.execute("DELETE FROM removed_nodes", &[])?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Every node in the database.
+    pub fn all_nodes(&self) -> Result<Vec<Node>, StoreError> {
+        self.nodes("SELECT node FROM accounts", None)
+    }
+
+    /// Up to `limit` nodes whose accounts were deleted.
+    pub fn removed_nodes(&self, limit: usize) -> Result<Vec<Node>, StoreError> {
+        self.nodes(
+            "SELECT node FROM removed_nodes LIMIT $1",
+            Some(limit as i64),
+        )
+    }
+
+    fn nodes(&self, sql: &'static str, limit: Option<i64>) -> Result<Vec<Node>, StoreError> {
+        self.with(|c| {
+            let s = c.statement(sql)?;
+            let rows = match limit {
+                Some(l) => c.client.query(&s, &[&l])?,
+                None => c.client.query(&s, &[])?,
+            };
+            Ok(rows.iter().map(|r| Node::from_stored(r.get(0))).collect())
+        })
+    }
+
+    /// Forgets nodes whose PEP node is gone.
+    pub fn forget_removed_nodes(&self, nodes: &[Node]) -> Result<(), StoreError> {
+        let nodes: Vec<&str> = nodes.iter().map(Node::as_str).collect();
+        self.with(|c| {
+            let s = c.statement("DELETE FROM removed_nodes WHERE node = ANY($1)")?;
+            c.client.execute(&s, &[&nodes])?;
+            Ok(())
+        })
+    }
+
+    /// Deletes devices last seen before `cutoff`, 500 per transaction.
+    pub fn expire_devices(&self, cutoff: i64) -> Result<usize, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = self.with(|c| {
+                let s = c.statement(
+                    "DELETE FROM devices WHERE device_id IN
+                       (SELECT device_id FROM devices WHERE last_seen_at < $1 LIMIT 500)",
+                )?;
+                Ok(c.client.execute(&s, &[&cutoff])? as usize)
+            })?;
+            total += n;
+            if n < 500 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Deletes one device and its accounts; false if unknown.
+    pub fn remove_device(&self, device: &DeviceId) -> Result<bool, StoreError> {
+        self.with(|c| {
+            let s = c.statement("DELETE FROM devices WHERE device_id = $1")?;
+            Ok(c.client.execute(&s, &[&device.as_str()])? > 0)
+        })
+    }
+
+    /// Whether the database answers.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.client.simple_query("SELECT 1")?;
+            Ok(())
+        })
+    }
+
+    /// Unix seconds of the least and most recently seen devices.
+    pub fn seen_range(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        self.with(|c| {
+            let row = c.client.query_one(
+                "SELECT min(last_seen_at), max(last_seen_at) FROM devices",
+                &[],
+            )?;
+            Ok(match (row.get(0), row.get(1)) {
+                (Some(a), Some(b)) => Some((a, b)),
+                _ => None,
+            })
+        })
+    }
+
+    /// How many devices and accounts are stored.
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        self.with(|c| {
+            let row = c.client.query_one(
+                "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM accounts)",
+                &[],
+            )?;
+            Ok(Counts {
+                devices: row.get::<_, i64>(0) as u64,
+                accounts: row.get::<_, i64>(1) as u64,
+            })
+        })
+    }
+
+    /// Closes every connection.
+    pub fn close(self) -> Result<(), StoreError> {
+        drop(self.pool);
+        Ok(())
+    }
+}
+
+fn replace_accounts(
+    c: &mut PgConn,
+    device: &DeviceId,
+    version: ProtocolVersion,
+    form: Option<AccountForm>,
+    accounts: &[AccountSpec],
+    now: i64,
+) -> Result<Option<Vec<AccountRecord>>, StoreError> {
+    let lock = c.statement(
+        "UPDATE devices SET version = $2, account_form = coalesce($3, account_form),
+           updated_at = $4, last_seen_at = $4
+         WHERE device_id = $1",
+    )?;
+    let existing =
+        c.statement("SELECT account_key, node, secret FROM accounts WHERE device_id = $1")?;
+    let insert = c.statement(
+        "INSERT INTO accounts (device_id, account_key, domain, node, secret, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (node) DO NOTHING",
+    )?;
+    let delete = c.statement("DELETE FROM accounts WHERE device_id = $1 AND account_key = $2")?;
+    let mut tx = c.client.transaction()?;
+    let version = i16::from(version.number());
+    let form = form.map(AccountForm::json_key);
+    if tx.execute(&lock, &[&device.as_str(), &version, &form, &now])? == 0 {
+        return Ok(None);
+    }
+    let mut have: HashMap<String, (String, String)> = tx
+        .query(&existing, &[&device.as_str()])?
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect();
+    let mut out = Vec::with_capacity(accounts.len());
+    for spec in accounts {
+        let record = match have.remove(spec.key.as_str()) {
+            Some((node, secret)) => AccountRecord {
+                key: spec.key.clone(),
+                node: Node::from_stored(node),
+                secret: Secret::from_stored(secret),
+                created: false,
+            },
+            None => {
+                let (node, secret) = loop {
+                    // A node collision (2^-128 odds, but the column is UNIQUE) draws
+                    // again instead of failing the registration.
+                    let node = Node::generate().map_err(StoreError::Random)?;
+                    let secret = Secret::generate().map_err(StoreError::Random)?;
+                    let params: [&(dyn postgres::types::ToSql + Sync); 6] = [
+                        &device.as_str(),
+                        &spec.key.as_str(),
+                        &spec.domain,
+                        &node.as_str(),
+                        &secret.expose(),
+                        &now,
+                    ];
+                    if tx.execute(&insert, &params)? == 1 {
+                        break (node, secret);
+                    }
+                };
+                AccountRecord {
+                    key: spec.key.clone(),
+                    node,
+                    secret,
+                    created: true,
+                }
+            }
+        };
+        out.push(record);
+    }
+    for key in have.keys() {
+        tx.execute(&delete, &[&device.as_str(), &key.as_str()])?;
+    }
+    tx.commit()?;
+    Ok(Some(out))
+}
+
+/// The stored protocol version (the schema only allows 1 and 2).
+fn stored_version(n: i16) -> ProtocolVersion {
+    if n == 2 {
+        ProtocolVersion::V2
+    } else {
+        ProtocolVersion::V1
+    }
+}
+
+fn form_of(stored: Option<String>) -> Option<AccountForm> {
+    stored.as_deref().and_then(AccountForm::from_json_key)
+}
+
+/// `host:port/dbname` of a connection config, for logs.
+fn label(config: &postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("{host}:{port}/{db}")
+}
+
+/// The most telling text of a connection error: the server's own message if it sent
+/// one, else the cause (connection refused, timed out, TLS).
+fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.message().to_owned();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+/// TLS with the system's roots plus `db.ca_file`; whether it is used is the URL's
+/// `sslmode` (`prefer` by default, `require` to insist).
+fn tls_connector(db: &DbConfig) -> Result<MakeTlsConnector, StoreError> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(pem) = &db.ca_pem {
+        let cert = native_tls::Certificate::from_pem(&pem.0)
+            .map_err(|e| StoreError::Unavailable(format!("db.ca_file: {e}").into()))?;
+        builder.add_root_certificate(cert);
+    }
+    let connector = builder
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("TLS setup: {e}").into()))?;
+    Ok(MakeTlsConnector::new(connector))
+}
