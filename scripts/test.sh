@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy, unit, integration and end-to-end tests
-# (real Prosody and ejabberd). Works on a fresh machine with only the Rust toolchain:
+# (real Prosody and ejabberd), twice: on SQLite, then on a real PostgreSQL started here
+# (scripts/pg.sh: initdb as the postgres user, 127.0.0.1, a free port, removed at the
+# end even when a test fails). Works on a fresh machine with only the Rust toolchain:
 # it installs what it needs (Debian packages, a Python venv with slixmpp).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== e2e setup (Prosody, ejabberd, slixmpp venv)"
+echo "== e2e setup (Prosody, ejabberd, slixmpp venv) and PostgreSQL"
 bash scripts/e2e/setup.sh
+bash scripts/pg.sh install
 if command -v rustup >/dev/null 2>&1; then
   installed=$(rustup component list --installed 2>/dev/null || true)
   echo "$installed" | grep -q '^rustfmt' && echo "$installed" | grep -q '^clippy' || rustup component add rustfmt clippy
@@ -18,11 +21,29 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo doc (-D warnings)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --document-private-items --quiet
-echo "== tests"
-# --run-ignored all: the end-to-end tests against real Prosody and ejabberd are
-# ignored by default (they need setup.sh, which ran above).
-if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast --run-ignored all
-else
-  cargo test --no-fail-fast -- --include-ignored
-fi
+run_tests() {
+  # --run-ignored all: the end-to-end tests against real Prosody and ejabberd are
+  # ignored by default (they need setup.sh, which ran above).
+  if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --no-fail-fast --run-ignored all "$@"
+  else
+    cargo test --no-fail-fast "$@" -- --include-ignored
+  fi
+}
+
+echo "== tests on SQLite"
+sqlite_rc=0
+run_tests || sqlite_rc=$?
+
+echo "== tests on PostgreSQL"
+PGDIR=$(mktemp -d /tmp/uwpx-test-pg.XXXXXX)
+trap 'bash scripts/pg.sh destroy "$PGDIR" || true' EXIT
+UWPX_TEST_PG=$(bash scripts/pg.sh start "$PGDIR")
+export UWPX_TEST_PG
+pg_rc=0
+# The unit tests do not touch a database server: the integration tests are enough.
+run_tests --test integration || pg_rc=$?
+unset UWPX_TEST_PG
+
+echo "== results: SQLite pass exit $sqlite_rc, PostgreSQL pass exit $pg_rc"
+[ "$sqlite_rc" = 0 ] && [ "$pg_rc" = 0 ]

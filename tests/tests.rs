@@ -28,6 +28,9 @@ mod robustness;
 /// Configuration loading and the command line.
 mod cli;
 
+/// Storage on both backends: concurrency, kill -9, PostgreSQL's faults.
+mod storage;
+
 /// docs/PROTOCOL.md: every example request sent to the real binary, every answer checked;
 /// the README's first screen and its pointer to the document.
 mod protocol_doc;

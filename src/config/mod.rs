@@ -218,6 +218,9 @@ pub struct DbConfig {
     pub pool_size: u32,
     /// `db.ca_file`, read at load time: a root trusted for TLS to PostgreSQL.
     pub ca_pem: Option<Pem>,
+    /// How long one request may take in all (`tcp.read_timeout_ms`): a database
+    /// server's statement and lock timeouts are cut to fit inside it.
+    pub request_timeout: Duration,
     /// `db.synchronous`.
     pub synchronous: Synchronous,
     /// `db.device_ttl_days`.
@@ -445,6 +448,7 @@ impl Config {
             url,
             pool_size: doc.integer("db.pool_size", 1, 1000)?.unwrap_or(8) as u32,
             ca_pem: read_pem(&doc, "db.ca_file")?,
+            request_timeout: tcp.read_timeout,
             synchronous,
             device_ttl_days: doc.integer("db.device_ttl_days", 1, 3650)?.unwrap_or(90) as u32,
         };

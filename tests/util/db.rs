@@ -127,3 +127,61 @@ impl Db {
         }
     }
 }
+
+/// A PostgreSQL server of a test's own (scripts/pg.sh), for tests that stop and start
+/// the database: the shared test server must not go away under other tests.
+pub struct OwnPg {
+    dir: super::TempDir,
+}
+
+impl OwnPg {
+    pub fn start() -> Self {
+        let dir = super::TempDir::new("pg");
+        let own = Self { dir };
+        own.pg(&["start"]);
+        own
+    }
+
+    fn pg(&self, args: &[&str]) -> String {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .args(args)
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// The admin URL (database `postgres`).
+    pub fn url(&self) -> String {
+        self.pg(&["url"])
+    }
+
+    pub fn port(&self) -> u16 {
+        std::fs::read_to_string(self.dir.path().join("port"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn stop(&self) {
+        self.pg(&["stop"]);
+    }
+
+    pub fn restart(&self) {
+        self.pg(&["start"]);
+    }
+}
+
+impl Drop for OwnPg {
+    fn drop(&mut self) {
+        self.pg(&["stop"]);
+    }
+}

@@ -40,12 +40,14 @@ use crate::types::{
     AccountForm, AccountKey, ChannelUri, DeviceId, Node, ProtocolVersion, SavedToken, Secret,
 };
 
-/// How long a call waits for a free (or new) connection before it is answered
-/// [`StoreError::Unavailable`].
-const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest statement, and longest wait for a row lock: a request must get its answer
-/// well within `tcp.read_timeout_ms` (10 s by default) even when the database is slow.
-pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The timeouts that keep a request's answer within `tcp.read_timeout_ms` however slow
+/// or absent the database is: a statement (or a wait for a row lock) may take half of
+/// it, waiting for a connection a quarter (at most 2 s).
+fn timeouts(request: Duration) -> (Duration, Duration) {
+    let statement = (request / 2).max(Duration::from_millis(100));
+    let checkout = (request / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    (statement, checkout)
+}
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
@@ -140,10 +142,11 @@ impl Postgres {
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("db.url: {e}").into()))?;
         let label = label(&config);
-        let ms = STATEMENT_TIMEOUT.as_millis();
+        let (statement, checkout) = timeouts(db.request_timeout);
+        let ms = statement.as_millis();
         config
             .application_name("uwpx-push-server")
-            .connect_timeout(CHECKOUT_TIMEOUT)
+            .connect_timeout(checkout)
             .keepalives_idle(Duration::from_secs(30))
             .options(&format!(
                 "-c statement_timeout={ms} -c lock_timeout={ms} -c idle_in_transaction_session_timeout={}",
@@ -158,7 +161,7 @@ impl Postgres {
         let pool = r2d2::Pool::builder()
             .max_size(db.pool_size)
             .min_idle(Some(db.pool_size.min(2)))
-            .connection_timeout(CHECKOUT_TIMEOUT)
+            .connection_timeout(checkout)
             // A dead connection is found by `has_broken` or by the call that meets it
             // (and is retried); a test query per checkout would cost a round trip.
             .test_on_check_out(false)
