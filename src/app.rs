@@ -164,8 +164,12 @@ impl App {
                 .map_err(|e| StartError::Bind(addr, e))?,
             ),
         };
-        let server = RegistrationServer::bind(config.tcp.addr, config.tcp.max_connections)
-            .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
+        let server = RegistrationServer::bind(
+            config.tcp.addr,
+            config.tcp.max_connections,
+            config.tcp.max_connections_per_ip,
+        )
+        .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
         let addr = server.local_addr();
         if tls.is_none() {
             log::warn!(

@@ -467,3 +467,90 @@ fn a_flood_of_garbage_and_resets_does_not_take_the_server_down() {
     assert_eq!(after.len(), before.len() + 1);
     assert!(before.iter().all(|row| after.contains(row)));
 }
+
+/// A TCP connection from `source` (any address of 127/8 works on loopback) to `to`.
+fn connect_from(source: std::net::Ipv4Addr, to: std::net::SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let (from, to) = (sockaddr(source, 0), sockaddr(*to.ip(), to.port()));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, plain sockaddr_in values that outlive the calls, and the
+    // descriptor is owned by the TcpStream from here on (or closed on failure).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let r = libc::bind(fd, (&raw const from).cast(), len);
+        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        let r = libc::connect(fd, (&raw const to).cast(), len);
+        assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// Issue 10 item 8: one host holding idle connections up to `tcp.max_connections`
+/// kept every other client out. With the default `tcp.max_connections_per_ip` (64), a
+/// host gets 64 and the rest of its connections are answered busy, and a second
+/// address still registers.
+#[test]
+fn one_address_at_its_cap_does_not_lock_out_another() {
+    let server = Server::start(Setup {
+        extra: json!({"tcp": {"max_connections": 100, "read_timeout_ms": 30000}}),
+        ..Setup::default()
+    });
+    let first = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    let mut held: Vec<TcpStream> = (0..100).map(|_| connect_from(first, server.addr)).collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut busy = 0;
+    for s in &mut held {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                assert!(text.contains("Server busy"), "{text}");
+                busy += 1;
+            }
+            Ok(_) => panic!("closed without an answer"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+        }
+    }
+    assert_eq!(busy, 100 - 64, "connections over the per-address cap");
+    assert!(server.log_shows("registration: 127.0.0.1 is over tcp.max_connections_per_ip (64)"));
+    // Another address is served while the first one holds its 64.
+    let mut other = connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2), server.addr);
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = serde_json::to_vec(&set_channel(2, "face", &channel(7))).unwrap();
+    request.push(0);
+    other.write_all(&request).unwrap();
+    assert_eq!(parse_answer(&read_answer(&mut other))["status"], 1);
+    // The held connections are still served, and their slots come back when closed.
+    held[0].set_nonblocking(false).unwrap();
+    held[0]
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = serde_json::to_vec(&set_channel(2, "feed", &channel(8))).unwrap();
+    request.push(0);
+    held[0].write_all(&request).unwrap();
+    assert_eq!(parse_answer(&read_answer(&mut held[0]))["status"], 1);
+    drop(held);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        server
+            .client()
+            .send_json(&set_channel(2, "beef", &channel(9)))["status"],
+        1
+    );
+}
