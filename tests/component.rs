@@ -409,11 +409,23 @@ fn stream_error_of(
     }
 }
 
-/// Resident memory of a process, from /proc/PID/status.
-pub(crate) fn rss_kib(pid: u32) -> u64 {
+/// A memory figure of a process from /proc/PID/status, in KiB: `VmRSS` (resident now)
+/// or `VmHWM` (the peak of resident).
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+        .unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Resident memory now and at its peak stay under 40 MB.
+fn assert_memory_under_40_mb(pid: u32) {
+    for field in ["VmRSS", "VmHWM"] {
+        let kib = proc_status_kib(pid, field);
+        assert!(kib < 40 * 1000, "{field} {kib} KiB");
+    }
 }
 
 /// Issue 10 item 1: the attributes of a stanza's own start tag count towards the 64 KiB
@@ -439,8 +451,7 @@ fn a_stanza_with_megabytes_of_attributes_is_a_policy_violation() {
         Some("policy-violation")
     );
     sender.join().unwrap();
-    let rss = rss_kib(server.pid());
-    assert!(rss < 40 * 1024, "resident memory {rss} KiB");
+    assert_memory_under_40_mb(server.pid());
     assert!(server.log_shows("xmpp: connection lost: policy violation: stanza larger than 64 KiB"));
     // Still serving: it reconnects and answers.
     let (mut again, _) = accept_raw(&listener, "", true);
@@ -474,7 +485,6 @@ fn a_stream_header_with_100k_attributes_is_a_policy_violation() {
         Some("policy-violation")
     );
     sender.join().unwrap();
-    let rss = rss_kib(server.pid());
-    assert!(rss < 40 * 1024, "resident memory {rss} KiB");
+    assert_memory_under_40_mb(server.pid());
     assert!(server.log_shows("stream header larger than 4 KiB"));
 }

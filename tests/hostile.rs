@@ -554,3 +554,61 @@ fn one_address_at_its_cap_does_not_lock_out_another() {
         1
     );
 }
+
+/// Issue 10 item 9: with `limits.max_request_bytes` at its allowed maximum, 32
+/// connections each sending 15 MiB without a NUL took the server to 502 MB. The bytes
+/// buffered across connections now share one budget: the peak resident memory stays
+/// bounded, the connections over it are answered busy, and a normal client registers.
+#[test]
+fn big_requests_on_many_connections_keep_memory_bounded() {
+    let server = Server::start(Setup {
+        extra: json!({
+            "tcp": {"read_timeout_ms": 60000},
+            "limits": {"max_request_bytes": 16 * 1024 * 1024},
+        }),
+        ..Setup::default()
+    });
+    let addr = server.addr;
+    let senders: Vec<_> = (0..32)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < 15 * 1024 * 1024 {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+                s // held open, with what was sent still buffered by the server
+            })
+        })
+        .collect();
+    let mut held: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let peak = crate::component::proc_status_kib(server.pid(), "VmHWM");
+    eprintln!("peak resident memory: {peak} KiB");
+    assert!(peak < 128 * 1024, "peak resident memory {peak} KiB");
+    assert!(server.log_shows("hold the whole shared buffer"));
+    // Those that were refused got the busy answer.
+    let mut busy = 0;
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        if let Ok(n) = s.read(&mut buf)
+            && String::from_utf8_lossy(&buf[..n]).contains("Server busy")
+        {
+            busy += 1;
+        }
+    }
+    assert!(busy >= 28, "only {busy} of 32 were answered busy");
+    // A normal client registers meanwhile.
+    assert_eq!(
+        server
+            .client()
+            .send_json(&set_channel(2, DEVICE, &channel(1)))["status"],
+        1
+    );
+    drop(held);
+}

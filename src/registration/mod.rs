@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TrySendError};
 
-use conn::ConnContext;
+use conn::{Budget, ConnContext};
 
 /// How many over-the-cap connections may be answered "busy" at once.
 pub const REJECTERS: usize = 64;
@@ -215,6 +215,7 @@ struct Counters {
 
 fn accept_loop(listener: TcpListener, caps: Caps, ctx: Arc<ConnContext>, counters: Counters) {
     let Counters { active, threads } = counters;
+    let budget = Arc::new(Budget::new(ctx.max_request_bytes));
     let rejecting = Arc::new(AtomicUsize::new(0));
     let per_source: PerSource = Arc::new(Mutex::new(HashMap::new()));
     let (idle_tx, idle_rx) = crossbeam_channel::bounded::<Accepted>(0);
@@ -274,13 +275,13 @@ fn accept_loop(listener: TcpListener, caps: Caps, ctx: Arc<ConnContext>, counter
         let slot = Slot(active.clone());
         threads.fetch_add(1, Ordering::AcqRel);
         let alive = Slot(threads.clone());
-        let (ctx, idle_rx) = (ctx.clone(), idle_rx.clone());
+        let (ctx, idle_rx, budget) = (ctx.clone(), idle_rx.clone(), budget.clone());
         let spawned = thread::Builder::new()
             .name("reg-conn".into())
             .stack_size(CONN_STACK)
             .spawn(move || {
                 let _alive = alive;
-                conn_thread(accepted, slot, &ctx, &idle_rx);
+                conn_thread(accepted, slot, &ctx, &budget, &idle_rx);
             });
         if let Err(e) = spawned {
             // The closure (and with it the slot and the stream) was dropped.
@@ -292,16 +293,22 @@ fn accept_loop(listener: TcpListener, caps: Caps, ctx: Arc<ConnContext>, counter
 
 /// A `reg-conn` thread: serves its first connection, then each one handed to it while
 /// it waits idle, until none comes within [`IDLE_THREAD`] or the accept loop ended.
-fn conn_thread(first: Accepted, slot: Slot, ctx: &ConnContext, idle: &Receiver<Accepted>) {
+fn conn_thread(
+    first: Accepted,
+    slot: Slot,
+    ctx: &ConnContext,
+    budget: &Budget,
+    idle: &Receiver<Accepted>,
+) {
     let counter = slot.0.clone();
-    conn::serve(first.stream, ctx);
+    conn::serve(first.stream, ctx, budget);
     drop((slot, first.source));
     loop {
         match idle.recv_timeout(IDLE_THREAD) {
             Ok(accepted) => {
                 // The accept loop counted this connection before handing it over.
                 let slot = Slot(counter.clone());
-                conn::serve(accepted.stream, ctx);
+                conn::serve(accepted.stream, ctx, budget);
                 drop((slot, accepted.source));
             }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
