@@ -12,7 +12,7 @@
 //! of the answer, however its bytes are spread out. A complete head goes to one of
 //! [`HANDLERS`] `ops-http-N` threads, which compute and write the answer (the store may
 //! be busy for a moment; the reader is not). Dropped and timed-out connections are
-//! logged at most once per [`LOG_EVERY`], with counts.
+//! logged at most once per 10 s, with counts.
 //!
 //! Threads: `ops-http` (accept and read), `ops-http-1..N` (answer). Locks: the store's
 //! read connection for the counts.

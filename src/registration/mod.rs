@@ -14,6 +14,10 @@
 //! connections are dropped. Nothing here builds SQL: the store is reached through the
 //! handler.
 //!
+//! Memory: request bytes beyond a small allowance per connection come from one
+//! [`conn::Budget`] shared by all connections, so many large requests at once are
+//! answered busy instead of growing the process.
+//!
 //! Locks: the per-source counts (a `Mutex<HashMap>`), held for one lookup when a
 //! connection starts and one when it ends.
 
