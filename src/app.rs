@@ -326,8 +326,12 @@ impl Parts<'_> {
                     .map_err(StartError::Tls)?,
             ),
         };
-        let server = RegistrationServer::bind(config.tcp.addr, config.tcp.max_connections)
-            .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
+        let server = RegistrationServer::bind(
+            config.tcp.addr,
+            config.tcp.max_connections,
+            config.tcp.max_connections_per_ip,
+        )
+        .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
         let addr = server.local_addr();
         if tls.is_none() {
             log::warn!(

@@ -262,7 +262,8 @@ fn data_survives_a_restart_and_a_kill_9_right_after_the_answer() {
 fn two_hundred_concurrent_clients_lose_and_cross_nothing() {
     let mut server = Server::start(Setup {
         tls: true,
-        ..Setup::default()
+        // All 200 come from 127.0.0.1.
+        extra: json!({"tcp": {"max_connections_per_ip": 1000}}),
     });
     let c = Arc::new(server.client());
     let threads: Vec<_> = (0..200)

@@ -210,6 +210,11 @@ pub const KEYS: &[Key] = &[
         "1024",
         "Connections served at once; one more is answered with a busy error and closed.",
     ),
+    key(
+        "tcp.max_connections_per_ip",
+        "64",
+        "Connections served at once from one IPv4 address or one IPv6 /64; one more from there is answered with a busy error and closed. Many users behind one carrier-grade NAT share an address, but each connection lasts one request.",
+    ),
     key("db", "", "Section: storage."),
     key(
         "db.path",

@@ -185,6 +185,8 @@ pub struct TcpConfig {
     pub read_timeout: Duration,
     /// `tcp.max_connections`.
     pub max_connections: usize,
+    /// `tcp.max_connections_per_ip`.
+    pub max_connections_per_ip: usize,
 }
 
 /// `tcp.tls.*`: PEM files, already checked to be readable and usable.
@@ -419,6 +421,9 @@ impl Config {
             max_connections: doc
                 .integer("tcp.max_connections", 1, 100_000)?
                 .unwrap_or(1024) as usize,
+            max_connections_per_ip: doc
+                .integer("tcp.max_connections_per_ip", 1, 100_000)?
+                .unwrap_or(64) as usize,
         };
 
         let synchronous = match doc.string("db.synchronous")?.as_deref() {

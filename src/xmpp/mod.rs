@@ -381,6 +381,12 @@ fn login_event<S: io::Read>(reader: &mut StanzaReader<S>) -> Result<StreamEvent,
 
 fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
     let mut reader = StanzaReader::new(dial(&c.host, c.port)?);
-    component::authenticate(&mut reader, &c.jid, c.secret.expose())?;
+    if let Err(e) = component::authenticate(&mut reader, &c.jid, c.secret.expose()) {
+        if reader.violated() {
+            let stream_error = reply::stream_error("policy-violation");
+            let _ = io::Write::write_all(reader.get_mut(), stream_error.as_bytes());
+        }
+        return Err(e);
+    }
     Ok(reader)
 }
