@@ -18,11 +18,12 @@ pub mod pep;
 pub mod publish;
 pub mod reader;
 pub mod reply;
+pub mod srv;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
@@ -210,16 +211,11 @@ impl Io<'_> {
                         };
                         self.connected(status, &mut first, &id.own);
                         backoff = Duration::from_secs(1);
-                        self.session(&id, &mut reader)
+                        self.session(&id, &mut reader, Vec::new())
                     })
                 }
                 Mode::Client(c) => {
-                    log::info!(
-                        "xmpp: connecting to {}:{} as {}",
-                        c.host,
-                        c.port,
-                        c.bare_jid
-                    );
+                    log::info!("xmpp: connecting as {}", c.bare_jid);
                     client::login(c).and_then(|mut session| {
                         let id = Identity {
                             ns: client::NS_CLIENT,
@@ -227,10 +223,10 @@ impl Io<'_> {
                             server: c.bare_jid.split_once('@').map_or("", |(_, d)| d).to_owned(),
                             client: true,
                         };
-                        pep::reconcile(&mut session.reader, &id.own, &self.s.store)?;
+                        let held = pep::reconcile(&mut session.reader, &id.own, &self.s.store)?;
                         self.connected(status, &mut first, &session.full_jid);
                         backoff = Duration::from_secs(1);
-                        Ok(self.session(&id, &mut session.reader))
+                        Ok(self.session(&id, &mut session.reader, held))
                     })
                 }
             };
@@ -263,8 +259,15 @@ impl Io<'_> {
         log::info!("xmpp: connected as {jid}");
     }
 
-    /// The authenticated stream: read, dispatch, reply, ping, until it ends.
-    fn session<S: Socket>(&mut self, id: &Identity, reader: &mut StanzaReader<S>) -> End {
+    /// The authenticated stream: read, dispatch, reply, ping, until it ends. `held`:
+    /// stanzas that arrived before (during client mode's reconciliation), handled first.
+    fn session<S: Socket>(
+        &mut self,
+        id: &Identity,
+        reader: &mut StanzaReader<S>,
+        held: Vec<minidom::Element>,
+    ) -> End {
+        let mut held = held.into_iter();
         let s = self.s;
         let ping_timeout = s.ping_interval.min(Duration::from_secs(30));
         let mut pending: HashMap<u64, Pending> = HashMap::new();
@@ -300,7 +303,11 @@ impl Io<'_> {
                 }
                 current_wait = wait;
             }
-            match reader.next_event() {
+            let event = match held.next() {
+                Some(stanza) => Ok(StreamEvent::Stanza(stanza)),
+                None => reader.next_event(),
+            };
+            match event {
                 Ok(StreamEvent::Stanza(stanza)) => {
                     log::trace!("xmpp: <- {}", reply::redact_secrets(&String::from(&stanza)));
                     match publish::classify(&stanza, id.ns) {
@@ -628,19 +635,6 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-/// Connects to the XMPP server with 10 s timeouts for the login phase.
-fn dial(host: &str, port: u16) -> Result<TcpStream, XmppError> {
-    let addr = (host, port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| XmppError::Protocol(format!("{host} does not resolve")))?;
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
-    Ok(tcp)
-}
-
 /// The next event while logging in, where a timeout or the end is a failure.
 fn login_event<S: io::Read>(reader: &mut StanzaReader<S>) -> Result<StreamEvent, XmppError> {
     reader.next_event().map_err(|e| match e {
@@ -653,7 +647,7 @@ fn login_event<S: io::Read>(reader: &mut StanzaReader<S>) -> Result<StreamEvent,
 }
 
 fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
-    let mut reader = StanzaReader::new(dial(&c.host, c.port)?);
+    let mut reader = StanzaReader::new(srv::dial(&c.host, c.port)?);
     component::authenticate(&mut reader, &c.jid, c.secret.expose())?;
     Ok(reader)
 }
