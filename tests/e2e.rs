@@ -416,19 +416,19 @@ fn client_mode_keeps_pushes_that_arrive_during_the_reconciliation() {
 /// Enough stale nodes that deleting them takes seconds on Prosody's file storage.
 const STALE_NODES: usize = 800;
 
-/// Client mode without `xmpp.host`: our server, push@localhost, with the DNS server
-/// `records` and the users' Prosody (returned so it outlives the test body).
+/// Client mode without `xmpp.host`: our server, push@localhost, with a DNS server
+/// serving `records` (service, port, priority; all with target `localhost`) and the
+/// users' Prosody (returned so it outlives the test body).
 fn srv_world(
-    records: impl Fn(&RealServer) -> Vec<(String, u16, u16)>,
+    records: impl Fn(&RealServer) -> Vec<(&'static str, u16, u16)>,
 ) -> (RealServer, Dns, Server) {
     assert!(real_xmpp::available(Kind::Prosody));
     let mut users: Vec<&str> = USERS.to_vec();
     users.push("push");
     let xmpp = RealServer::start(Kind::Prosody, &users);
-    let records = records(&xmpp);
-    let srv: Vec<real_xmpp::SrvRecord> = records
-        .iter()
-        .map(|(target, port, prio)| ("_xmpp-client._tcp.localhost", target.as_str(), *port, *prio))
+    let srv: Vec<real_xmpp::SrvRecord> = records(&xmpp)
+        .into_iter()
+        .map(|(service, port, prio)| (service, "localhost", port, prio))
         .collect();
     let dns = Dns::start(&srv);
     let server = Server::start_with_env(
@@ -451,7 +451,7 @@ fn srv_world(
 #[test]
 #[ignore = "needs Prosody and dnsmasq from scripts/e2e/setup.sh; scripts/test.sh runs it"]
 fn client_mode_finds_its_server_by_dns_srv() {
-    let (xmpp, _dns, server) = srv_world(|x| vec![("localhost".into(), x.c2s_port, 10)]);
+    let (xmpp, _dns, server) = srv_world(|x| vec![(XMPP_CLIENT, x.c2s_port, 10)]);
     wait_log(&server, "xmpp: connected as push@localhost/push", 1);
     let log = server.log_text();
     assert!(
@@ -469,12 +469,8 @@ fn client_mode_finds_its_server_by_dns_srv() {
 #[ignore = "needs Prosody and dnsmasq from scripts/e2e/setup.sh; scripts/test.sh runs it"]
 fn client_mode_tries_the_next_srv_target_when_one_refuses() {
     let closed = real_xmpp::closed_port();
-    let (xmpp, _dns, server) = srv_world(|x| {
-        vec![
-            ("localhost".into(), closed, 10),
-            ("localhost".into(), x.c2s_port, 20),
-        ]
-    });
+    let (xmpp, _dns, server) =
+        srv_world(|x| vec![(XMPP_CLIENT, closed, 10), (XMPP_CLIENT, x.c2s_port, 20)]);
     wait_log(&server, "xmpp: connected as push@localhost/push", 1);
     let log = server.log_text();
     assert!(
@@ -485,6 +481,30 @@ fn client_mode_tries_the_next_srv_target_when_one_refuses() {
         log.contains(&format!(
             "xmpp: connected to localhost:{} (StartTls)",
             xmpp.c2s_port
+        )),
+        "{log}"
+    );
+}
+
+const XMPP_CLIENT: &str = "_xmpp-client._tcp.localhost";
+
+/// XEP-0368: an `_xmpps-client._tcp` record of better priority than the STARTTLS one
+/// is used, with TLS from the first byte (verified against the JID's domain).
+#[test]
+#[ignore = "needs Prosody and dnsmasq from scripts/e2e/setup.sh; scripts/test.sh runs it"]
+fn client_mode_uses_direct_tls_from_an_xmpps_srv_record() {
+    let (xmpp, _dns, server) = srv_world(|x| {
+        vec![
+            ("_xmpps-client._tcp.localhost", x.c2s_tls_port, 5),
+            (XMPP_CLIENT, x.c2s_port, 10),
+        ]
+    });
+    wait_log(&server, "xmpp: connected as push@localhost/push", 1);
+    let log = server.log_text();
+    assert!(
+        log.contains(&format!(
+            "xmpp: connected to localhost:{} (DirectTls)",
+            xmpp.c2s_tls_port
         )),
         "{log}"
     );

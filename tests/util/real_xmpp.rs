@@ -72,6 +72,8 @@ pub struct RealServer {
     pub dir: TempDir,
     pub c2s_port: u16,
     pub component_port: u16,
+    /// Prosody only: XEP-0368 direct TLS client port.
+    pub c2s_tls_port: u16,
     child: Option<Child>,
     env: Vec<(String, String)>,
     /// PushSrv listens on the fixed s2s port 5269: one at a time in this process.
@@ -94,6 +96,7 @@ impl RealServer {
             kind,
             c2s_port: free_port(),
             component_port: free_port(),
+            c2s_tls_port: free_port(),
             child: None,
             env: Vec::new(),
             dir,
@@ -103,6 +106,7 @@ impl RealServer {
             ("E2E_VAR".into(), var.display().to_string()),
             ("E2E_C2S_PORT".into(), s.c2s_port.to_string()),
             ("E2E_COMPONENT_PORT".into(), s.component_port.to_string()),
+            ("E2E_C2S_DIRECT_TLS_PORT".into(), s.c2s_tls_port.to_string()),
             ("E2E_S2S_PORT".into(), free_port().to_string()),
             ("E2E_COMPONENT_SECRET".into(), COMPONENT_SECRET.into()),
             (
@@ -171,6 +175,7 @@ impl RealServer {
             kind: Kind::PushSrv,
             c2s_port: free_port(),
             component_port: 5269,
+            c2s_tls_port: 0,
             child: None,
             env: Vec::new(),
             dir,
