@@ -362,3 +362,73 @@ fn roundtrip<S: Socket>(
     }
     Ok(answers)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[test]
+    fn node_creation_asks_for_the_push_configuration() {
+        let iq: Element = create_iq("c1", "push@example.org", "n1").parse().unwrap();
+        let Ok(Iq::Set { to, payload, .. }) = Iq::try_from(iq) else {
+            panic!("not an IQ set");
+        };
+        assert_eq!(
+            to.map(|j| j.to_string()).as_deref(),
+            Some("push@example.org")
+        );
+        let Ok(PubSub::Create { create, configure }) = PubSub::try_from(payload) else {
+            panic!("not a create");
+        };
+        assert_eq!(create.node, Some(NodeName("n1".into())));
+        let form = configure.and_then(|c| c.form).unwrap();
+        assert_eq!(form.form_type(), Some(ns::PUBSUB_CONFIGURE));
+        let value = |var: &str| {
+            form.fields
+                .iter()
+                .find(|f| f.var.as_deref() == Some(var))
+                .map(|f| f.values.clone())
+        };
+        assert_eq!(value("pubsub#publish_model"), Some(vec!["open".to_owned()]));
+        assert_eq!(value("pubsub#max_items"), Some(vec!["1".to_owned()]));
+    }
+
+    /// Reads from `s` until `needle` has been seen.
+    fn read_until(s: &mut TcpStream, needle: &str) {
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while !seen.contains(needle) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed before {needle}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    /// Issue 10 item 10: an event (and a server ping) arriving during the
+    /// reconciliation is handed back in order, not dropped.
+    #[test]
+    fn stanzas_arriving_during_the_reconciliation_are_handed_back() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>").unwrap();
+            read_until(&mut s, "reconcile-items");
+            s.write_all(b"<message from='push@example.org' type='headline'><event xmlns='http://jabber.org/protocol/pubsub#event'><items node='n1'><item id='i1'/></items></event></message><iq type='get' id='srv-ping' from='example.org'><ping xmlns='urn:xmpp:ping'/></iq><iq type='result' id='reconcile-items'><query xmlns='http://jabber.org/protocol/disco#items'><item jid='push@example.org' node='stale'/></query></iq>").unwrap();
+            read_until(&mut s, "rc-d-0");
+            s.write_all(b"<iq type='result' id='rc-d-0'/>").unwrap();
+            s
+        });
+        let mut reader = StanzaReader::new(TcpStream::connect(addr).unwrap());
+        assert!(matches!(reader.next_event(), Ok(StreamEvent::Open(_))));
+        let store = Store::open_in_memory().unwrap();
+        let held = reconcile(&mut reader, "push@example.org", &store).unwrap();
+        let names: Vec<&str> = held.iter().map(Element::name).collect();
+        assert_eq!(names, ["message", "iq"]);
+        assert_eq!(held[1].attr("id"), Some("srv-ping"));
+        drop(server.join().unwrap());
+    }
+}
