@@ -330,6 +330,28 @@ fn client_mode_without_its_xmpp_server_answers_success_false() {
     for a in answer["accounts"].as_array().unwrap() {
         assert_eq!(a["success"], false, "{answer}");
     }
+    client_mode_logs_failed_accounts_as_failed(&server);
+}
+
+/// Issue 10 item 17: the log tells the truth about `success: false` accounts.
+fn client_mode_logs_failed_accounts_as_failed(server: &Server) {
+    // The log is read from the process's stderr by another thread: wait for the line.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.log_text().contains("set_push_accounts device=")
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = server.log_text();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("set_push_accounts") && l.ends_with(" ok")),
+        "logged ok for a failed account:\n{log}"
+    );
+    assert!(
+        log.contains("accounts failed (success: false"),
+        "no failure logged:\n{log}"
+    );
 }
 
 /// Issue 10 item 4: while another process holds the database locked, every write in a

@@ -118,8 +118,8 @@ pub const KEYS: &[Key] = &[
     ),
     key(
         "xmpp.host",
-        "(the JID's domain)",
-        "Client mode: the XMPP server to connect to.",
+        "(SRV of the JID's domain)",
+        "Client mode: the XMPP server to connect to. Unset: DNS SRV `_xmpp-client._tcp` / `_xmpps-client._tcp` of the JID's domain, else the domain itself.",
     ),
     key(
         "xmpp.port",

@@ -283,8 +283,8 @@ pub struct ClientConfig {
     pub bare_jid: String,
     /// Its password.
     pub password: Masked,
-    /// `xmpp.host`.
-    pub host: String,
+    /// `xmpp.host`; `None`: the JID's domain by DNS SRV (xmpp/srv.rs).
+    pub host: Option<String>,
     /// `xmpp.port`.
     pub port: u16,
     /// `xmpp.resource`.
@@ -495,9 +495,7 @@ impl Config {
         let password = doc.string("xmpp.password")?.map(Masked);
         let client = match (&component, &password) {
             (None, Some(password)) => Some(ClientConfig {
-                host: doc
-                    .string("xmpp.host")?
-                    .unwrap_or_else(|| bare_jid.split_once('@').map_or("", |(_, d)| d).to_owned()),
+                host: doc.string("xmpp.host")?,
                 port: doc.integer("xmpp.port", 1, 65535)?.unwrap_or(5222) as u16,
                 resource: doc
                     .string("xmpp.resource")?

@@ -28,7 +28,7 @@ use native_tls::{HandshakeError, TlsAcceptor, TlsStream};
 
 use super::codec::{Action, Frame, Framer, Rules, decode};
 use super::handler::Handler;
-use super::wire::{RegError, encode};
+use super::wire::{Answer, RegError, encode};
 use crate::metrics::{METRICS, RegAction, RegResult};
 use crate::net::Socket;
 use crate::shutdown::Shutdown;
@@ -311,6 +311,16 @@ fn answer<S: Write>(stream: &mut S, frame: &[u8], ctx: &ConnContext) -> io::Resu
         ),
     };
     let kind = match &result {
+        // Client mode: accounts whose PEP node could not be created are stored but
+        // answered `success: false`; the request as a whole did not do its job.
+        Ok(Answer::Accounts { accounts, .. }) if accounts.iter().any(|a| !a.success) => {
+            let failed = accounts.iter().filter(|a| !a.success).count();
+            log::warn!(
+                "registration: {what}: {failed} of {} accounts failed (success: false: no PEP node)",
+                accounts.len()
+            );
+            RegResult::Failed
+        }
         Ok(_) => {
             log::info!("registration: {what} ok");
             RegResult::Ok

@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use sha1::{Digest, Sha1};
 
 use super::reader::{StanzaReader, StreamEvent};
-use super::reply::esc;
+use super::reply::{error_condition, esc};
 use super::{XmppError, login_event};
 
 /// The component stream's namespace.
@@ -50,11 +50,7 @@ pub fn authenticate(
     match login_event(reader)? {
         StreamEvent::Stanza(e) if e.name() == "handshake" => Ok(()),
         StreamEvent::Stanza(e) if e.name() == "error" => {
-            let condition = e
-                .children()
-                .next()
-                .map(|c| c.name().to_owned())
-                .unwrap_or_else(|| "unknown".into());
+            let condition = error_condition(&e);
             Err(XmppError::Auth(format!(
                 "the server refused the component handshake ({condition}): check xmpp.component.jid and secret"
             )))

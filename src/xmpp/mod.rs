@@ -21,10 +21,11 @@ pub mod publish;
 pub mod reader;
 pub mod reply;
 mod session;
+pub mod srv;
 
 use std::fmt;
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
@@ -209,16 +210,11 @@ impl Io<'_> {
                         };
                         self.connected(status, &mut first, &id.own);
                         backoff = Duration::from_secs(1);
-                        self.session(&id, &mut reader)
+                        self.session(&id, &mut reader, Vec::new())
                     })
                 }
                 Mode::Client(c) => {
-                    log::info!(
-                        "xmpp: connecting to {}:{} as {}",
-                        c.host,
-                        c.port,
-                        c.bare_jid
-                    );
+                    log::info!("xmpp: connecting as {}", c.bare_jid);
                     client::login(c).and_then(|mut session| {
                         let id = Identity {
                             ns: client::NS_CLIENT,
@@ -226,10 +222,10 @@ impl Io<'_> {
                             server: c.bare_jid.split_once('@').map_or("", |(_, d)| d).to_owned(),
                             client: true,
                         };
-                        pep::reconcile(&mut session.reader, &id.own, &self.s.store)?;
+                        let held = pep::reconcile(&mut session.reader, &id.own, &self.s.store)?;
                         self.connected(status, &mut first, &session.full_jid);
                         backoff = Duration::from_secs(1);
-                        Ok(self.session(&id, &mut session.reader))
+                        Ok(self.session(&id, &mut session.reader, held))
                     })
                 }
             };
@@ -262,8 +258,14 @@ impl Io<'_> {
     }
 
     /// The authenticated stream: read, hand to the session, write what it queued,
-    /// until the stream ends or shutdown has drained it.
-    fn session<S: Socket>(&mut self, id: &Identity, reader: &mut StanzaReader<S>) -> End {
+    /// until the stream ends or shutdown has drained it. `held`: stanzas that arrived
+    /// before (during client mode's reconciliation), handled first.
+    fn session<S: Socket>(
+        &mut self,
+        id: &Identity,
+        reader: &mut StanzaReader<S>,
+        held: Vec<minidom::Element>,
+    ) -> End {
         let timing = Timing {
             ping_interval: self.s.ping_interval,
             deadline: self.s.deadline,
@@ -277,6 +279,9 @@ impl Io<'_> {
             (self.outcomes, self.peps),
             Instant::now(),
         );
+        for stanza in held {
+            session.on_stanza(&stanza, Instant::now());
+        }
         let mut current_wait = Duration::ZERO;
         loop {
             let wait = session.read_wait(Instant::now());
@@ -355,19 +360,6 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-/// Connects to the XMPP server with 10 s timeouts for the login phase.
-fn dial(host: &str, port: u16) -> Result<TcpStream, XmppError> {
-    let addr = (host, port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| XmppError::Protocol(format!("{host} does not resolve")))?;
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
-    Ok(tcp)
-}
-
 /// The next event while logging in, where a timeout or the end is a failure.
 fn login_event<S: io::Read>(reader: &mut StanzaReader<S>) -> Result<StreamEvent, XmppError> {
     reader.next_event().map_err(|e| match e {
@@ -380,7 +372,7 @@ fn login_event<S: io::Read>(reader: &mut StanzaReader<S>) -> Result<StreamEvent,
 }
 
 fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
-    let mut reader = StanzaReader::new(dial(&c.host, c.port)?);
+    let mut reader = StanzaReader::new(srv::dial(&c.host, c.port)?);
     if let Err(e) = component::authenticate(&mut reader, &c.jid, c.secret.expose()) {
         if reader.violated() {
             let stream_error = reply::stream_error("policy-violation");
