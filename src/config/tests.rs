@@ -81,16 +81,105 @@ fn bad_values_name_their_key() {
 }
 
 #[test]
-fn every_key_is_in_the_readme_and_the_example() {
-    let readme = include_str!("../../README.md");
+fn the_example_has_only_known_keys() {
     let example: Value =
         serde_json::from_str(include_str!("../../configuration.json.example")).unwrap();
     check_known_keys(example.as_object().unwrap(), "").unwrap();
-    for k in keys::KEYS {
-        assert!(
-            readme.contains(&format!("`{}`", k.path)),
-            "README lacks `{}`",
-            k.path
-        );
+}
+
+/// The README's table is `keys::markdown_table()` verbatim. To update it after changing
+/// `keys.rs`, run `scripts/readme-config-table.py` (it reruns this test with
+/// `UWPX_WRITE_README=1`, which rewrites the table instead of comparing).
+#[test]
+fn the_readme_table_is_generated_from_keys() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    let readme = std::fs::read_to_string(&path).unwrap();
+    let start = readme.find("| key | default | meaning |").unwrap();
+    let end = start + readme[start..].find("\n\n").unwrap() + 1;
+    let table = keys::markdown_table();
+    if std::env::var_os("UWPX_WRITE_README").is_some() {
+        let updated = format!("{}{table}{}", &readme[..start], &readme[end..]);
+        std::fs::write(&path, updated).unwrap();
+        return;
     }
+    assert_eq!(
+        readme[start..end],
+        table,
+        "README.md's configuration table is out of date: run scripts/readme-config-table.py"
+    );
+}
+
+/// Every key in `keys::KEYS` is read by the loader (a section counts when a key inside
+/// it is read), so no key is listed but ignored. Two documents cover both XMPP modes.
+#[test]
+fn every_listed_key_is_read_by_the_loader() {
+    let cert = tempfile_pair();
+    let client_mode = json!({
+        "xmpp": {"bare_jid": "push@example.org", "password": "pw", "ca_file": cert.0},
+        "wns": {"packet_id": "ms-app://s-1-15-2-1", "client_secret": "cs", "ca_file": cert.0},
+        "tcp": {"tls": {"cert_path": cert.0, "key_path": cert.1}},
+        "metrics": {"listen": "127.0.0.1:9090"},
+        "log": {"file": "x.log"}
+    });
+    let component_mode = json!({
+        "xmpp": {"bare_jid": "push@example.org",
+                 "component": {"jid": "push.example.org", "secret": "s"}}
+    });
+    let mut read = std::collections::BTreeSet::new();
+    for v in [client_mode, component_mode] {
+        let map = v.as_object().unwrap();
+        let doc = Doc::new(map, Path::new("/etc/uwpx"));
+        Config::from_doc(&doc).unwrap();
+        read.extend(doc.read_paths());
+    }
+    for k in keys::KEYS {
+        let used = if k.is_section() {
+            let prefix = format!("{}.", k.path());
+            read.iter().any(|p| p.starts_with(&prefix))
+        } else {
+            read.contains(k.path())
+        };
+        assert!(used, "`{}` is listed in keys.rs but never read", k.path());
+    }
+}
+
+/// A certificate and key in a temp dir (removed at process exit is not needed: tiny).
+fn tempfile_pair() -> (String, String) {
+    use std::sync::OnceLock;
+    static PAIR: OnceLock<(String, String)> = OnceLock::new();
+    PAIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("uwpx-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = test_pair();
+        let c = dir.join("c.pem");
+        let k = dir.join("k.pem");
+        std::fs::write(&c, cert).unwrap();
+        std::fs::write(&k, key).unwrap();
+        (c.display().to_string(), k.display().to_string())
+    })
+    .clone()
+}
+
+/// A self-signed P-256 certificate and its PKCS#8 key.
+fn test_pair() -> (Vec<u8>, Vec<u8>) {
+    use openssl::{ec, hash, nid, pkey, x509};
+    let group = ec::EcGroup::from_curve_name(nid::Nid::X9_62_PRIME256V1).unwrap();
+    let key = pkey::PKey::from_ec_key(ec::EcKey::generate(&group).unwrap()).unwrap();
+    let mut name = x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "localhost").unwrap();
+    let name = name.build();
+    let mut b = x509::X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    b.sign(&key, hash::MessageDigest::sha256()).unwrap();
+    (
+        b.build().to_pem().unwrap(),
+        key.private_key_to_pem_pkcs8().unwrap(),
+    )
 }
