@@ -1,16 +1,56 @@
 //! Configuration errors are one clear stderr line and exit code 2; check-config masks secrets.
 
-use std::process::Command;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use crate::util::*;
 
+/// Runs the binary to its end, or kills it after 30 s (a config that is wrongly
+/// accepted starts the server, which would otherwise run forever); the exit code is
+/// then `None`.
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(binary()).args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child, Duration::from_secs(30))
+}
+
+/// Waits up to `limit` for `child`, killing it after that; returns its exit code and
+/// output.
+fn finish(mut child: Child, limit: Duration) -> (Option<i32>, String, String) {
+    let mut pipes = (child.stdout.take(), child.stderr.take());
+    let readers = [
+        pipes.0.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+        pipes.1.take().map(|p| Box::new(p) as Box<dyn Read + Send>),
+    ]
+    .map(|pipe| {
+        std::thread::spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    });
+    let end = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let [out, err] = readers.map(|r| r.join().unwrap());
+    (code, out, err)
 }
 
 #[test]
@@ -48,6 +88,46 @@ fn config_errors_exit_2_with_one_line() {
             assert!(stderr.contains(expected), "{expected:?} not in {stderr:?}");
         }
     }
+    let (code, _, stderr) = run(&["--bogus"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unexpected argument `--bogus`"));
+}
+
+/// Issue 10 items 5 and 6 at the command line: a section of the wrong type and two
+/// spellings of one key both exit 2 with one line naming the key(s), for `check-config`
+/// and for a start.
+#[test]
+fn wrong_type_sections_and_two_spellings_exit_2() {
+    let dir = TempDir::new("cli");
+    let path = dir.path().join("c.json");
+    let p = path.to_str().unwrap();
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"xmpp": {"bare_jid": "push@example.org"}, "tcp": "127.0.0.1:5000"}"#,
+            "`tcp` must be an object",
+        ),
+        (
+            r#"{"xmpp": {"bare_jid": "push@example.org"}, "db": "/srv/mine.db"}"#,
+            "`db` must be an object",
+        ),
+        (
+            r#"{"xmpp": {"bare_jid": "push@example.org"}, "tcp": {"tls": {"cert_path": "a", "serverCertPath": "b", "key_path": "k"}}}"#,
+            "`tcp.tls.cert_path` and `tcp.tls.serverCertPath` are two spellings of one key",
+        ),
+    ];
+    for (content, expected) in cases {
+        std::fs::write(&path, content).unwrap();
+        for args in [vec!["--config", p], vec!["check-config", "--config", p]] {
+            let (code, _, stderr) = run(&args);
+            assert_eq!(code, Some(2), "{args:?} {stderr}");
+            assert_eq!(stderr.lines().count(), 1, "{stderr}");
+            assert!(stderr.contains(expected), "{expected:?} not in {stderr:?}");
+        }
+    }
+}
+
+#[test]
+fn unknown_arguments_exit_2() {
     let (code, _, stderr) = run(&["--bogus"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("unexpected argument `--bogus`"));

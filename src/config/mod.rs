@@ -45,6 +45,14 @@ pub enum ConfigError {
     },
     /// A key that the server does not know, with its full dotted path.
     UnknownKey(String),
+    /// Two spellings of one key are both given (e.g. `cert_path` and `serverCertPath`):
+    /// refused rather than silently taking one.
+    TwoSpellings {
+        /// The spelling met first, as a dotted path.
+        first: String,
+        /// The other spelling.
+        second: String,
+    },
     /// A key is present but its value is wrong, or a required key is missing.
     Invalid {
         /// The dotted path.
@@ -68,6 +76,10 @@ impl fmt::Display for ConfigError {
                 )
             }
             Self::UnknownKey(k) => write!(f, "configuration: unknown key `{k}`"),
+            Self::TwoSpellings { first, second } => write!(
+                f,
+                "configuration: `{first}` and `{second}` are two spellings of one key; keep one"
+            ),
             Self::Invalid { key, reason } => write!(f, "configuration: `{key}` {reason}"),
         }
     }
@@ -415,8 +427,10 @@ impl Config {
     }
 }
 
-/// Rejects any key that is not in [`keys::KEYS`], naming its full path.
+/// Rejects any key that is not in [`keys::KEYS`], naming its full path; a section given
+/// as something other than an object; and two spellings of one key.
 fn check_known_keys(map: &Map<String, Value>, prefix: &str) -> Result<(), ConfigError> {
+    let mut seen: Vec<(&'static str, String)> = Vec::new();
     for (k, v) in map {
         let path = if prefix.is_empty() {
             k.clone()
@@ -426,13 +440,42 @@ fn check_known_keys(map: &Map<String, Value>, prefix: &str) -> Result<(), Config
         let Some(key) = keys::lookup(&path) else {
             return Err(ConfigError::UnknownKey(path));
         };
-        if let Value::Object(inner) = v
-            && key.is_section()
-        {
-            check_known_keys(inner, key.path())?;
+        if let Some((_, first)) = seen.iter().find(|(canon, _)| *canon == key.path()) {
+            return Err(ConfigError::TwoSpellings {
+                first: first.clone(),
+                second: path,
+            });
         }
+        if key.is_section() {
+            match v {
+                Value::Object(inner) => check_known_keys(inner, key.path())?,
+                Value::Null => {}
+                other => {
+                    return Err(invalid(
+                        &path,
+                        format!(
+                            "must be an object (a section of keys), not {}",
+                            json_kind(other)
+                        ),
+                    ));
+                }
+            }
+        }
+        seen.push((key.path(), path));
     }
     Ok(())
+}
+
+/// "a string", "a number", …: for errors about a value of the wrong type.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 #[cfg(test)]

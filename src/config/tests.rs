@@ -183,3 +183,63 @@ fn test_pair() -> (Vec<u8>, Vec<u8>) {
         key.private_key_to_pem_pkcs8().unwrap(),
     )
 }
+
+/// Issue 10 item 5: a section given as a string (or any non-object) was silently ignored
+/// and the defaults used; it is refused, naming the key.
+#[test]
+fn a_section_of_the_wrong_type_is_refused() {
+    for (doc, key, kind) in [
+        (
+            json!({"xmpp": {"bare_jid": "a@b.c"}, "tcp": "127.0.0.1:5000"}),
+            "tcp",
+            "a string",
+        ),
+        (
+            json!({"xmpp": {"bare_jid": "a@b.c"}, "db": "/srv/mine.db"}),
+            "db",
+            "a string",
+        ),
+        (
+            json!({"xmpp": {"bare_jid": "a@b.c"}, "tcp": {"tls": true}}),
+            "tcp.tls",
+            "a boolean",
+        ),
+        (
+            json!({"xmpp": {"bare_jid": "a@b.c"}, "log": ["info"]}),
+            "log",
+            "an array",
+        ),
+        (json!({"xmpp": "push@example.org"}), "xmpp", "a string"),
+    ] {
+        let e = load(doc).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("configuration: `{key}` must be an object (a section of keys), not {kind}")
+        );
+    }
+    // null still means "absent" for a section.
+    load(json!({"xmpp": {"bare_jid": "a@b.c"}, "tcp": null})).unwrap();
+}
+
+/// Issue 10 item 6: two spellings of one key were accepted and the first taken; both are
+/// now named and the file refused.
+#[test]
+fn two_spellings_of_one_key_are_refused_naming_both() {
+    let e = load(json!({"xmpp": {"bare_jid": "a@b.c"}, "tcp": {"tls": {
+        "cert_path": "a.crt", "serverCertPath": "b.crt", "key_path": "k"}}}))
+    .unwrap_err();
+    let shown = e.to_string();
+    assert!(
+        shown.contains("`tcp.tls.cert_path`") && shown.contains("`tcp.tls.serverCertPath`"),
+        "{shown}"
+    );
+    assert!(matches!(e, ConfigError::TwoSpellings { .. }), "{e:?}");
+    let e = load(json!({"xmpp": {"bare_jid": "a@b.c"}, "tcp": {"tls": {
+        "cert_path": "a.crt", "server_key_path": "k", "serverKeyPath": "k"}}}))
+    .unwrap_err();
+    let shown = e.to_string();
+    assert!(
+        shown.contains("`tcp.tls.server_key_path`") && shown.contains("`tcp.tls.serverKeyPath`"),
+        "{shown}"
+    );
+}
