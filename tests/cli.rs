@@ -189,3 +189,105 @@ fn sigterm_stops_cleanly_with_exit_0() {
         server.log_text()
     );
 }
+
+/// Issue 10 item 7: `/dev/zero` as a certificate took the process to 4.2 GB,
+/// `--config /dev/urandom` to 2.3 GB, and a FIFO hung `check-config`. Each file the
+/// configuration names is read only if it is a regular file under a size cap.
+#[test]
+fn devices_fifos_and_huge_files_are_refused_quickly() {
+    let dir = TempDir::new("cli");
+    let fifo = dir.path().join("fifo");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let huge = dir.path().join("huge.json");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 * 1024 * 1024)
+        .unwrap();
+    let cert = TestCert::new();
+    std::fs::write(dir.path().join("s.crt"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("s.key"), &cert.key_pem).unwrap();
+    let fifo = fifo.to_str().unwrap();
+    let huge = huge.to_str().unwrap();
+    for (config, expected) in [
+        ("/dev/zero", "not a regular file (a character device)"),
+        ("/dev/urandom", "not a regular file (a character device)"),
+        (fifo, "not a regular file (a FIFO)"),
+        (huge, "is larger than 1024 KiB"),
+    ] {
+        let (code, _, stderr) = run_quick(&["check-config", "--config", config]);
+        assert_eq!(code, Some(2), "{config}: {stderr}");
+        assert!(
+            stderr.contains("cannot read configuration") && stderr.contains(expected),
+            "{config}: {stderr}"
+        );
+    }
+    let path = dir.path().join("c.json");
+    let p = path.to_str().unwrap();
+    let bare = r#""xmpp": {"bare_jid": "push@example.org"}"#;
+    for (key, file, expected) in [
+        (
+            "cert",
+            "/dev/zero",
+            "`tcp.tls.cert_path` cannot read /dev/zero: is not a regular file",
+        ),
+        (
+            "cert",
+            "/dev/urandom",
+            "`tcp.tls.cert_path` cannot read /dev/urandom: is not a regular file",
+        ),
+        ("cert", fifo, "`tcp.tls.cert_path` cannot read"),
+        (
+            "key",
+            "/dev/zero",
+            "`tcp.tls.key_path` cannot read /dev/zero: is not a regular file",
+        ),
+        ("key", fifo, "`tcp.tls.key_path` cannot read"),
+        ("key", huge, "`tcp.tls.key_path` cannot read"),
+        (
+            "wns_ca",
+            "/dev/zero",
+            "`wns.ca_file` cannot read /dev/zero: is not a regular file",
+        ),
+        ("wns_ca", fifo, "`wns.ca_file` cannot read"),
+        (
+            "xmpp_ca",
+            "/dev/urandom",
+            "`xmpp.ca_file` cannot read /dev/urandom: is not a regular file",
+        ),
+    ] {
+        let doc = match key {
+            "cert" => format!(
+                r#"{{{bare}, "tcp": {{"tls": {{"cert_path": "{file}", "key_path": "s.key"}}}}}}"#
+            ),
+            "key" => format!(
+                r#"{{{bare}, "tcp": {{"tls": {{"cert_path": "s.crt", "key_path": "{file}"}}}}}}"#
+            ),
+            "wns_ca" => format!(r#"{{{bare}, "wns": {{"ca_file": "{file}"}}}}"#),
+            _ => format!(
+                r#"{{"xmpp": {{"bare_jid": "push@example.org", "password": "pw", "ca_file": "{file}"}}}}"#
+            ),
+        };
+        std::fs::write(&path, doc).unwrap();
+        let (code, _, stderr) = run_quick(&["check-config", "--config", p]);
+        assert_eq!(code, Some(2), "{key} {file}: {stderr}");
+        assert!(stderr.contains(expected), "{expected:?} not in {stderr:?}");
+    }
+}
+
+/// Like [`run`], but a command that should fail at once gets 10 s.
+fn run_quick(args: &[&str]) -> (Option<i32>, String, String) {
+    let child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    finish(child, Duration::from_secs(10))
+}

@@ -9,6 +9,7 @@
 //! Threads: runs once on `main` before anything starts. Reads files; no network.
 
 mod doc;
+mod files;
 pub mod keys;
 mod sections;
 mod spec;
@@ -376,9 +377,11 @@ pub struct LogConfig {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let bytes = files::read_regular(path, files::MAX_CONFIG_BYTES).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         let root: Value = serde_json::from_slice(&bytes).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),

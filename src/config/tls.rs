@@ -2,17 +2,25 @@
 //!
 //! Threads: `main`, once, while loading. Reads files; no network.
 
+use std::path::Path;
+
 use super::doc::Doc;
+use super::files::{MAX_PEM_BYTES, read_regular};
 use super::keys::{self, Key, Text};
 use super::{ConfigError, Pem, TlsConfig, invalid};
+
+/// Reads the PEM file at `path`, named by `key`: a regular file of bounded size.
+fn read_file(path: &Path, key: &Key<Text>) -> Result<Vec<u8>, ConfigError> {
+    read_regular(path, MAX_PEM_BYTES)
+        .map_err(|e| invalid(key.path, format!("cannot read {}: {e}", path.display())))
+}
 
 /// Reads a PEM file of certificates named by `key`, if set.
 pub(super) fn read_pem(doc: &Doc<'_>, key: &Key<Text>) -> Result<Option<Pem>, ConfigError> {
     let Some(p) = doc.path(key)? else {
         return Ok(None);
     };
-    let pem = std::fs::read(&p)
-        .map_err(|e| invalid(key.path, format!("cannot read {}: {e}", p.display())))?;
+    let pem = read_file(&p, key)?;
     if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
         return Err(invalid(
             key.path,
@@ -26,18 +34,8 @@ pub(super) fn read_pem(doc: &Doc<'_>, key: &Key<Text>) -> Result<Option<Pem>, Co
 pub(super) fn load(doc: &Doc<'_>) -> Result<TlsConfig, ConfigError> {
     let cert_path = doc.base().join(doc.required(&keys::TCP_TLS_CERT_PATH)?);
     let key_path = doc.base().join(doc.required(&keys::TCP_TLS_KEY_PATH)?);
-    let cert = std::fs::read(&cert_path).map_err(|e| {
-        invalid(
-            keys::TCP_TLS_CERT_PATH.path,
-            format!("cannot read {}: {e}", cert_path.display()),
-        )
-    })?;
-    let key = std::fs::read(&key_path).map_err(|e| {
-        invalid(
-            keys::TCP_TLS_KEY_PATH.path,
-            format!("cannot read {}: {e}", key_path.display()),
-        )
-    })?;
+    let cert = read_file(&cert_path, &keys::TCP_TLS_CERT_PATH)?;
+    let key = read_file(&key_path, &keys::TCP_TLS_KEY_PATH)?;
     let has = |needle: &[u8]| key.windows(needle.len()).any(|w| w == needle);
     if has(b"BEGIN RSA PRIVATE KEY") || has(b"BEGIN EC PRIVATE KEY") {
         return Err(invalid(
