@@ -36,6 +36,7 @@
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`admin`]: the `stats`, `test-push` and `remove-device` commands.
 //! - [`shutdown`]: the stop flag.
+//! - [`logging`]: log setup, `log.file` reopened on SIGHUP, a throttle for noisy lines.
 //! - [`net`]: plain-or-TLS sockets.
 //! - [`xml`]: XML escaping.
 
@@ -47,6 +48,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod logging;
 pub mod net;
 pub mod ops;
 pub mod push;

@@ -176,6 +176,63 @@ fn a_pkcs1_key_is_refused_with_the_conversion_command() {
     assert!(stderr.contains("openssl pkcs8 -topk8"), "{stderr}");
 }
 
+/// Issue 10 item 3: a certificate and a key that are not a pair passed `check-config`,
+/// the server started "(tls)" and every handshake failed. Now both commands refuse it.
+#[test]
+fn a_certificate_with_a_foreign_key_is_refused_at_load() {
+    let dir = TempDir::new("cli");
+    std::fs::write(dir.path().join("s.crt"), TestCert::new().cert_pem).unwrap();
+    std::fs::write(dir.path().join("s.key"), TestCert::new().key_pem).unwrap();
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        r#"{"xmpp": {"bare_jid": "push@example.org"}, "tcp": {"host": "127.0.0.1", "port": 0,
+            "tls": {"cert_path": "s.crt", "key_path": "s.key"}}}"#,
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    for args in [vec!["--config", p], vec!["check-config", "--config", p]] {
+        let (code, _, stderr) = run(&args);
+        assert_eq!(code, Some(2), "{args:?} {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("`tcp.tls.key_path`")
+                && stderr.contains("the key does not belong to the certificate"),
+            "{stderr}"
+        );
+    }
+}
+
+/// Issue 10 item 3: failed client TLS handshakes were logged only at debug. They are
+/// logged at info, at most one line per 10 s, with a count.
+#[test]
+fn failed_tls_handshakes_are_logged_at_info_at_most_once_per_10_s() {
+    use std::io::Write;
+    let server = Server::start(Setup {
+        tls: true,
+        ..Setup::default()
+    });
+    for _ in 0..5 {
+        let mut tcp = std::net::TcpStream::connect(server.addr).unwrap();
+        tcp.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let _ = tcp.read_to_end(&mut Vec::new());
+    }
+    assert!(
+        server.log_shows(
+            "[INFO] registration: 1 TLS handshake(s) failed since the last such line; latest:"
+        ),
+        "{}",
+        server.log_text()
+    );
+    // The other four are counted for the next line, not logged at info.
+    assert!(
+        server.log_text().matches("TLS handshake(s) failed").count() == 1,
+        "{}",
+        server.log_text()
+    );
+    assert!(server.log_shows("registration: TLS handshake failed:"));
+}
+
 #[test]
 fn sigterm_stops_cleanly_with_exit_0() {
     let mut server = Server::start(Setup::default());

@@ -243,3 +243,30 @@ fn two_spellings_of_one_key_are_refused_naming_both() {
         "{shown}"
     );
 }
+
+/// Issue 10 item 3: a certificate with someone else's key passed `check-config` and every
+/// client handshake then failed; the pair is now proven with a handshake at load.
+#[test]
+fn a_key_that_does_not_belong_to_the_certificate_is_refused() {
+    let (cert, _) = test_pair();
+    let (_, other_key) = test_pair();
+    let dir = std::env::temp_dir().join(format!("uwpx-pair-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("c.pem"), &cert).unwrap();
+    std::fs::write(dir.join("k.pem"), &other_key).unwrap();
+    let doc = json!({"xmpp": {"bare_jid": "a@b.c"},
+                     "tcp": {"tls": {"cert_path": "c.pem", "key_path": "k.pem"}}});
+    let e = Config::from_value(&doc, &dir).unwrap_err();
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with("configuration: `tcp.tls.key_path`")
+            && shown.contains("the key does not belong to the certificate"),
+        "{shown}"
+    );
+    // The matching pair loads.
+    let (cert, key) = test_pair();
+    std::fs::write(dir.join("c.pem"), &cert).unwrap();
+    std::fs::write(dir.join("k.pem"), &key).unwrap();
+    Config::from_value(&doc, &dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

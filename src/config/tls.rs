@@ -2,7 +2,11 @@
 //!
 //! Threads: `main`, once, while loading. Reads files; no network.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io;
 use std::path::Path;
+use std::rc::Rc;
 
 use super::doc::Doc;
 use super::files::{MAX_PEM_BYTES, read_regular};
@@ -49,9 +53,129 @@ pub(super) fn load(doc: &Doc<'_>) -> Result<TlsConfig, ConfigError> {
             format!("certificate or key is not usable: {e}"),
         )
     })?;
+    check_pair(&identity).map_err(|e| {
+        invalid(
+            keys::TCP_TLS_KEY_PATH.path,
+            format!(
+                "{}: the key does not belong to the certificate {} (a test TLS handshake with them fails: {e})",
+                key_path.display(),
+                cert_path.display()
+            ),
+        )
+    })?;
     Ok(TlsConfig {
         cert_path,
         key_path,
         identity,
     })
+}
+
+/// Proves that the key belongs to the certificate by doing what a client will do: a TLS
+/// handshake against an acceptor built from `identity`, over an in-memory pipe, with a
+/// connector that accepts any certificate (only the pairing is in question here).
+///
+/// native-tls has no pair check, and its OpenSSL backend silently drops a key that does
+/// not match (every client handshake then fails). This check needs no extra crate and
+/// works the same with every native-tls backend; it costs one handshake at load.
+fn check_pair(identity: &native_tls::Identity) -> Result<(), String> {
+    handshake_in_memory(identity)
+        .map_err(|e| e.to_string())?
+        .then_some(())
+        .ok_or_else(|| "the handshake did not finish".to_owned())
+}
+
+/// Whether a handshake with `identity` finishes; an error when either side fails.
+fn handshake_in_memory(identity: &native_tls::Identity) -> Result<bool, native_tls::Error> {
+    let acceptor = native_tls::TlsAcceptor::builder(identity.clone())
+        .min_protocol_version(Some(native_tls::Protocol::Tlsv12))
+        .build()?;
+    let connector = native_tls::TlsConnector::builder()
+        .danger_accept_invalid_certs(true)
+        .danger_accept_invalid_hostnames(true)
+        .build()?;
+    let (client_end, server_end) = MemoryPipe::pair();
+    let mut client = Side::from(connector.connect("localhost", client_end))?;
+    let mut server = Side::from(acceptor.accept(server_end))?;
+    // A TLS 1.2 or 1.3 handshake takes two round trips; a few more are slack.
+    for _ in 0..8 {
+        if matches!((&client, &server), (Side::Done, Side::Done)) {
+            return Ok(true);
+        }
+        client = client.resume()?;
+        server = server.resume()?;
+    }
+    Ok(false)
+}
+
+/// One side of an in-memory handshake.
+enum Side {
+    Waiting(native_tls::MidHandshakeTlsStream<MemoryPipe>),
+    Done,
+}
+
+impl Side {
+    fn from(
+        attempt: Result<native_tls::TlsStream<MemoryPipe>, native_tls::HandshakeError<MemoryPipe>>,
+    ) -> Result<Self, native_tls::Error> {
+        match attempt {
+            Ok(_) => Ok(Self::Done),
+            Err(native_tls::HandshakeError::WouldBlock(mid)) => Ok(Self::Waiting(mid)),
+            Err(native_tls::HandshakeError::Failure(e)) => Err(e),
+        }
+    }
+
+    fn resume(self) -> Result<Self, native_tls::Error> {
+        match self {
+            Self::Waiting(mid) => Self::from(mid.handshake()),
+            Self::Done => Ok(Self::Done),
+        }
+    }
+}
+
+/// One end of a pair of in-memory byte queues; reading an empty queue is `WouldBlock`,
+/// so each side's handshake returns control instead of waiting.
+struct MemoryPipe {
+    inbox: Rc<RefCell<VecDeque<u8>>>,
+    outbox: Rc<RefCell<VecDeque<u8>>>,
+}
+
+impl MemoryPipe {
+    fn pair() -> (Self, Self) {
+        let (a, b) = (Rc::default(), Rc::default());
+        (
+            Self {
+                inbox: Rc::clone(&a),
+                outbox: Rc::clone(&b),
+            },
+            Self {
+                inbox: b,
+                outbox: a,
+            },
+        )
+    }
+}
+
+impl io::Read for MemoryPipe {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut inbox = self.inbox.borrow_mut();
+        if inbox.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(inbox.len());
+        for (dst, src) in buf.iter_mut().zip(inbox.drain(..n)) {
+            *dst = src;
+        }
+        Ok(n)
+    }
+}
+
+impl io::Write for MemoryPipe {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.outbox.borrow_mut().extend(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
