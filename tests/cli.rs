@@ -348,3 +348,96 @@ fn run_quick(args: &[&str]) -> (Option<i32>, String, String) {
         .unwrap();
     finish(child, Duration::from_secs(10))
 }
+
+/// A valid plain-TCP configuration in `dir`, returned as a path string.
+fn plain_config(dir: &TempDir) -> String {
+    let path = dir.path().join("c.json");
+    std::fs::write(
+        &path,
+        r#"{"xmpp": {"bare_jid": "push@example.org"}, "tcp": {"host": "127.0.0.1", "port": 0}}"#,
+    )
+    .unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// Issue 10 item 18: `check-config | head` panicked with "failed printing to stdout:
+/// Broken pipe" (exit 101). A reader that went away is now not an error.
+#[test]
+fn check_config_into_a_closed_pipe_exits_0_quietly() {
+    let dir = TempDir::new("cli");
+    let config = plain_config(&dir);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(binary())
+        .args(["check-config", "--config", &config])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, _, stderr) = finish(child, Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+}
+
+/// Issue 10 item 18: `--config=PATH` and `help` were refused, and `--help` was one line.
+#[test]
+fn config_equals_path_and_help_are_accepted_and_help_lists_everything() {
+    let dir = TempDir::new("cli");
+    let config = plain_config(&dir);
+    let (code, stdout, stderr) = run(&["check-config", &format!("--config={config}")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("OK"), "{stdout}");
+    for args in [vec!["help"], vec!["--help"], vec!["-h"]] {
+        let (code, stdout, stderr) = run(&args);
+        assert_eq!(code, Some(0), "{args:?} {stderr}");
+        for item in [
+            "  run ",
+            "  check-config ",
+            "  stats ",
+            "  test-push DEVICE_ID ",
+            "  remove-device DEVICE_ID ",
+            "  help ",
+            "  -c, --config PATH ",
+            "  -h, --help ",
+            "  -V, --version ",
+        ] {
+            let lines = stdout.lines().filter(|l| l.starts_with(item)).count();
+            assert_eq!(lines, 1, "{item:?} in {stdout}");
+        }
+    }
+}
+
+/// Issue 10 item 18: a missing ./configuration.json did not say where to start.
+#[test]
+fn a_missing_default_config_points_to_the_example_and_config() {
+    let dir = TempDir::new("cli");
+    let out = Command::new(binary())
+        .arg("check-config")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("configuration.json.example") && stderr.contains("--config"),
+        "{stderr}"
+    );
+}
+
+/// Issue 10 item 18: `test-push --config FILE` without an id said "unexpected argument
+/// `FILE`"; it now says the id is missing.
+#[test]
+fn test_push_without_an_id_says_so() {
+    let dir = TempDir::new("cli");
+    let config = plain_config(&dir);
+    for cmd in ["test-push", "remove-device"] {
+        let (code, _, stderr) = run(&[cmd, "--config", &config]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{cmd} needs a DEVICE_ID")) && !stderr.contains("unexpected"),
+            "{stderr}"
+        );
+    }
+}
