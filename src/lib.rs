@@ -18,7 +18,7 @@
 //!       ├─ wns-timer       (retries after backoff; batched last-seen writes)
 //!       ├─ ops-expiry      (hourly sweep of devices unseen for db.device_ttl_days)
 //!       ├─ ops-http        (optional: /health, /metrics)
-//!       └─ (ctrlc handler thread: only signals main)
+//!       └─ signals         (SIGINT/SIGTERM → main stops the app; SIGHUP → reopen log.file)
 //! Shared: Arc<Store> (Mutex held for one statement or one transaction, never across
 //!         I/O), Arc<ConnContext> (read-only), Arc<WnsPool>, Arc<TokenCache>,
 //!         Shutdown (AtomicBool).

@@ -3,17 +3,20 @@
 //! server runs. Exit codes: 0 success, 1 could not start / the admin command failed, 2 bad
 //! usage or bad configuration.
 //!
-//! Threads: `main` parses, starts the app, then sleeps until Ctrl+C/SIGTERM; the
-//! `ctrlc` thread only forwards the signal. A second signal exits at once.
+//! Threads: `main` parses, starts the app, then sleeps until SIGINT (Ctrl+C) or SIGTERM.
+//! The `signals` thread forwards those to `main` (a second one exits at once) and
+//! handles SIGHUP itself by reopening `log.file`, for logrotate.
 
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use uwpx_push_server::admin;
 use uwpx_push_server::app::App;
 use uwpx_push_server::config::{Config, ConfigError};
+use uwpx_push_server::logging::{self, LogFile};
 use uwpx_push_server::shutdown::Shutdown;
 
 /// `--help`: every command and option, one line each.
@@ -179,15 +182,18 @@ fn main() -> ExitCode {
     if let Command::CheckConfig = args.command {
         return print_out(&format!("{}: OK\n{config:#?}\n", args.config.display()));
     }
-    if let Err(e) = init_logging(&config) {
-        eprintln!("uwpx-push-server: {e}");
-        return ExitCode::from(2);
-    }
+    let log_file = match logging::init(&config.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("uwpx-push-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match &args.command {
         Command::Stats => admin::stats(&config),
         Command::TestPush(id) => admin::test_push(&config, id),
         Command::RemoveDevice(id) => admin::remove_device(&config, id),
-        _ => return run(&config),
+        _ => return run(&config, log_file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -198,7 +204,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &Config) -> ExitCode {
+/// Runs the server until SIGINT or SIGTERM; SIGHUP reopens `log.file`.
+fn run(config: &Config, log_file: Option<LogFile>) -> ExitCode {
+    // Installed before the app starts, so that a SIGHUP from logrotate right after the
+    // start does not kill the process (SIGHUP's default action).
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install the signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let handle = signals.handle();
     let shutdown = Shutdown::new();
     let app = match App::start(config, shutdown) {
         Ok(app) => app,
@@ -209,59 +226,50 @@ fn run(config: &Config) -> ExitCode {
         }
     };
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-    static SIGNALS: AtomicUsize = AtomicUsize::new(0);
-    let handler = ctrlc::set_handler(move || {
-        if SIGNALS.fetch_add(1, Ordering::SeqCst) > 0 {
-            eprintln!("uwpx-push-server: second signal, exiting now");
-            std::process::exit(130);
+    let thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stops = 0;
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reopen(log_file.as_ref());
+                    continue;
+                }
+                stops += 1;
+                if stops > 1 {
+                    eprintln!("uwpx-push-server: second signal, exiting now");
+                    std::process::exit(130);
+                }
+                let _ = tx.try_send(());
+            }
+        });
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("cannot start the signal thread: {e}");
+            app.stop();
+            return ExitCode::from(1);
         }
-        let _ = tx.try_send(());
-    });
-    if let Err(e) = handler {
-        log::error!("cannot install the signal handler: {e}");
-        app.stop();
-        return ExitCode::from(1);
-    }
+    };
     let _ = rx.recv();
     app.stop();
+    handle.close();
+    if thread.join().is_err() {
+        log::error!("the signal thread panicked");
+    }
     ExitCode::SUCCESS
 }
 
-/// Logs to stderr (and `log.file`), one `write` per line: a daemon's log goes to
-/// journald or a file, so plain lines without colour codes, and a `LineWriter` so a
-/// line is never split across writes (simplelog's terminal logger issues several
-/// writes per line, which cost more than the request being logged).
-fn init_logging(config: &Config) -> Result<(), String> {
-    use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
-    use std::io::LineWriter;
-    let mut builder = ConfigBuilder::new();
-    builder
-        .set_target_level(LevelFilter::Off)
-        .set_thread_level(LevelFilter::Off)
-        .set_time_format_rfc3339();
-    let _ = builder.set_time_offset_to_local();
-    let log_config = builder.build();
-    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![WriteLogger::new(
-        config.log.level,
-        log_config.clone(),
-        LineWriter::new(std::io::stderr()),
-    )];
-    if let Some(path) = &config.log.file {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| {
-                format!(
-                    "configuration: `log.file` cannot open {}: {e}",
-                    path.display()
-                )
-            })?;
-        loggers.push(WriteLogger::new(
-            config.log.level,
-            log_config,
-            LineWriter::new(file),
-        ));
+/// SIGHUP: logrotate has moved `log.file` away; write to a new file at its path.
+fn reopen(log_file: Option<&LogFile>) {
+    match log_file {
+        None => log::info!("SIGHUP: no log.file to reopen"),
+        Some(f) => match f.reopen() {
+            Ok(()) => log::info!("log: reopened {} (SIGHUP)", f.path().display()),
+            Err(e) => log::error!(
+                "log: cannot reopen {} on SIGHUP, still writing to the old file: {e}",
+                f.path().display()
+            ),
+        },
     }
-    CombinedLogger::init(loggers).map_err(|e| format!("cannot start logging: {e}"))
 }

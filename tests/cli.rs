@@ -441,3 +441,48 @@ fn test_push_without_an_id_says_so() {
         );
     }
 }
+
+/// Issue 10 item 11: the unit's `ExecReload` sent SIGTERM, and SIGHUP stopped the server
+/// too. SIGHUP now reopens `log.file` (logrotate renames the file first) and the server
+/// keeps running; the unit's ExecReload sends it.
+#[test]
+fn sighup_reopens_the_log_file_and_the_server_keeps_running() {
+    let mut server = Server::start(Setup {
+        extra: serde_json::json!({"log": {"file": "server.log", "level": "info"}}),
+        ..Setup::default()
+    });
+    let log = server.dir.path().join("server.log");
+    let rotated = server.dir.path().join("server.log.1");
+    server
+        .client()
+        .send_json(&set_channel(2, "aa", &channel(1)));
+    assert!(server.log_shows("registration"));
+    std::fs::rename(&log, &rotated).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(server.log_shows("log: reopened"), "{}", server.log_text());
+    let answer = server
+        .client()
+        .send_json(&set_channel(2, "bb", &channel(2)));
+    assert_eq!(answer["status"], 1, "{answer}");
+    assert!(server.log_shows("device=bb"), "{}", server.log_text());
+    let fresh = std::fs::read_to_string(&log).unwrap();
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        fresh.contains("log: reopened") && fresh.contains("device=bb"),
+        "{fresh}"
+    );
+    assert!(
+        !old.contains("device=bb") && old.contains("listening on"),
+        "{old}"
+    );
+    assert_eq!(server.stop(), Some(0));
+    let unit = include_str!("../scripts/uwpx-push-server.service");
+    assert!(
+        unit.contains("\nExecReload=/bin/kill -HUP $MAINPID\n"),
+        "{unit}"
+    );
+}
