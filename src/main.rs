@@ -180,6 +180,9 @@ fn main() -> ExitCode {
         }
     };
     if let Command::CheckConfig = args.command {
+        for w in &config.warnings {
+            eprintln!("uwpx-push-server: warning: {w}");
+        }
         return print_out(&format!("{}: OK\n{config:#?}\n", args.config.display()));
     }
     let log_file = match logging::init(&config.log) {
@@ -189,6 +192,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for w in &config.warnings {
+        log::warn!("{w}");
+    }
     let result = match &args.command {
         Command::Stats => admin::stats(&config),
         Command::TestPush(id) => admin::test_push(&config, id),

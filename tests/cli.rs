@@ -486,3 +486,54 @@ fn sighup_reopens_the_log_file_and_the_server_keeps_running() {
         "{unit}"
     );
 }
+
+/// Issue 10 item 13: the example configuration copied alone failed on a missing
+/// certificate without saying what to do, and its placeholders passed silently. Now the
+/// error names both ways out; the README's openssl line makes a pair it accepts, with
+/// warnings for the placeholders; and without `tcp.tls` it is plain TCP.
+#[test]
+fn the_example_config_runs_as_copied_or_says_what_to_do() {
+    let dir = TempDir::new("cli");
+    let example = include_str!("../configuration.json.example");
+    let config = dir.path().join("configuration.json");
+    std::fs::write(&config, example).unwrap();
+    let p = config.to_str().unwrap();
+    let (code, _, stderr) = run(&["check-config", "--config", p]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("remove `tcp.tls` for plain TCP") && stderr.contains("openssl req -x509"),
+        "{stderr}"
+    );
+    let readme = include_str!("../README.md");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("openssl req -x509"))
+        .expect("the README's test-certificate line");
+    let made = Command::new("sh")
+        .args(["-c", line])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let (code, stdout, stderr) = run(&["check-config", "--config", p]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("OK"));
+    for key in [
+        "wns.packet_id",
+        "wns.client_secret",
+        "xmpp.component.secret",
+    ] {
+        assert!(
+            stderr.contains(&format!(
+                "warning: configuration: `{key}` looks like a placeholder"
+            )),
+            "{key}: {stderr}"
+        );
+    }
+    let mut plain: serde_json::Value = serde_json::from_str(example).unwrap();
+    plain["tcp"].as_object_mut().unwrap().remove("tls");
+    std::fs::write(&config, plain.to_string()).unwrap();
+    let (code, stdout, stderr) = run(&["check-config", "--config", p]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("tls: None"), "{stdout}");
+}

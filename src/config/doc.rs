@@ -18,6 +18,8 @@ pub(super) struct Doc<'a> {
     base: &'a Path,
     /// Every key path looked up, for the test that each key in `KEYS` is read.
     read: RefCell<Vec<&'static str>>,
+    /// Warnings collected while loading, for [`super::Config::warnings`].
+    warnings: RefCell<Vec<String>>,
 }
 
 impl<'a> Doc<'a> {
@@ -26,7 +28,25 @@ impl<'a> Doc<'a> {
             root,
             base,
             read: RefCell::new(Vec::new()),
+            warnings: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Records a warning about `key`.
+    pub(super) fn warn<S>(&self, key: &Key<S>, text: impl std::fmt::Display) {
+        self.warnings
+            .borrow_mut()
+            .push(format!("configuration: `{}` {text}", key.path));
+    }
+
+    /// The warnings collected so far.
+    pub(super) fn take_warnings(&self) -> Vec<String> {
+        self.warnings.take()
+    }
+
+    /// Whether the key is given (in any spelling) with a value other than null.
+    pub(super) fn given<S>(&self, key: &Key<S>) -> bool {
+        !matches!(self.get(key), None | Some(Value::Null))
     }
 
     /// The directory relative paths resolve against.

@@ -133,6 +133,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `shutdown.grace_ms`.
     pub shutdown_grace: Duration,
+    /// Things that load but are probably not what the operator meant (a key that the
+    /// chosen mode ignores, a placeholder credential). `main` prints them to stderr for
+    /// `check-config` and logs them at warn when starting.
+    pub warnings: Vec<String>,
 }
 
 /// `tcp.*`: where clients connect and how long they may take.
@@ -417,6 +421,7 @@ impl Config {
             push: sections::push(doc)?,
             metrics_listen: sections::metrics_listen(doc)?,
             shutdown_grace: Duration::from_millis(doc.int(&keys::SHUTDOWN_GRACE_MS)?),
+            warnings: doc.take_warnings(),
         })
     }
 
@@ -428,6 +433,23 @@ impl Config {
             .as_ref()
             .map_or(self.xmpp.bare_jid.as_str(), |c| c.jid.as_str())
     }
+}
+
+/// Whether a credential is obviously a placeholder from an example ("your-…",
+/// "change-me", a run of zeros), so that `check-config` can say so before WNS or the XMPP
+/// server refuses it at run time.
+fn looks_like_placeholder(value: &str) -> bool {
+    let v = value.to_ascii_lowercase();
+    let words = [
+        "your",
+        "change-me",
+        "changeme",
+        "placeholder",
+        "example",
+        "xxxx",
+        "secret",
+    ];
+    words.iter().any(|w| v.contains(w)) || v.contains("0000000000")
 }
 
 /// Rejects any key that is not in [`keys::KEYS`], naming its full path; a section given

@@ -270,3 +270,42 @@ fn a_key_that_does_not_belong_to_the_certificate_is_refused() {
     Config::from_value(&doc, &dir).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 10 item 13: `xmpp.password` beside `xmpp.component` was ignored without a word,
+/// and the example's placeholder credentials passed. Both are now warnings.
+#[test]
+fn ignored_keys_and_placeholder_credentials_are_warned_about() {
+    let c = load(json!({
+        "xmpp": {"bare_jid": "push@example.org", "password": "pw", "host": "h",
+                 "component": {"jid": "push.example.org", "secret": "a-long-random-component-secret"}},
+        "wns": {"packet_id": "ms-app://s-1-15-2-0000000000-0000000000", "client_secret": "your-wns-client-secret"}
+    }))
+    .unwrap();
+    for (key, text) in [
+        ("xmpp.password", "is ignored: `xmpp.component` is set"),
+        ("xmpp.host", "is ignored: `xmpp.component` is set"),
+        ("xmpp.component.secret", "looks like a placeholder"),
+        ("wns.packet_id", "looks like a placeholder"),
+        ("wns.client_secret", "looks like a placeholder"),
+    ] {
+        let line = format!("configuration: `{key}` {text}");
+        assert!(
+            c.warnings.iter().any(|w| w.starts_with(&line)),
+            "{line:?} not in {:#?}",
+            c.warnings
+        );
+    }
+    let c = load(json!({"xmpp": {"bare_jid": "push@example.org", "port": 5223}})).unwrap();
+    assert_eq!(
+        c.warnings,
+        ["configuration: `xmpp.port` is ignored: client mode needs `xmpp.password`"]
+    );
+    // Real-looking values: no warning.
+    let c = load(json!({
+        "xmpp": {"bare_jid": "push@example.org", "password": "pw", "host": "h"},
+        "wns": {"packet_id": "ms-app://s-1-15-2-2952823614-1846131063-3547917612",
+                "client_secret": "Jk3Lq0vZ8xPc7RtY2wNb"}
+    }))
+    .unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}

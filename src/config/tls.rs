@@ -14,17 +14,30 @@ use super::keys::{self, Key, Text};
 use super::{ConfigError, Pem, TlsConfig, invalid};
 
 /// Reads the PEM file at `path`, named by `key`: a regular file of bounded size.
-fn read_file(path: &Path, key: &Key<Text>) -> Result<Vec<u8>, ConfigError> {
-    read_regular(path, MAX_PEM_BYTES)
-        .map_err(|e| invalid(key.path, format!("cannot read {}: {e}", path.display())))
+/// `if_missing` is appended to the error when the file does not exist.
+fn read_file(path: &Path, key: &Key<Text>, if_missing: &str) -> Result<Vec<u8>, ConfigError> {
+    read_regular(path, MAX_PEM_BYTES).map_err(|e| {
+        let hint = if e.kind() == io::ErrorKind::NotFound {
+            if_missing
+        } else {
+            ""
+        };
+        invalid(
+            key.path,
+            format!("cannot read {}: {e}{hint}", path.display()),
+        )
+    })
 }
+
+/// The command that makes a test certificate, also in the README.
+pub(super) const TEST_CERT_COMMAND: &str = "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 -subj /CN=localhost -keyout server.key -out server.crt";
 
 /// Reads a PEM file of certificates named by `key`, if set.
 pub(super) fn read_pem(doc: &Doc<'_>, key: &Key<Text>) -> Result<Option<Pem>, ConfigError> {
     let Some(p) = doc.path(key)? else {
         return Ok(None);
     };
-    let pem = read_file(&p, key)?;
+    let pem = read_file(&p, key, "")?;
     if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
         return Err(invalid(
             key.path,
@@ -38,8 +51,13 @@ pub(super) fn read_pem(doc: &Doc<'_>, key: &Key<Text>) -> Result<Option<Pem>, Co
 pub(super) fn load(doc: &Doc<'_>) -> Result<TlsConfig, ConfigError> {
     let cert_path = doc.base().join(doc.required(&keys::TCP_TLS_CERT_PATH)?);
     let key_path = doc.base().join(doc.required(&keys::TCP_TLS_KEY_PATH)?);
-    let cert = read_file(&cert_path, &keys::TCP_TLS_CERT_PATH)?;
-    let key = read_file(&key_path, &keys::TCP_TLS_KEY_PATH)?;
+    // A missing certificate or key (as with the example configuration copied alone)
+    // says what to do.
+    let hint = format!(
+        "; remove `tcp.tls` for plain TCP, or make a test certificate beside the configuration with `{TEST_CERT_COMMAND}`"
+    );
+    let cert = read_file(&cert_path, &keys::TCP_TLS_CERT_PATH, &hint)?;
+    let key = read_file(&key_path, &keys::TCP_TLS_KEY_PATH, &hint)?;
     let has = |needle: &[u8]| key.windows(needle.len()).any(|w| w == needle);
     if has(b"BEGIN RSA PRIVATE KEY") || has(b"BEGIN EC PRIVATE KEY") {
         return Err(invalid(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::doc::Doc;
 use super::keys;
 use super::tls::read_pem;
-use super::{ConfigError, Masked, WnsConfig, WnsCredentials, invalid};
+use super::{ConfigError, Masked, WnsConfig, WnsCredentials, invalid, looks_like_placeholder};
 use crate::types::ChannelHosts;
 
 /// `wns.*`.
@@ -38,10 +38,13 @@ fn credentials(doc: &Doc<'_>) -> Result<Option<WnsCredentials>, ConfigError> {
         doc.text(&keys::WNS_PACKET_ID)?,
         doc.text(&keys::WNS_CLIENT_SECRET)?,
     ) {
-        (Some(packet_id), Some(secret)) => Ok(Some(WnsCredentials {
-            packet_id,
-            client_secret: Masked(secret),
-        })),
+        (Some(packet_id), Some(secret)) => {
+            warn_placeholders(doc, &packet_id, &secret);
+            Ok(Some(WnsCredentials {
+                packet_id,
+                client_secret: Masked(secret),
+            }))
+        }
         (None, None) => Ok(None),
         (Some(_), None) => Err(invalid(
             keys::WNS_CLIENT_SECRET.path,
@@ -51,6 +54,23 @@ fn credentials(doc: &Doc<'_>) -> Result<Option<WnsCredentials>, ConfigError> {
             keys::WNS_PACKET_ID.path,
             "is required when `wns.client_secret` is set",
         )),
+    }
+}
+
+/// Credentials that are obviously the example's: WNS would refuse them at the first push.
+fn warn_placeholders(doc: &Doc<'_>, packet_id: &str, secret: &str) {
+    let sid_digits = packet_id.strip_prefix("ms-app://s-1-15-2-");
+    if sid_digits.is_none_or(|d| d.chars().all(|c| c == '0' || c == '-')) {
+        doc.warn(
+            &keys::WNS_PACKET_ID,
+            "looks like a placeholder: set the app's package SID (ms-app://s-1-15-2-…) from the Partner Center; WNS refuses pushes until then",
+        );
+    }
+    if looks_like_placeholder(secret) {
+        doc.warn(
+            &keys::WNS_CLIENT_SECRET,
+            "looks like a placeholder: set the app's client secret from the Partner Center; WNS refuses pushes until then",
+        );
     }
 }
 
