@@ -1,12 +1,18 @@
 //! Configuration: `configuration.json` in the seed's format, validated into typed values.
 //!
-//! Loading is two steps. First every key in the file is checked against [`keys::KEYS`],
-//! so an unknown or misspelled key is an error that names it. Then each key is read with
-//! its own validator into [`Config`], where durations are `Duration`s, addresses are
-//! resolved and paths are made absolute. Components get their own sub-struct, never the
-//! whole `Config`.
+//! Loading is two steps. First every key in the file is checked against [`keys::KEYS`]:
+//! an unknown or misspelled key, a section that is not an object, and two spellings of
+//! one key are errors that name the key. Then each section is read by its own function
+//! (`sections.rs`, `xmpp.rs`, `wns.rs`, `tls.rs`) through `doc.rs`, whose readers take
+//! the key's constant from [`keys`] and with it the one default and range. The result is
+//! [`Config`], where durations are `Duration`s, addresses are resolved, paths are
+//! absolute, JIDs are typed and PEM files are read (`files.rs`: regular files only,
+//! size-capped) and checked (the TLS key against its certificate). Components get their
+//! own sub-struct, never the whole `Config`. What loads but looks wrong goes to
+//! [`Config::warnings`].
 //!
-//! Threads: runs once on `main` before anything starts. Reads files; no network.
+//! Threads: runs once on `main` before anything starts. Reads files; no network (the
+//! TLS pair check is a handshake over an in-memory pipe).
 
 mod doc;
 mod files;
