@@ -114,6 +114,10 @@ fn wrong_type_sections_and_two_spellings_exit_2() {
             r#"{"xmpp": {"bare_jid": "push@example.org"}, "tcp": {"tls": {"cert_path": "a", "serverCertPath": "b", "key_path": "k"}}}"#,
             "`tcp.tls.cert_path` and `tcp.tls.serverCertPath` are two spellings of one key",
         ),
+        (
+            r#"{"xmpp": {"bare_jid": "push@example.org"}, "tcp": {"port": 0, "port": 1997}}"#,
+            "the key `port` is given twice in one object at line 1",
+        ),
     ];
     for (content, expected) in cases {
         std::fs::write(&path, content).unwrap();

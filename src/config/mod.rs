@@ -16,6 +16,7 @@
 
 mod doc;
 mod files;
+mod json;
 pub mod keys;
 mod sections;
 mod spec;
@@ -393,7 +394,7 @@ impl Config {
                 source,
             }
         })?;
-        let root: Value = serde_json::from_slice(&bytes).map_err(|source| ConfigError::Parse {
+        let root = json::parse(&bytes).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
