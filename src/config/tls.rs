@@ -75,7 +75,7 @@ pub(super) fn load(doc: &Doc<'_>) -> Result<TlsConfig, ConfigError> {
         invalid(
             keys::TCP_TLS_KEY_PATH.path,
             format!(
-                "{}: the key does not belong to the certificate {} (a test TLS handshake with them fails: {e})",
+                "{}: the key does not belong to the certificate {} (the file's first, leaf certificate; a test TLS handshake with them fails: {e})",
                 key_path.display(),
                 cert_path.display()
             ),
