@@ -230,6 +230,11 @@ impl BareJid {
         &self.text
     }
 
+    /// The local part (before the `@`), as given.
+    pub fn local(&self) -> &str {
+        &self.text[..self.at]
+    }
+
     /// The domain part, lowercased; the only part of the JID the store keeps.
     pub fn domain(&self) -> String {
         self.text[self.at + 1..].to_lowercase()

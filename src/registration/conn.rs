@@ -29,6 +29,7 @@ use native_tls::{HandshakeError, TlsAcceptor, TlsStream};
 use super::codec::{Action, Frame, Framer, Rules, decode};
 use super::handler::Handler;
 use super::wire::{Answer, RegError, encode};
+use crate::logging::Throttle;
 use crate::metrics::{METRICS, RegAction, RegResult};
 use crate::net::Socket;
 use crate::shutdown::Shutdown;
@@ -188,7 +189,15 @@ fn handshake(
                 attempt = mid.handshake();
             }
             Err(HandshakeError::Failure(e)) => {
-                log::debug!("registration: TLS handshake failed: {e}");
+                // At info so that an operator sees it (a certificate clients reject, a
+                // client without TLS), but at most one line per 10 s.
+                static FAILURES: Throttle = Throttle::new(Duration::from_secs(10));
+                match FAILURES.hit(Instant::now()) {
+                    Some(n) => log::info!(
+                        "registration: {n} TLS handshake(s) failed since the last such line; latest: {e}"
+                    ),
+                    None => log::debug!("registration: TLS handshake failed: {e}"),
+                }
                 return None;
             }
         }

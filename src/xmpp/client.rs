@@ -48,13 +48,8 @@ pub struct Session {
 
 /// Connects, secures the stream with TLS, authenticates, binds and sends presence.
 pub fn login(c: &ClientConfig) -> Result<Session, XmppError> {
-    let domain = c
-        .bare_jid
-        .split_once('@')
-        .map(|(_, d)| d)
-        .ok_or_else(|| XmppError::Protocol("xmpp.bare_jid has no domain".into()))?
-        .to_owned();
-    let username = c.bare_jid.split('@').next().unwrap_or("").to_owned();
+    let domain = c.bare_jid.domain();
+    let username = c.bare_jid.local().to_owned();
     let targets = match &c.host {
         Some(host) => vec![Target {
             host: host.clone(),

@@ -200,12 +200,8 @@ impl Io<'_> {
                     connect_component(c).map(|mut reader| {
                         let id = Identity {
                             ns: component::NS_COMPONENT,
-                            own: c.jid.clone(),
-                            server: c
-                                .jid
-                                .split_once('.')
-                                .map_or(c.jid.as_str(), |(_, d)| d)
-                                .to_owned(),
+                            own: c.jid.as_str().to_owned(),
+                            server: c.jid.server_domain().to_owned(),
                             client: false,
                         };
                         self.connected(status, &mut first, &id.own);
@@ -214,12 +210,12 @@ impl Io<'_> {
                     })
                 }
                 Mode::Client(c) => {
-                    log::info!("xmpp: connecting as {}", c.bare_jid);
+                    log::info!("xmpp: connecting as {}", c.bare_jid.as_str());
                     client::login(c).and_then(|mut session| {
                         let id = Identity {
                             ns: client::NS_CLIENT,
-                            own: c.bare_jid.clone(),
-                            server: c.bare_jid.split_once('@').map_or("", |(_, d)| d).to_owned(),
+                            own: c.bare_jid.as_str().to_owned(),
+                            server: c.bare_jid.domain(),
                             client: true,
                         };
                         let held = pep::reconcile(&mut session.reader, &id.own, &self.s.store)?;
@@ -373,7 +369,7 @@ fn login_event<S: io::Read>(reader: &mut StanzaReader<S>) -> Result<StreamEvent,
 
 fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
     let mut reader = StanzaReader::new(srv::dial(&c.host, c.port)?);
-    if let Err(e) = component::authenticate(&mut reader, &c.jid, c.secret.expose()) {
+    if let Err(e) = component::authenticate(&mut reader, c.jid.as_str(), c.secret.expose()) {
         if reader.violated() {
             let stream_error = reply::stream_error("policy-violation");
             let _ = io::Write::write_all(reader.get_mut(), stream_error.as_bytes());
