@@ -45,6 +45,13 @@ impl TokenVault for StoreVault {
     fn save(&self, token: &SavedToken) -> Result<(), String> {
         self.0.save_token(token).map_err(|e| e.to_string())
     }
+
+    fn refresh(
+        &self,
+        decide: &mut dyn FnMut(Option<&SavedToken>) -> Option<SavedToken>,
+    ) -> Result<Option<SavedToken>, String> {
+        self.0.refresh_token(decide).map_err(|e| e.to_string())
+    }
 }
 
 /// Client mode's PEP nodes as registration's node provisioner.

@@ -37,7 +37,7 @@ use crate::config::{ClientConfig, ComponentConfig};
 use crate::net::Socket;
 use crate::push::{Completed, Dispatcher};
 use crate::shutdown::{Shutdown, join_logged};
-use crate::store::Store;
+use crate::store::{Lease, Store};
 use pep::PepRequest;
 use reader::{ReadError, StanzaReader, StreamEvent};
 use session::{Session, Timing};
@@ -139,6 +139,8 @@ impl XmppLink {
                     outcomes: &outcomes,
                     peps: &peps,
                     shutdown: &shutdown,
+                    lease: None,
+                    standby_said: false,
                 };
                 io.run(&st)
             })?;
@@ -170,7 +172,17 @@ struct Io<'a> {
     outcomes: &'a Receiver<Completed>,
     peps: &'a Receiver<PepRequest>,
     shutdown: &'a Shutdown,
+    /// Client mode: the lease that makes this the one instance logged in (several
+    /// instances on one database would otherwise each get every PEP event).
+    lease: Option<Lease>,
+    /// Whether the standby line was logged (once per spell).
+    standby_said: bool,
 }
+
+/// The database lease client mode's login runs under.
+const CLIENT_LEASE: &str = "client-mode-login";
+/// How often a standby asks for the lease, and a holder checks it still has it.
+const LEASE_STEP: Duration = Duration::from_secs(3);
 
 /// Who we are on the current stream.
 struct Identity {
@@ -210,6 +222,12 @@ impl Io<'_> {
                     })
                 }
                 Mode::Client(c) => {
+                    if !self.take_lease() {
+                        if self.shutdown.wait_timeout(LEASE_STEP) {
+                            return;
+                        }
+                        continue;
+                    }
                     log::info!("xmpp: connecting as {}", c.bare_jid.as_str());
                     client::login(c).and_then(|mut session| {
                         let id = Identity {
@@ -241,6 +259,39 @@ impl Io<'_> {
                 return;
             }
             backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+    }
+
+    /// Client mode: holds (or takes) the login lease; false while another instance has
+    /// it (said once at info) or the database cannot be asked.
+    fn take_lease(&mut self) -> bool {
+        if self.lease.as_mut().is_some_and(Lease::is_held) {
+            return true;
+        }
+        self.lease = None;
+        match self.s.store.acquire_lease(CLIENT_LEASE) {
+            Ok(Some(lease)) => {
+                if self.standby_said {
+                    log::info!("xmpp: took over the client-mode login from another instance");
+                }
+                self.standby_said = false;
+                self.lease = Some(lease);
+                true
+            }
+            Ok(None) => {
+                if !self.standby_said {
+                    log::info!(
+                        "xmpp: standby: another instance holds the client-mode login; asking again every {} s",
+                        LEASE_STEP.as_secs()
+                    );
+                    self.standby_said = true;
+                }
+                false
+            }
+            Err(e) => {
+                log::warn!("xmpp: cannot ask the database for the client-mode login: {e}");
+                false
+            }
         }
     }
 
@@ -279,6 +330,7 @@ impl Io<'_> {
             session.on_stanza(&stanza, Instant::now());
         }
         let mut current_wait = Duration::ZERO;
+        let mut next_lease_check = Instant::now() + LEASE_STEP;
         loop {
             let wait = session.read_wait(Instant::now());
             if wait != current_wait {
@@ -301,6 +353,13 @@ impl Io<'_> {
             session.drain_peps();
             if let Err(why) = session.tick(now) {
                 return End::Lost(why);
+            }
+            if now >= next_lease_check {
+                next_lease_check = now + LEASE_STEP;
+                if self.lease.as_mut().is_some_and(|l| !l.is_held()) {
+                    self.lease = None;
+                    return End::Lost("lost the client-mode lease (database connection)".into());
+                }
             }
             if self.shutdown.is_triggered() {
                 session.begin_shutdown(now);
