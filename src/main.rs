@@ -7,9 +7,12 @@
 //!                                                   --devices: one line per device
 //! uwpx-push-server test-push DEVICE_ID [--config PATH]      send a test push, print the outcome
 //! uwpx-push-server remove-device DEVICE_ID [--config PATH]  delete a device and its accounts
+//! uwpx-push-server migrate-db SQLITE_FILE [--config PATH]   copy an SQLite database into
+//!                                                   the (empty) PostgreSQL one of db.url
 //! DEVICE_ID is a whole id or a unique prefix of at least 6 characters.
 //! ```
-//! The admin commands open the same database and are safe while the server runs.
+//! The admin commands open the same database and are safe while the server runs
+//! (`migrate-db` only reads the SQLite file; stop the server first so nothing is missed).
 //! Exit codes: 0 success, 1 could not start / the admin command failed, 2 bad usage or
 //! bad configuration.
 //!
@@ -25,7 +28,7 @@ use uwpx_push_server::app::App;
 use uwpx_push_server::config::Config;
 use uwpx_push_server::shutdown::Shutdown;
 
-const USAGE: &str = "usage: uwpx-push-server [check-config | stats [--devices] | test-push DEVICE_ID | remove-device DEVICE_ID] [--config PATH]";
+const USAGE: &str = "usage: uwpx-push-server [check-config | stats [--devices] | test-push DEVICE_ID | remove-device DEVICE_ID | migrate-db SQLITE_FILE] [--config PATH]";
 
 enum Command {
     Run,
@@ -33,6 +36,7 @@ enum Command {
     Stats { devices: bool },
     TestPush(String),
     RemoveDevice(String),
+    MigrateDb(PathBuf),
 }
 
 fn parse_args() -> Result<(Command, PathBuf), String> {
@@ -68,6 +72,11 @@ fn parse_args() -> Result<(Command, PathBuf), String> {
             },
             "test-push" => Command::TestPush(device()?),
             "remove-device" => Command::RemoveDevice(device()?),
+            "migrate-db" => Command::MigrateDb(
+                args.next()
+                    .map(PathBuf::from)
+                    .ok_or("migrate-db needs the SQLite file to copy")?,
+            ),
             other => return Err(format!("unexpected argument `{other}`")),
         };
         if command.replace(next).is_some() {
@@ -105,6 +114,7 @@ fn main() -> ExitCode {
         Command::Stats { devices } => admin::stats(&config, devices),
         Command::TestPush(id) => admin::test_push(&config, &id),
         Command::RemoveDevice(id) => admin::remove_device(&config, &id),
+        Command::MigrateDb(file) => admin::migrate_db(&config, &file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,12 +18,15 @@
 //! `wns-worker-*` (outcome side effects, the token), `ops-expiry`, `main` (open/close).
 //! Locks: the backend's own, never across I/O.
 
+mod migrate;
 mod postgres;
 mod sqlite;
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+
+pub use migrate::{MigrateError, MigrationReport, migrate_sqlite_to_postgres};
 
 use crate::config::{DbConfig, Synchronous};
 use crate::types::{
