@@ -218,6 +218,14 @@ pub fn remove_device(config: &Config, id: &str) -> Result<(), String> {
 /// `db.url`, in one transaction, and prints what it copied. The file is only read.
 pub fn migrate_db(config: &Config, sqlite: &Path) -> Result<(), String> {
     let report = migrate_sqlite_to_postgres(sqlite, &config.db).map_err(|e| e.to_string())?;
+    if report.source_live {
+        eprintln!(
+            "uwpx-push-server: warning: {}-wal exists: if a server still runs on this file, what \
+             it stored after the copy is not in PostgreSQL; stop it and migrate again into an \
+             empty database",
+            sqlite.display()
+        );
+    }
     print!("{}", migration_summary(&report, Clock::system().unix_now()));
     Ok(())
 }

@@ -223,6 +223,9 @@ fn a_migrated_deployment_keeps_every_node_and_secret_and_its_pushes_arrive() {
     assert!(before.iter().any(|r| r.starts_with("token ")), "{before:?}");
     let dump_before = server.dump();
     let file_before = sha256_of(&sqlite);
+    let side_files =
+        || ["-wal", "-shm"].map(|s| Path::new(&format!("{}{s}", sqlite.display())).exists());
+    assert_eq!(side_files(), [false, false], "a clean stop leaves no WAL");
 
     let url = fresh_pg_database(&admin);
     point_at(&server, &url);
@@ -239,6 +242,14 @@ fn a_migrated_deployment_keeps_every_node_and_secret_and_its_pushes_arrive() {
         assert!(out.contains(line), "{line:?} missing in:\n{out}");
     }
     assert_eq!(sha256_of(&sqlite), file_before, "the SQLite file changed");
+    // Nothing was created beside it either: files owned by the user who ran migrate-db
+    // would keep a server running as another user from opening the database again.
+    assert_eq!(
+        side_files(),
+        [false, false],
+        "-wal/-shm files left beside the file"
+    );
+    assert!(!err.contains("warning"), "{err}");
     let mut pg = server.db();
     assert!(matches!(pg, Db::Pg(_)));
     assert_eq!(
@@ -346,6 +357,42 @@ fn a_second_migration_into_a_filled_target_is_refused_and_changes_nothing() {
         assert_eq!(full_dump(&mut pg), filled, "the target changed");
         assert_eq!(sha256_of(&file), hash, "the SQLite file changed");
     }
+}
+
+#[test]
+fn a_file_a_server_still_writes_is_copied_as_one_snapshot_with_a_warning() {
+    let Some(admin) = pg_admin() else { return };
+    let server = Server::start(Setup {
+        extra: on_sqlite(),
+        ..Setup::default()
+    });
+    let c = server.client();
+    c.send(&newtonsoft(&set_channel(2, DEVICE, &channel(1))));
+    nodes(&c.send(SET_ACCOUNTS_V2), "account_id");
+    let sqlite_dump = full_dump(&mut server.db());
+
+    let dir = TempDir::new("mig-live");
+    let config = dir.path().join("pg.json");
+    let url = fresh_pg_database(&admin);
+    std::fs::write(
+        &config,
+        json!({"xmpp": {"bare_jid": PUSH_JID}, "db": {"url": url}}).to_string(),
+    )
+    .unwrap();
+    let (code, out, err) = migrate_db(&server.db_path(), &config);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(
+        err.contains("warning: ") && err.contains("push.db-wal exists"),
+        "{err}"
+    );
+    assert!(out.contains("devices:             1\n"), "{out}");
+    let mut pg = Db::open(&json!({"db": {"url": url}}), dir.path());
+    assert_eq!(full_dump(&mut pg), sqlite_dump);
+    // The running server still works on its file.
+    assert_eq!(
+        c.send(&newtonsoft(&set_channel(2, DEVICE, &channel(2))))["status"],
+        1
+    );
 }
 
 #[test]

@@ -7,15 +7,16 @@
 //! bare_jid clients), domain, node and secret; the WNS token; the removed-node list and
 //! its `track_removed_nodes` setting. Nothing is re-derived or regenerated.
 //!
-//! The source is opened read-only (`sqlite/export.rs`) inside one read transaction, so
-//! the copy is one consistent snapshot and the file is never written. The target
+//! The source is opened read-only (`sqlite/export.rs`) and read as one consistent
+//! snapshot; the file is never written, and a file that someone else wrote during the
+//! copy is noticed before the COMMIT and the copy rolled back. The target
 //! (`postgres/import.rs`) is written in ONE transaction that first locks the tables and
 //! refuses a target that already holds devices: a failure anywhere leaves the target as
 //! it was. Rows stream from SQLite straight into binary `COPY`, so memory stays flat
 //! however many devices there are.
 //!
 //! Threads: `main` of the admin process. Locks: PostgreSQL's table locks, for the one
-//! transaction; SQLite's shared read lock for the snapshot.
+//! transaction; on the SQLite side see `sqlite/export.rs`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -74,6 +75,8 @@ pub enum MigrateError {
     },
     /// Reading the SQLite file failed.
     Source(PathBuf, StoreError),
+    /// The SQLite file was opened or written by someone else during the copy.
+    SourceChanged(PathBuf),
     /// PostgreSQL could not be opened or refused a statement.
     Target(String, StoreError),
     /// The target already holds devices.
@@ -114,6 +117,12 @@ impl fmt::Display for MigrateError {
                 path.display()
             ),
             Self::Source(p, e) => write!(f, "reading {}: {e}", p.display()),
+            Self::SourceChanged(p) => write!(
+                f,
+                "{} changed during the copy (is a server running on it?); rolled back, nothing \
+                 was copied",
+                p.display()
+            ),
             Self::Target(t, e) => write!(f, "{t}: {e}"),
             Self::TargetNotEmpty { target, devices } => write!(
                 f,
@@ -153,6 +162,10 @@ pub struct MigrationReport {
     pub token_expires_at: Option<i64>,
     /// The `track_removed_nodes` setting copied.
     pub track_removed_nodes: bool,
+    /// A `-wal` file lay beside the SQLite file: a server may still have been running
+    /// (what it stored after the snapshot is not in the copy), or it did not stop
+    /// cleanly (harmless: the WAL was read).
+    pub source_live: bool,
     /// Wall time of the whole copy, commit included.
     pub elapsed: Duration,
 }
@@ -209,6 +222,9 @@ pub fn migrate_sqlite_to_postgres(
             }
             let track = source.track_removed_nodes().map_err(src)?;
             imp.track_removed_nodes(track).map_err(tgt)?;
+            if !source.unchanged() {
+                return Err(MigrateError::SourceChanged(sqlite.to_owned()).into());
+            }
             Ok::<_, ImportFailed>(MigrationReport {
                 source: sqlite.to_owned(),
                 source_schema: source.schema_version(),
@@ -218,6 +234,7 @@ pub fn migrate_sqlite_to_postgres(
                 removed_nodes: removed.len() as u64,
                 token_expires_at: token.map(|t| t.expires_at),
                 track_removed_nodes: track,
+                source_live: source.live(),
                 elapsed: Duration::ZERO,
             })
         })

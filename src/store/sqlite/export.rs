@@ -3,12 +3,25 @@
 //!
 //! The file is opened read-only (never created, never migrated: a file of an older
 //! schema is read as that schema has it) and every read runs in one read transaction,
-//! so the rows form one consistent snapshot even if a server still writes the file.
-//! Rows are handed to a callback one by one as they are read, so memory stays flat.
+//! so the rows form one consistent snapshot. Rows are handed to a callback one by one
+//! as they are read, so memory stays flat.
 //!
-//! Threads: `main` of the admin process. Locks: SQLite's shared lock, for the snapshot.
+//! After a clean stop the server leaves no `-wal` file, and the whole database is in
+//! the one file. It is then read as an immutable file: a plain read-only connection to
+//! a WAL database creates `-wal` and `-shm` files beside it, owned by whoever runs the
+//! command, which a server running as another user could not open afterwards. An
+//! immutable file takes no locks, so [`Export::unchanged`] checks at the end that no
+//! server opened or wrote it meanwhile (no `-wal` appeared; size and modification time
+//! are as they were), and the copy is rolled back if one did. If a `-wal` file exists
+//! (a server runs, or did not stop cleanly), the file is read the ordinary way, which
+//! sees the WAL's committed transactions, and [`Export::live`] says so for a warning.
+//!
+//! Threads: `main` of the admin process. Locks: for a live file, SQLite's read lock for
+//! the snapshot; none for an immutable one.
 
-use std::path::Path;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 
@@ -47,6 +60,36 @@ impl From<rusqlite::Error> for ExportError {
 pub struct Export {
     conn: Connection,
     version: i64,
+    live: bool,
+    /// For an immutable read: the file, its `-wal` name, and its stamp at open.
+    watch: Option<(PathBuf, PathBuf, Stamp)>,
+}
+
+/// Size and modification time of a file: what a writer would change.
+type Stamp = (u64, Option<SystemTime>);
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.len(), m.modified().ok()))
+}
+
+/// `file:` URI of `path` with `immutable=1`; every byte but unreserved ones and `/`
+/// percent-encoded, so no `?`, `#` or `%` in a file name can change its meaning.
+#[cfg(unix)]
+fn immutable_uri(path: &Path) -> Result<String, ExportError> {
+    use std::os::unix::ffi::OsStrExt;
+    let abs = std::path::absolute(path)
+        .map_err(|e| ExportError::Store(StoreError::Unavailable(e.to_string().into())))?;
+    let mut uri = String::from("file:");
+    for &b in abs.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    Ok(uri)
 }
 
 impl Export {
@@ -55,10 +98,22 @@ impl Export {
         if !path.is_file() {
             return Err(ExportError::Missing);
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
+        let mut wal = OsString::from(path.as_os_str());
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let live = wal.exists();
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let (conn, watch) = if live {
+            (Connection::open_with_flags(path, flags)?, None)
+        } else {
+            let at_open = stamp(path)
+                .map_err(|e| ExportError::Store(StoreError::Unavailable(e.to_string().into())))?;
+            let conn = Connection::open_with_flags(
+                immutable_uri(path)?,
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )?;
+            (conn, Some((path.to_owned(), wal, at_open)))
+        };
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Deferred: the snapshot starts at the first read, which is the next one.
         conn.execute_batch("BEGIN DEFERRED")?;
@@ -69,7 +124,12 @@ impl Export {
                 known: CURRENT,
             });
         }
-        let export = Self { conn, version };
+        let export = Self {
+            conn,
+            version,
+            live,
+            watch,
+        };
         if version == 0 || !export.has("table", "devices")? || !export.has("table", "accounts")? {
             return Err(ExportError::NotOurs(
                 "no devices and accounts tables of this server".into(),
@@ -83,6 +143,12 @@ impl Export {
         self.version
     }
 
+    /// Whether a `-wal` file was there: a server may still be writing the file, and
+    /// what it writes after this snapshot is not copied.
+    pub fn live(&self) -> bool {
+        self.live
+    }
+
     fn has(&self, kind: &str, name: &str) -> Result<bool, rusqlite::Error> {
         self.conn
             .query_row(
@@ -92,6 +158,18 @@ impl Export {
             )
             .optional()
             .map(|r| r.is_some())
+    }
+
+    /// For a file read as immutable: that nothing opened or wrote it since [`Export::open`]
+    /// (no `-wal` appeared, size and modification time unchanged), so what was read is
+    /// one consistent state. Always true for a live file (its read transaction is).
+    pub fn unchanged(&self) -> bool {
+        match &self.watch {
+            None => true,
+            Some((path, wal, at_open)) => {
+                !wal.exists() && stamp(path).is_ok_and(|now| now == *at_open)
+            }
+        }
     }
 
     /// Calls `f` with every device, in id order; returns how many were read. A read
@@ -219,4 +297,74 @@ fn account_row(r: &Row<'_>) -> rusqlite::Result<AccountRow> {
         secret: r.get(4)?,
         created_at: r.get(5)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Synchronous;
+    use crate::store::Store;
+
+    /// A fresh, cleanly closed database of ours with one device, in its own directory
+    /// (with an awkward name for the URI).
+    fn closed_db(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("uwpx-export-{tag}-{}-#%?", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("push.db");
+        let store = Store::open_sqlite(&path, Synchronous::Normal).unwrap();
+        store.close().unwrap();
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO devices VALUES ('d1', 'https://x.notify.windows.com/?t', 2, NULL, 1, 2, 3)",
+        )
+        .unwrap();
+        conn.close().unwrap();
+        path
+    }
+
+    fn side_files(path: &Path) -> Vec<bool> {
+        ["-wal", "-shm"]
+            .iter()
+            .map(|s| PathBuf::from(format!("{}{s}", path.display())).exists())
+            .collect()
+    }
+
+    #[test]
+    fn a_cleanly_closed_file_is_read_without_creating_files_beside_it() {
+        let path = closed_db("clean");
+        assert_eq!(side_files(&path), [false, false]);
+        let export = Export::open(&path).ok().unwrap();
+        assert!(!export.live());
+        let n = export
+            .devices(
+                |e| e,
+                |row| {
+                    assert_eq!(row.device_id, "d1");
+                    Ok(())
+                },
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(export.unchanged());
+        export.close();
+        assert_eq!(side_files(&path), [false, false]);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_write_during_an_immutable_read_is_noticed() {
+        let path = closed_db("written");
+        let export = Export::open(&path).ok().unwrap();
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch("UPDATE devices SET last_seen_at = 4")
+            .unwrap();
+        assert!(!export.unchanged(), "a -wal appeared");
+        writer.close().unwrap();
+        assert!(!export.unchanged(), "the file was written");
+        export.close();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
 }
