@@ -353,6 +353,42 @@ mod tests {
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
+    /// Files of schema 1 and 2 (a server that never ran this version) are read as
+    /// they are: no list before 2; before 3, tracking is whether the trigger is there.
+    #[test]
+    fn older_schemas_are_read_without_migrating_them() {
+        let path = closed_db("old");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO removed_nodes VALUES ('gone');
+             DROP TRIGGER accounts_removed; DROP TABLE settings;
+             CREATE TRIGGER accounts_removed AFTER DELETE ON accounts BEGIN
+                 INSERT OR IGNORE INTO removed_nodes (node) VALUES (old.node);
+             END;
+             PRAGMA user_version = 2",
+        )
+        .unwrap();
+        conn.close().unwrap();
+        let export = Export::open(&path).ok().unwrap();
+        assert_eq!(export.schema_version(), 2);
+        assert_eq!(export.removed_nodes().unwrap(), ["gone"]);
+        assert!(export.track_removed_nodes().unwrap());
+        export.close();
+
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER accounts_removed; DROP TABLE removed_nodes; PRAGMA user_version = 1",
+        )
+        .unwrap();
+        conn.close().unwrap();
+        let export = Export::open(&path).ok().unwrap();
+        assert!(export.removed_nodes().unwrap().is_empty());
+        assert!(!export.track_removed_nodes().unwrap());
+        assert_eq!(export.devices(|e| e, |_| Ok(())).unwrap(), 1);
+        export.close();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
     #[test]
     fn a_write_during_an_immutable_read_is_noticed() {
         let path = closed_db("written");
