@@ -18,7 +18,7 @@ POSTGRES=0
 case "${1:-}" in
   "") ;;
   --postgres) POSTGRES=1 ;;
-  *) sed -n '2,11p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,10p' "$0" >&2; exit 2 ;;
 esac
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
