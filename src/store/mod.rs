@@ -18,6 +18,7 @@
 //! `wns-worker-*` (outcome side effects, the token), `ops-expiry`, `main` (open/close).
 //! Locks: the backend's own, never across I/O.
 
+mod migrate;
 mod postgres;
 mod sqlite;
 
@@ -25,6 +26,8 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use migrate::{MigrateError, MigrationReport, migrate_sqlite_to_postgres};
 
 use crate::config::{DbConfig, Synchronous};
 use crate::types::{

@@ -17,6 +17,7 @@
 //! cached plan.
 
 mod commit;
+pub mod export;
 mod listing;
 mod schema;
 
