@@ -81,8 +81,6 @@ pub struct RealServer {
     _s2s_port: Option<std::fs::File>,
 }
 
-/// Held by the one PushSrv of this process (tests run in parallel threads).
-
 impl RealServer {
     pub fn start(kind: Kind, users: &[&str]) -> Self {
         let dir = TempDir::new(match kind {
