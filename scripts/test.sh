@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, clippy, unit, integration and end-to-end tests
-# (real Prosody and ejabberd). Works on a fresh machine with only the Rust toolchain:
-# it installs what it needs (Debian packages, a Python venv with slixmpp).
+# (real Prosody and ejabberd), then 60 s of fuzzing per fuzz target. Works on a fresh
+# machine with only the Rust toolchain: it installs what it needs (Debian packages, a
+# Python venv with slixmpp, cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,3 +27,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --no-fail-fast -- --include-ignored
 fi
+echo "== fuzz (60 s per target, see scripts/fuzz.sh)"
+bash scripts/fuzz.sh 60
