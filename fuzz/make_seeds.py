@@ -139,6 +139,9 @@ PEP_ERROR = "<iq type=\"error\" id=\"pep-2\" from=\"push@localhost\"><error type
 PROSODY_PUBLISH_NO_OPTIONS = PROSODY_PUBLISH.split("<publish-options>")[0] + "</pubsub></iq>"
 DISCO = "<iq type='get' id='disco-1' from='localhost' to='push.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq><iq type='get' id='disco-2' from='localhost' to='push.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
 PING = "<iq type='get' id='ping-1' from='localhost' to='push.localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+# Not captured: references and whitespace in the addressing, which our replies must
+# carry back unchanged (a literal tab in an attribute reads as a space, `&#9;` as a tab).
+REFS = "<iq type='get' id='a&#9;b&#xA;c&#13;&amp;&apos;&lt;' from='local\thost' to='push.localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
 
 
 def stanzas():
@@ -149,6 +152,7 @@ def stanzas():
     seeds["prosody_publish_cut5"] = b"\x0a" + (COMPONENT_HEAD + PROSODY_PUBLISH_NO_OPTIONS + "</stream:stream>").encode()
     seeds["prosody_client_event"] = b"\x01" + (CLIENT_HEAD + PROSODY_EVENT + "\n" + PROSODY_EVENT + PEP_PUBLISH_RESULT + PEP_ERROR).encode()
     seeds["component_disco_ping_error"] = b"\x00" + (COMPONENT_HEAD + DISCO + " " + PING + APP_ERROR_REPLY + "</stream:stream>").encode()
+    seeds["component_references"] = b"\x00" + (COMPONENT_HEAD + REFS).encode()
     seeds["client_features"] = b"\x03" + (CLIENT_HEAD + "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>" + PING).encode()
     return seeds
 
