@@ -32,7 +32,7 @@ export RUSTC_BOOTSTRAP=1
 
 if [[ -z ${FUZZ_SANITIZER:-} ]]; then
   host=$(rustc -vV | sed -n 's/^host: //p')
-  if ls "$(rustc --print sysroot)/lib/rustlib/$host/lib/" | grep -q 'rt\.asan\.a$'; then
+  if compgen -G "$(rustc --print sysroot)/lib/rustlib/$host/lib/*rt.asan.a" >/dev/null; then
     FUZZ_SANITIZER=address
   else
     FUZZ_SANITIZER=none
