@@ -1,0 +1,145 @@
+//! Fuzz target: the XMPP stanza reader and publish classification, bytes → events.
+//!
+//! Input layout: the first byte picks the stream namespace (bit 0: component or client
+//! mode) and how the bytes arrive (bits 1–7: 1 to 63 bytes per read, or up to 16 KiB),
+//! with a "would block" between reads so the reader's resume-after-idle path runs too.
+//! The rest is what the XMPP server sends. Each event goes where `xmpp/mod.rs` sends it:
+//! a stanza is serialised and redacted (the trace log line), classified, and an IQ gets
+//! the reply the session would write.
+//!
+//! Besides "no panic" and "no hang", it checks that every reply we would send for an
+//! attacker-chosen IQ header reads back through our own reader as one `<iq>` with the
+//! same id and the addresses swapped: escaping holds, whatever the id or JIDs hold.
+#![no_main]
+
+use std::io::{self, Read};
+
+use libfuzzer_sys::fuzz_target;
+use minidom::Element;
+use uwpx_push_server::types::jid_domain;
+use uwpx_push_server::xmpp::publish::{self, Inbound, IqHeader, RecentItems};
+use uwpx_push_server::xmpp::reader::{ReadError, StanzaReader, StreamEvent};
+use uwpx_push_server::xmpp::reply;
+
+const NS_COMPONENT: &str = "jabber:component:accept";
+const NS_CLIENT: &str = "jabber:client";
+
+/// Gives out at most `chunk` bytes per read and "would block" between reads, like a
+/// socket with a read timeout.
+struct Trickle<'a> {
+    data: &'a [u8],
+    chunk: usize,
+    block_next: bool,
+}
+
+impl Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.block_next {
+            self.block_next = false;
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.block_next = true;
+        let n = self.chunk.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Ok(n)
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, stream)) = data.split_first() else {
+        return;
+    };
+    let ns = if mode & 1 == 0 {
+        NS_COMPONENT
+    } else {
+        NS_CLIENT
+    };
+    let chunk = match mode >> 1 {
+        0 => 16 * 1024,
+        n => usize::from(n % 63) + 1,
+    };
+    let mut reader = StanzaReader::new(Trickle {
+        data: stream,
+        chunk,
+        block_next: false,
+    });
+    let mut seen = RecentItems::new(8);
+    loop {
+        match reader.next_event() {
+            Ok(StreamEvent::Open(header)) => {
+                let _ = header.attr("id");
+            }
+            Ok(StreamEvent::Stanza(stanza)) => handle(&stanza, ns, &mut seen),
+            Ok(StreamEvent::Close) => return,
+            Err(ReadError::Idle) => continue,
+            Err(ReadError::Eof | ReadError::Policy(_) | ReadError::Xml(_) | ReadError::Io(_)) => {
+                return;
+            }
+        }
+    }
+});
+
+/// What the session loop does with one stanza, minus the dispatcher and the socket.
+fn handle(stanza: &Element, ns: &str, seen: &mut RecentItems) {
+    let _ = reply::redact_secrets(&String::from(stanza));
+    match publish::classify(stanza, ns) {
+        Inbound::Publish(h, p) => {
+            assert!(!p.node.as_str().is_empty(), "a publish without a node was accepted");
+            let _ = jid_domain(&h.from);
+            check_reply(&reply::iq_result(&h, ""), &h, ns);
+            check_reply(&reply::unsupported(&h), &h, ns);
+        }
+        Inbound::BadPublish(h, _) => check_reply(&reply::bad_request(&h), &h, ns),
+        Inbound::ForeignNode(h) => check_reply(&reply::unsupported(&h), &h, ns),
+        Inbound::DiscoInfo(h) => check_reply(&reply::disco_info(&h), &h, ns),
+        Inbound::DiscoItems(h) => check_reply(&reply::disco_items(&h), &h, ns),
+        Inbound::Ping(h) => check_reply(&reply::iq_result(&h, ""), &h, ns),
+        Inbound::Unsupported(h) => check_reply(&reply::unsupported(&h), &h, ns),
+        Inbound::Event { node, item_id, .. } => {
+            assert!(!node.as_str().is_empty(), "an event without a node was accepted");
+            if let Some(item) = item_id {
+                let first = seen.insert(node.as_str(), &item);
+                assert!(first || !seen.insert(node.as_str(), &item));
+            }
+        }
+        Inbound::Response { id, .. } => assert!(!id.is_empty()),
+        Inbound::Ignored => {}
+    }
+}
+
+/// Our reply, read back by our own reader inside a stream of namespace `ns`, is one
+/// `<iq>` with the request's id and the addresses swapped.
+fn check_reply(xml: &str, h: &IqHeader, ns: &str) {
+    let wire = format!(
+        "<stream:stream xmlns='{ns}' xmlns:stream='http://etherx.jabber.org/streams'>{xml}</stream:stream>"
+    );
+    let mut reader = StanzaReader::new(wire.as_bytes());
+    let mut stanzas = Vec::new();
+    loop {
+        match reader.next_event() {
+            Ok(StreamEvent::Open(_)) => {}
+            Ok(StreamEvent::Stanza(s)) => stanzas.push(s),
+            Ok(StreamEvent::Close) => break,
+            Err(e) => panic!("our reply {xml:?} does not read back: {e:?}"),
+        }
+    }
+    assert_eq!(stanzas.len(), 1, "our reply {xml:?} is not one stanza");
+    let iq = &stanzas[0];
+    assert!(iq.is("iq", ns), "our reply {xml:?} is not an iq");
+    assert_eq!(iq.attr("id"), Some(h.id.as_str()), "id changed in {xml:?}");
+    if !h.from.is_empty() {
+        assert_eq!(
+            iq.attr("to"),
+            Some(h.from.as_str()),
+            "to changed in {xml:?}"
+        );
+    }
+    if !h.to.is_empty() {
+        assert_eq!(
+            iq.attr("from"),
+            Some(h.to.as_str()),
+            "from changed in {xml:?}"
+        );
+    }
+}
