@@ -50,11 +50,12 @@ pub fn authenticate(
     match login_event(reader)? {
         StreamEvent::Stanza(e) if e.name() == "handshake" => Ok(()),
         StreamEvent::Stanza(e) if e.name() == "error" => {
-            let condition = e
-                .children()
-                .next()
-                .map(|c| c.name().to_owned())
-                .unwrap_or_else(|| "unknown".into());
+            let condition = super::stream_error_condition(&e);
+            if condition == "conflict" {
+                // Prosody's default `component_conflict_resolve = "kick_new"`: another
+                // instance holds the component.
+                return Err(XmppError::Conflict);
+            }
             Err(XmppError::Auth(format!(
                 "the server refused the component handshake ({condition}): check xmpp.component.jid and secret"
             )))
