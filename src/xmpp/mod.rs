@@ -567,6 +567,15 @@ mod tests {
             "not-authorized"
         );
         assert_eq!(stream_error_condition(&parse("")), "unknown");
+        // As the reader hands it over on a live component stream.
+        let wire: &[u8] = b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='s1'><stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Replaced by a new connection</text></stream:error>";
+        let mut reader = StanzaReader::new(wire);
+        assert!(matches!(reader.next_event(), Ok(StreamEvent::Open(_))));
+        let Ok(StreamEvent::Stanza(e)) = reader.next_event() else {
+            panic!("no stanza")
+        };
+        assert!(is_stream_error(&e));
+        assert_eq!(stream_error_condition(&e), "conflict");
         let iq_error: minidom::Element = "<error xmlns='jabber:component:accept' type='cancel'/>"
             .parse()
             .unwrap();
