@@ -317,3 +317,88 @@ fn shutdown_closes_the_stream() {
 // The ping timeout rule (a server that stops answering pings is given up) is a unit
 // test of the session with a hand-moved clock (src/xmpp/session/tests.rs); the
 // reconnect that follows any lost stream is `a_dropped_connection_is_reestablished`.
+
+/// Plays Prosody with another instance holding the component: accepts one connection,
+/// refuses its handshake with `<conflict/>` (`component_conflict_resolve = "kick_new"`)
+/// or, with `accept`, lets it in and returns the stream.
+fn prosody_turn(
+    listener: &std::net::TcpListener,
+    accept: bool,
+) -> uwpx_push_server::xmpp::reader::StanzaReader<std::net::TcpStream> {
+    use std::io::Write;
+    use uwpx_push_server::xmpp::reader::{StanzaReader, StreamEvent};
+    let (tcp, _) = listener.accept().unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = StanzaReader::new(tcp);
+    assert!(matches!(reader.next_event(), Ok(StreamEvent::Open(_))));
+    reader.get_mut().write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='c1' from='push.localhost'>").unwrap();
+    assert!(matches!(reader.next_event(), Ok(StreamEvent::Stanza(_))));
+    if accept {
+        reader.get_mut().write_all(b"<handshake/>").unwrap();
+    } else {
+        reader.get_mut().write_all(CONFLICT.as_bytes()).unwrap();
+    }
+    reader
+}
+
+/// Prosody's words, text first (Prosody writes the condition first; either order counts).
+const CONFLICT: &str = "<stream:error><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Component already connected</text><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>";
+
+#[test]
+fn a_conflict_makes_a_standby_that_retries_every_few_seconds_and_logs_it_once() {
+    use std::io::Write;
+    use uwpx_push_server::xmpp::reader::StreamEvent;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let wns = WnsFixture::start();
+    let server = Server::start(Setup {
+        extra: wns.config(json!({
+            "xmpp": {"component": {"jid": COMPONENT_JID, "secret": COMPONENT_SECRET,
+                                   "host": "127.0.0.1", "port": listener.local_addr().unwrap().port()}},
+        })),
+        ..Setup::default()
+    });
+    // Five refusals: the attempts come at most 5 s apart (the old backoff reached 8 s).
+    let mut last = std::time::Instant::now();
+    drop(prosody_turn(&listener, false));
+    for _ in 0..4 {
+        drop(prosody_turn(&listener, false));
+        let gap = last.elapsed();
+        assert!(gap <= Duration::from_secs(5), "retried after {gap:?}");
+        last = std::time::Instant::now();
+    }
+    let standby = "another instance holds the component";
+    assert_eq!(
+        server.log_text().matches(standby).count(),
+        1,
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        !server.log_text().contains("[ERROR]"),
+        "{}",
+        server.log_text()
+    );
+    // The other instance is gone: connected, and serving.
+    let mut conn = prosody_turn(&listener, true);
+    conn.get_mut()
+        .write_all(b"<iq type='get' id='up' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .unwrap();
+    let reply = loop {
+        match conn.next_event() {
+            Ok(StreamEvent::Stanza(e)) if e.attr("id") == Some("up") => break e,
+            Ok(StreamEvent::Stanza(_)) => continue,
+            other => panic!("no answer to the ping: {other:?}"),
+        }
+    };
+    assert_eq!(verdict(&reply), "result");
+    assert!(server.log_shows("xmpp: connected as push.localhost"));
+    // Taken over by a newer connection (`kick_old`) later: a standby again, said again.
+    conn.get_mut().write_all(CONFLICT.as_bytes()).unwrap();
+    drop(prosody_turn(&listener, false));
+    assert!(server.log_shows(standby));
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while server.log_text().matches(standby).count() < 2 {
+        assert!(std::time::Instant::now() < end, "{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
