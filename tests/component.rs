@@ -402,3 +402,67 @@ fn a_conflict_makes_a_standby_that_retries_every_few_seconds_and_logs_it_once() 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// With several instances on one component (ejabberd), the answers to our pings may go
+/// to another instance, and theirs come to us. Any inbound stanza proves the stream
+/// alive; answers to requests we never sent are not answered and not logged above
+/// debug; only a long silence (3 ping intervals) gives the stream up.
+#[test]
+fn other_instances_replies_keep_the_stream_alive_and_only_long_silence_ends_it() {
+    let mut r = rig(json!({"xmpp": {"ping_interval_s": 5}}));
+    let foreign = [
+        "<iq type='result' id='uwpx-ping-999' from='localhost' to='push.localhost'/>",
+        "<iq type='error' id='pep-5' from='localhost' to='push.localhost'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+    ];
+    // 16 s (more than 3 intervals) of other instances' replies, none of our pings answered.
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(16) {
+        for f in foreign {
+            r.conn.send(f);
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while let Some(e) = r
+            .conn
+            .next(until.saturating_duration_since(std::time::Instant::now()))
+        {
+            let is_ping = e.children().any(|c| c.name() == "ping");
+            assert!(is_ping, "answered a reply: {}", String::from(&e));
+        }
+    }
+    r.conn
+        .send("<iq type='get' id='still' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_eq!(verdict(&r.conn.reply_to("still")), "result");
+    let log = r.server.log_text();
+    assert!(!log.contains("connection lost"), "{log}");
+    for line in log
+        .lines()
+        .filter(|l| l.contains("pep-5") || l.contains("uwpx-ping-999"))
+    {
+        assert!(
+            line.contains("[DEBUG]") || line.contains("[TRACE]"),
+            "{line}"
+        );
+    }
+
+    // Then silence: pings keep coming (more often than the interval), and after 3
+    // intervals without a word the stream is given up and made again.
+    let quiet = std::time::Instant::now();
+    let mut pings = 0;
+    while let Some(e) = r.conn.next(Duration::from_secs(20)) {
+        assert!(
+            e.children().any(|c| c.name() == "ping"),
+            "{}",
+            String::from(&e)
+        );
+        pings += 1;
+    }
+    let again = r.xmpp.accept(Duration::from_secs(20));
+    let given_up = quiet.elapsed();
+    assert!(pings >= 10, "{pings} pings while silent");
+    assert!(
+        given_up >= Duration::from_secs(14) && given_up <= Duration::from_secs(25),
+        "given up after {given_up:?}"
+    );
+    assert!(r.server.log_shows("connection lost: nothing heard for"));
+    drop(again);
+}
