@@ -45,6 +45,13 @@ impl TokenVault for StoreVault {
     fn save(&self, token: &SavedToken) -> Result<(), String> {
         self.0.save_token(token).map_err(|e| e.to_string())
     }
+
+    fn refresh(
+        &self,
+        decide: &mut dyn FnMut(Option<&SavedToken>) -> Option<SavedToken>,
+    ) -> Result<Option<SavedToken>, String> {
+        self.0.refresh_token(decide).map_err(|e| e.to_string())
+    }
 }
 
 /// Client mode's PEP nodes as registration's node provisioner.
@@ -326,8 +333,12 @@ impl Parts<'_> {
                     .map_err(StartError::Tls)?,
             ),
         };
-        let server = RegistrationServer::bind(config.tcp.addr, config.tcp.max_connections)
-            .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
+        let server = RegistrationServer::bind(
+            config.tcp.addr,
+            config.tcp.max_connections,
+            config.tcp.max_connections_per_ip,
+        )
+        .map_err(|e| StartError::Bind(config.tcp.addr, e))?;
         let addr = server.local_addr();
         if tls.is_none() {
             log::warn!(

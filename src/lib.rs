@@ -26,7 +26,7 @@
 //! 5  registration | xmpp
 //! 4  push
 //! 3  wns
-//! 2  store
+//! 2  store | logging
 //! 1  config
 //! 0  types | clock | metrics | shutdown | net | xml
 //! END
@@ -43,7 +43,7 @@
 //!       │                   outcome's store side effects through push::effects)
 //!       ├─ ops-expiry      (hourly sweep of devices unseen for db.device_ttl_days)
 //!       ├─ ops-http        (optional: /health, /metrics)
-//!       └─ (ctrlc handler thread: only signals main)
+//!       └─ signals         (SIGINT/SIGTERM → main stops the app; SIGHUP → reopen log.file)
 //! Shared: Arc<Store> (a lock held for one statement or one transaction, never across
 //!         I/O), Arc<ConnContext> (read-only), Arc<WnsPool> (owns the job sender: its
 //!         drop ends the workers), Arc<TokenCache>, Arc<Effects>, Shutdown (a flag plus
@@ -67,6 +67,7 @@
 //! - [`app`]: wiring and ordered shutdown.
 //! - [`admin`]: the `stats`, `test-push` and `remove-device` commands.
 //! - [`shutdown`]: the stop signal and logged joins.
+//! - [`logging`]: log setup, `log.file` reopened on SIGHUP, a throttle for noisy lines.
 //! - [`net`]: plain-or-TLS sockets.
 //! - [`xml`]: XML escaping.
 
@@ -79,6 +80,7 @@ pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
+pub mod logging;
 pub mod metrics;
 pub mod net;
 pub mod ops;

@@ -1,110 +1,215 @@
-//! The `uwpx-push-server` command line.
+//! The `uwpx-push-server` command line: `uwpx-push-server help` lists the commands and
+//! options ([`HELP`]). The admin commands open the same database and are safe while the
+//! server runs. Exit codes: 0 success, 1 could not start / the admin command failed, 2 bad
+//! usage or bad configuration.
 //!
-//! ```text
-//! uwpx-push-server [--config PATH]                  run the server (default ./configuration.json)
-//! uwpx-push-server check-config [--config PATH]     validate and print the effective configuration
-//! uwpx-push-server stats [--devices] [--config PATH]  devices, accounts, last seen, token expiry;
-//!                                                   --devices: one line per device
-//! uwpx-push-server test-push DEVICE_ID [--config PATH]      send a test push, print the outcome
-//! uwpx-push-server remove-device DEVICE_ID [--config PATH]  delete a device and its accounts
-//! DEVICE_ID is a whole id or a unique prefix of at least 6 characters.
-//! ```
-//! The admin commands open the same database and are safe while the server runs.
-//! Exit codes: 0 success, 1 could not start / the admin command failed, 2 bad usage or
-//! bad configuration.
-//!
-//! Threads: `main` parses, starts the app, then sleeps until Ctrl+C/SIGTERM; the
-//! `ctrlc` thread only forwards the signal. A second signal exits at once.
+//! Threads: `main` parses, starts the app, then sleeps until SIGINT (Ctrl+C) or SIGTERM.
+//! The `signals` thread forwards those to `main` (a second one exits at once) and
+//! handles SIGHUP itself by reopening `log.file`, for logrotate.
 
+use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use uwpx_push_server::admin;
 use uwpx_push_server::app::App;
-use uwpx_push_server::config::Config;
+use uwpx_push_server::config::{Config, ConfigError};
+use uwpx_push_server::logging::{self, LogFile};
 use uwpx_push_server::shutdown::Shutdown;
 
-const USAGE: &str = "usage: uwpx-push-server [check-config | stats [--devices] | test-push DEVICE_ID | remove-device DEVICE_ID] [--config PATH]";
+/// `--help`: every command and option, one line each.
+const HELP: &str = "\
+uwpx-push-server: the XEP-0357 push server for UWPX (wakes devices through WNS)
 
+Usage: uwpx-push-server [COMMAND] [--config PATH]
+
+Commands:
+  run                      run the server (the default when no command is given)
+  check-config             validate the configuration and print it, secrets masked
+  stats [--devices]        devices, accounts, oldest and newest last seen, WNS token expiry;
+                           --devices: one line per device (id, generation, accounts, last seen)
+  test-push DEVICE_ID      send a test push to one device and print the WNS outcome
+  remove-device DEVICE_ID  delete a device and its accounts
+                           (DEVICE_ID: a whole id or a unique prefix of at least 6 characters)
+  help                     print this help
+
+Options:
+  -c, --config PATH        the configuration file (default ./configuration.json); also --config=PATH
+  -h, --help               print this help
+  -V, --version            print the version
+
+Exit codes: 0 success, 1 could not start or the command failed, 2 bad usage or configuration.
+";
+
+/// The one-line reminder printed after a usage error.
+const USAGE: &str = "usage: uwpx-push-server [run | check-config | stats [--devices] | test-push DEVICE_ID | remove-device DEVICE_ID | help] [--config PATH]";
+
+/// What the command line asks for.
 enum Command {
     Run,
     CheckConfig,
-    Stats { devices: bool },
+    Stats {
+        /// `--devices`: one line per device.
+        devices: bool,
+    },
     TestPush(String),
     RemoveDevice(String),
+    Help,
+    Version,
 }
 
-fn parse_args() -> Result<(Command, PathBuf), String> {
-    let mut args = std::env::args().skip(1);
-    let mut command = None;
-    let mut path = PathBuf::from("configuration.json");
+/// The parsed command line.
+struct Args {
+    command: Command,
+    /// `--config`, or `configuration.json` in the working directory.
+    config: PathBuf,
+    /// Whether `--config` was given (a missing default file gets a hint).
+    config_given: bool,
+}
+
+/// Options may come before or after the command; `--config PATH`, `--config=PATH` and
+/// `-c PATH` are the same.
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut positional = Vec::new();
+    let mut config = None;
+    let mut devices = false;
     while let Some(arg) = args.next() {
-        let mut device = || args.next().ok_or(format!("{arg} needs a DEVICE_ID"));
-        let next = match arg.as_str() {
-            "--config" | "-c" => {
-                path = args
-                    .next()
-                    .map(PathBuf::from)
-                    .ok_or("--config needs a path")?;
-                continue;
-            }
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            "--version" | "-V" => {
-                println!("uwpx-push-server {}", env!("CARGO_PKG_VERSION"));
-                std::process::exit(0);
-            }
-            "check-config" => Command::CheckConfig,
-            "stats" => Command::Stats { devices: false },
-            "--devices" => match &mut command {
-                Some(Command::Stats { devices }) => {
-                    *devices = true;
-                    continue;
+        match arg.as_str() {
+            "--devices" => devices = true,
+            "--config" | "-c" => config = Some(args.next().ok_or("--config needs a path")?),
+            "--help" | "-h" => positional.insert(0, "help".to_owned()),
+            "--version" | "-V" => positional.insert(0, "--version".to_owned()),
+            s if s.starts_with("--config=") => {
+                let path = &s["--config=".len()..];
+                if path.is_empty() {
+                    return Err("--config= needs a path".into());
                 }
-                _ => return Err("--devices goes after stats".into()),
-            },
-            "test-push" => Command::TestPush(device()?),
-            "remove-device" => Command::RemoveDevice(device()?),
-            other => return Err(format!("unexpected argument `{other}`")),
-        };
-        if command.replace(next).is_some() {
-            return Err("give one command at most".into());
+                config = Some(path.to_owned());
+            }
+            s if s.starts_with('-') && s.len() > 1 => {
+                return Err(format!("unexpected argument `{s}`"));
+            }
+            _ => positional.push(arg),
         }
     }
-    Ok((command.unwrap_or(Command::Run), path))
+    let mut rest = positional.into_iter();
+    let first = rest.next();
+    let mut device = |name: &str| {
+        rest.next().ok_or(format!(
+            "{name} needs a DEVICE_ID: uwpx-push-server {name} DEVICE_ID [--config PATH]"
+        ))
+    };
+    let command = match first.as_deref() {
+        None | Some("run") => Command::Run,
+        Some("check-config") => Command::CheckConfig,
+        Some("stats") => Command::Stats { devices },
+        Some("test-push") => Command::TestPush(device("test-push")?),
+        Some("remove-device") => Command::RemoveDevice(device("remove-device")?),
+        Some("help") => return Ok(Args::just(Command::Help)),
+        Some("--version") => return Ok(Args::just(Command::Version)),
+        Some(other) => return Err(format!("unexpected argument `{other}`")),
+    };
+    if let Some(extra) = rest.next() {
+        return Err(format!("unexpected argument `{extra}`"));
+    }
+    if devices && !matches!(command, Command::Stats { .. }) {
+        return Err("--devices goes with stats".into());
+    }
+    Ok(Args {
+        command,
+        config_given: config.is_some(),
+        config: config.map_or_else(|| PathBuf::from("configuration.json"), PathBuf::from),
+    })
+}
+
+impl Args {
+    fn just(command: Command) -> Self {
+        Self {
+            command,
+            config: PathBuf::new(),
+            config_given: false,
+        }
+    }
+}
+
+/// Prints to stdout; a reader that went away (`check-config | head`) is not an error.
+fn print_out(text: &str) -> ExitCode {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uwpx-push-server: cannot write to stdout: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One stderr line for a configuration error; a missing default file says where to
+/// start.
+fn config_error(e: &ConfigError, args: &Args) -> String {
+    match e {
+        ConfigError::Read { source, .. }
+            if source.kind() == io::ErrorKind::NotFound && !args.config_given =>
+        {
+            format!(
+                "uwpx-push-server: {e}; copy configuration.json.example to configuration.json and edit it, or name the file with --config PATH"
+            )
+        }
+        ConfigError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+            format!(
+                "uwpx-push-server: {e}; configuration.json.example in the source tree is a starting point"
+            )
+        }
+        _ => format!("uwpx-push-server: {e}"),
+    }
 }
 
 fn main() -> ExitCode {
-    let (command, path) = match parse_args() {
-        Ok(c) => c,
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("uwpx-push-server: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    let config = match Config::load(&path) {
+    match args.command {
+        Command::Help => return print_out(HELP),
+        Command::Version => {
+            return print_out(&format!("uwpx-push-server {}\n", env!("CARGO_PKG_VERSION")));
+        }
+        _ => {}
+    }
+    let config = match Config::load(&args.config) {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}", config_error(&e, &args));
+            return ExitCode::from(2);
+        }
+    };
+    if let Command::CheckConfig = args.command {
+        for w in &config.warnings {
+            eprintln!("uwpx-push-server: warning: {w}");
+        }
+        return print_out(&format!("{}: OK\n{config:#?}\n", args.config.display()));
+    }
+    let log_file = match logging::init(&config.log) {
+        Ok(f) => f,
         Err(e) => {
             eprintln!("uwpx-push-server: {e}");
             return ExitCode::from(2);
         }
     };
-    if let Command::CheckConfig = command {
-        println!("{}: OK\n{config:#?}", path.display());
-        return ExitCode::SUCCESS;
+    for w in &config.warnings {
+        log::warn!("{w}");
     }
-    if let Err(e) = init_logging(&config) {
-        eprintln!("uwpx-push-server: {e}");
-        return ExitCode::from(2);
-    }
-    let result = match command {
-        Command::Run | Command::CheckConfig => return run(&config),
-        Command::Stats { devices } => admin::stats(&config, devices),
-        Command::TestPush(id) => admin::test_push(&config, &id),
-        Command::RemoveDevice(id) => admin::remove_device(&config, &id),
+    let result = match &args.command {
+        Command::Stats { devices } => admin::stats(&config, *devices),
+        Command::TestPush(id) => admin::test_push(&config, id),
+        Command::RemoveDevice(id) => admin::remove_device(&config, id),
+        _ => return run(&config, log_file),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,7 +220,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: &Config) -> ExitCode {
+/// Runs the server until SIGINT or SIGTERM; SIGHUP reopens `log.file`.
+fn run(config: &Config, log_file: Option<LogFile>) -> ExitCode {
+    // Installed before the app starts, so that a SIGHUP from logrotate right after the
+    // start does not kill the process (SIGHUP's default action).
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot install the signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let handle = signals.handle();
     let shutdown = Shutdown::new();
     let app = match App::start(config, shutdown) {
         Ok(app) => app,
@@ -126,62 +242,50 @@ fn run(config: &Config) -> ExitCode {
         }
     };
     let (tx, rx) = crossbeam_channel::bounded::<()>(1);
-    static SIGNALS: AtomicUsize = AtomicUsize::new(0);
-    let handler = ctrlc::set_handler(move || {
-        if SIGNALS.fetch_add(1, Ordering::SeqCst) > 0 {
-            eprintln!("uwpx-push-server: second signal, exiting now");
-            std::process::exit(130);
+    let thread = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut stops = 0;
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    reopen(log_file.as_ref());
+                    continue;
+                }
+                stops += 1;
+                if stops > 1 {
+                    eprintln!("uwpx-push-server: second signal, exiting now");
+                    std::process::exit(130);
+                }
+                let _ = tx.try_send(());
+            }
+        });
+    let thread = match thread {
+        Ok(t) => t,
+        Err(e) => {
+            log::error!("cannot start the signal thread: {e}");
+            app.stop();
+            return ExitCode::from(1);
         }
-        let _ = tx.try_send(());
-    });
-    if let Err(e) = handler {
-        log::error!("cannot install the signal handler: {e}");
-        app.stop();
-        return ExitCode::from(1);
-    }
+    };
     let _ = rx.recv();
     app.stop();
+    handle.close();
+    if thread.join().is_err() {
+        log::error!("the signal thread panicked");
+    }
     ExitCode::SUCCESS
 }
 
-/// Logs to stderr (and `log.file`), one `write` per line: a daemon's log goes to
-/// journald or a file, so plain lines without colour codes, and a `LineWriter` so a
-/// line is never split across writes (simplelog's terminal logger issues several
-/// writes per line, which cost more than the request being logged).
-fn init_logging(config: &Config) -> Result<(), String> {
-    use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
-    use std::io::LineWriter;
-    let mut builder = ConfigBuilder::new();
-    builder
-        .set_target_level(LevelFilter::Off)
-        .set_thread_level(LevelFilter::Off)
-        .set_time_format_rfc3339()
-        // Only our own lines: driver crates log query parameters (tokio-postgres at
-        // debug), and those carry secrets, device ids and channel URIs.
-        .add_filter_allow_str("uwpx_push_server");
-    let _ = builder.set_time_offset_to_local();
-    let log_config = builder.build();
-    let mut loggers: Vec<Box<dyn SharedLogger>> = vec![WriteLogger::new(
-        config.log.level,
-        log_config.clone(),
-        LineWriter::new(std::io::stderr()),
-    )];
-    if let Some(path) = &config.log.file {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| {
-                format!(
-                    "configuration: `log.file` cannot open {}: {e}",
-                    path.display()
-                )
-            })?;
-        loggers.push(WriteLogger::new(
-            config.log.level,
-            log_config,
-            LineWriter::new(file),
-        ));
+/// SIGHUP: logrotate has moved `log.file` away; write to a new file at its path.
+fn reopen(log_file: Option<&LogFile>) {
+    match log_file {
+        None => log::info!("SIGHUP: no log.file to reopen"),
+        Some(f) => match f.reopen() {
+            Ok(()) => log::info!("log: reopened {} (SIGHUP)", f.path().display()),
+            Err(e) => log::error!(
+                "log: cannot reopen {} on SIGHUP, still writing to the old file: {e}",
+                f.path().display()
+            ),
+        },
     }
-    CombinedLogger::init(loggers).map_err(|e| format!("cannot start logging: {e}"))
 }

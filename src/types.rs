@@ -230,6 +230,11 @@ impl BareJid {
         &self.text
     }
 
+    /// The local part (before the `@`), as given.
+    pub fn local(&self) -> &str {
+        &self.text[..self.at]
+    }
+
     /// The domain part, lowercased; the only part of the JID the store keeps.
     pub fn domain(&self) -> String {
         self.text[self.at + 1..].to_lowercase()
@@ -467,7 +472,8 @@ impl fmt::Debug for ChannelUri {
 
 /// What a push says, independent of how a generation encodes it: the XEP-0357 summary.
 /// Parsed from the publish by `xmpp`, carried by `push`, encoded per generation by `wns`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Serialisable: with several instances a trailing push's summary waits in the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     /// `message-count`, 0 if absent or not a number.
     pub message_count: u64,

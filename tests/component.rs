@@ -314,8 +314,9 @@ fn shutdown_closes_the_stream() {
     assert!(r.server.log_shows("xmpp: stream closed for shutdown"));
 }
 
-// The ping timeout rule (a server that stops answering pings is given up) is a unit
-// test of the session with a hand-moved clock (src/xmpp/session/tests.rs); the
+// The keep-alive rules are unit tests of the session with a hand-moved clock
+// (src/xmpp/session/tests.rs), and over a real socket
+// `other_instances_replies_keep_the_stream_alive_and_only_long_silence_ends_it`; the
 // reconnect that follows any lost stream is `a_dropped_connection_is_reestablished`.
 
 /// Plays Prosody with another instance holding the component: accepts one connection,
@@ -348,15 +349,7 @@ const CONFLICT: &str = "<stream:error><text xmlns='urn:ietf:params:xml:ns:xmpp-s
 fn a_conflict_makes_a_standby_that_retries_every_few_seconds_and_logs_it_once() {
     use std::io::Write;
     use uwpx_push_server::xmpp::reader::StreamEvent;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let wns = WnsFixture::start();
-    let server = Server::start(Setup {
-        extra: wns.config(json!({
-            "xmpp": {"component": {"jid": COMPONENT_JID, "secret": COMPONENT_SECRET,
-                                   "host": "127.0.0.1", "port": listener.local_addr().unwrap().port()}},
-        })),
-        ..Setup::default()
-    });
+    let (_wns, listener, server) = raw_rig();
     // Five refusals: the attempts come at most 5 s apart (the old backoff reached 8 s).
     let mut last = std::time::Instant::now();
     drop(prosody_turn(&listener, false));
@@ -465,4 +458,154 @@ fn other_instances_replies_keep_the_stream_alive_and_only_long_silence_ends_it()
     );
     assert!(r.server.log_shows("connection lost: nothing heard for"));
     drop(again);
+}
+
+/// Starts the server against a listener of our own, for streams the stand-in cannot send.
+fn raw_rig() -> (WnsFixture, std::net::TcpListener, Server) {
+    let wns = WnsFixture::start();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let config = wns.config(json!({
+        "xmpp": {"component": {"jid": COMPONENT_JID, "secret": COMPONENT_SECRET, "host": "127.0.0.1", "port": port}},
+    }));
+    let server = Server::start(Setup {
+        extra: config,
+        ..Setup::default()
+    });
+    (wns, listener, server)
+}
+
+/// Accepts the server's connection, reads its stream header, and answers with ours
+/// carrying `extra_attributes`; then completes the handshake if `handshake_too`.
+fn accept_raw(
+    listener: &std::net::TcpListener,
+    extra_attributes: &str,
+    handshake_too: bool,
+) -> (
+    uwpx_push_server::xmpp::reader::StanzaReader<std::net::TcpStream>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::Write;
+    use uwpx_push_server::xmpp::reader::{StanzaReader, StreamEvent};
+    let (tcp, _) = listener.accept().unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut reader = StanzaReader::new(tcp.try_clone().unwrap());
+    assert!(matches!(reader.next_event(), Ok(StreamEvent::Open(_))));
+    let header = format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='raw1' from='{COMPONENT_JID}'{extra_attributes}>"
+    );
+    // From another thread: the server may stop reading and close at any point.
+    let mut writer = tcp;
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(header.as_bytes());
+    });
+    if handshake_too {
+        sender.join().unwrap();
+        let Ok(StreamEvent::Stanza(hs)) = reader.next_event() else {
+            panic!("no handshake")
+        };
+        assert_eq!(
+            hs.text(),
+            uwpx_push_server::xmpp::component::handshake("raw1", COMPONENT_SECRET)
+        );
+        reader.get_mut().write_all(b"<handshake/>").unwrap();
+        return (reader, std::thread::spawn(|| {}));
+    }
+    (reader, sender)
+}
+
+/// The condition of the stream error the server ends with, if any.
+fn stream_error_of(
+    reader: &mut uwpx_push_server::xmpp::reader::StanzaReader<std::net::TcpStream>,
+) -> Option<String> {
+    use uwpx_push_server::xmpp::reader::StreamEvent;
+    loop {
+        match reader.next_event() {
+            Ok(StreamEvent::Stanza(e)) if e.name() == "error" => {
+                return e.children().next().map(|c| c.name().to_owned());
+            }
+            Ok(StreamEvent::Stanza(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// A memory figure of a process from /proc/PID/status, in KiB: `VmRSS` (resident now)
+/// or `VmHWM` (the peak of resident).
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
+        .unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Resident memory now and at its peak stay under 40 MB.
+fn assert_memory_under_40_mb(pid: u32) {
+    for field in ["VmRSS", "VmHWM"] {
+        let kib = proc_status_kib(pid, field);
+        assert!(kib < 40 * 1000, "{field} {kib} KiB");
+    }
+}
+
+/// Issue 10 item 1: the attributes of a stanza's own start tag count towards the 64 KiB
+/// cap (1.5 M attributes, 42 MB, took the old server to 190 MB).
+#[test]
+fn a_stanza_with_megabytes_of_attributes_is_a_policy_violation() {
+    let (_wns, listener, server) = raw_rig();
+    let (mut reader, _) = accept_raw(&listener, "", true);
+    let mut iq = String::with_capacity(43_000_000);
+    iq.push_str("<iq type='get' id='big' from='localhost'");
+    for i in 0..1_500_000 {
+        iq.push_str(&format!(" attribute{i:07}='value-value'"));
+    }
+    iq.push_str("><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert!(iq.len() > 40_000_000);
+    let mut writer = reader.get_ref().try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = writer.write_all(iq.as_bytes());
+    });
+    assert_eq!(
+        stream_error_of(&mut reader).as_deref(),
+        Some("policy-violation")
+    );
+    sender.join().unwrap();
+    assert_memory_under_40_mb(server.pid());
+    assert!(server.log_shows("xmpp: connection lost: policy violation: stanza larger than 64 KiB"));
+    // Still serving: it reconnects and answers.
+    let (mut again, _) = accept_raw(&listener, "", true);
+    std::io::Write::write_all(
+        again.get_mut(),
+        b"<iq type='get' id='after' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+    )
+    .unwrap();
+    let reply = loop {
+        match again.next_event() {
+            Ok(uwpx_push_server::xmpp::reader::StreamEvent::Stanza(e))
+                if e.attr("id") == Some("after") =>
+            {
+                break e;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("no answer after reconnecting: {e:?}"),
+        }
+    };
+    assert_eq!(verdict(&reply), "result");
+}
+
+/// Issue 10 item 1: the stream header is capped (100k attributes were accepted).
+#[test]
+fn a_stream_header_with_100k_attributes_is_a_policy_violation() {
+    let (_wns, listener, server) = raw_rig();
+    let attributes: String = (0..100_000).map(|i| format!(" a{i}='v'")).collect();
+    let (mut reader, sender) = accept_raw(&listener, &attributes, false);
+    assert_eq!(
+        stream_error_of(&mut reader).as_deref(),
+        Some("policy-violation")
+    );
+    sender.join().unwrap();
+    assert_memory_under_40_mb(server.pid());
+    assert!(server.log_shows("stream header larger than 4 KiB"));
 }

@@ -467,3 +467,148 @@ fn a_flood_of_garbage_and_resets_does_not_take_the_server_down() {
     assert_eq!(after.len(), before.len() + 1);
     assert!(before.iter().all(|row| after.contains(row)));
 }
+
+/// A TCP connection from `source` (any address of 127/8 works on loopback) to `to`.
+fn connect_from(source: std::net::Ipv4Addr, to: std::net::SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let (from, to) = (sockaddr(source, 0), sockaddr(*to.ip(), to.port()));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, plain sockaddr_in values that outlive the calls, and the
+    // descriptor is owned by the TcpStream from here on (or closed on failure).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        let r = libc::bind(fd, (&raw const from).cast(), len);
+        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        let r = libc::connect(fd, (&raw const to).cast(), len);
+        assert_eq!(r, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// Issue 10 item 8: one host holding idle connections up to `tcp.max_connections`
+/// kept every other client out. With the default `tcp.max_connections_per_ip` (64), a
+/// host gets 64 and the rest of its connections are answered busy, and a second
+/// address still registers.
+#[test]
+fn one_address_at_its_cap_does_not_lock_out_another() {
+    let server = Server::start(Setup {
+        extra: json!({"tcp": {"max_connections": 100, "read_timeout_ms": 30000}}),
+        ..Setup::default()
+    });
+    let first = std::net::Ipv4Addr::new(127, 0, 0, 1);
+    let mut held: Vec<TcpStream> = (0..100).map(|_| connect_from(first, server.addr)).collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut busy = 0;
+    for s in &mut held {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 512];
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                assert!(text.contains("Server busy"), "{text}");
+                busy += 1;
+            }
+            Ok(_) => panic!("closed without an answer"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock),
+        }
+    }
+    assert_eq!(busy, 100 - 64, "connections over the per-address cap");
+    assert!(server.log_shows("registration: 127.0.0.1 is over tcp.max_connections_per_ip (64)"));
+    // Another address is served while the first one holds its 64.
+    let mut other = connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2), server.addr);
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = serde_json::to_vec(&set_channel(2, "face", &channel(7))).unwrap();
+    request.push(0);
+    other.write_all(&request).unwrap();
+    assert_eq!(parse_answer(&read_answer(&mut other))["status"], 1);
+    // The held connections are still served, and their slots come back when closed.
+    held[0].set_nonblocking(false).unwrap();
+    held[0]
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = serde_json::to_vec(&set_channel(2, "feed", &channel(8))).unwrap();
+    request.push(0);
+    held[0].write_all(&request).unwrap();
+    assert_eq!(parse_answer(&read_answer(&mut held[0]))["status"], 1);
+    drop(held);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        server
+            .client()
+            .send_json(&set_channel(2, "beef", &channel(9)))["status"],
+        1
+    );
+}
+
+/// Issue 10 item 9: with `limits.max_request_bytes` at its allowed maximum, 32
+/// connections each sending 15 MiB without a NUL took the server to 502 MB. The bytes
+/// buffered across connections now share one budget: the peak resident memory stays
+/// bounded, the connections over it are answered busy, and a normal client registers.
+#[test]
+fn big_requests_on_many_connections_keep_memory_bounded() {
+    let server = Server::start(Setup {
+        extra: json!({
+            "tcp": {"read_timeout_ms": 60000},
+            "limits": {"max_request_bytes": 16 * 1024 * 1024},
+        }),
+        ..Setup::default()
+    });
+    let addr = server.addr;
+    let senders: Vec<_> = (0..32)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < 15 * 1024 * 1024 {
+                    if s.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    sent += chunk.len();
+                }
+                s // held open, with what was sent still buffered by the server
+            })
+        })
+        .collect();
+    let mut held: Vec<TcpStream> = senders.into_iter().map(|t| t.join().unwrap()).collect();
+    let peak = crate::component::proc_status_kib(server.pid(), "VmHWM");
+    eprintln!("peak resident memory: {peak} KiB");
+    assert!(peak < 128 * 1024, "peak resident memory {peak} KiB");
+    assert!(server.log_shows("hold the whole shared buffer"));
+    // Those that were refused got the busy answer.
+    let mut busy = 0;
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        if let Ok(n) = s.read(&mut buf)
+            && String::from_utf8_lossy(&buf[..n]).contains("Server busy")
+        {
+            busy += 1;
+        }
+    }
+    assert!(busy >= 28, "only {busy} of 32 were answered busy");
+    // A normal client registers meanwhile.
+    assert_eq!(
+        server
+            .client()
+            .send_json(&set_channel(2, DEVICE, &channel(1)))["status"],
+        1
+    );
+    drop(held);
+}

@@ -465,3 +465,116 @@ fn rejected_wns_credentials_are_a_configuration_error() {
     );
     assert!(wns.fake.channel_requests("cred").is_empty());
 }
+
+/// One `GET /health` over a fresh connection; the status line if the whole answer came
+/// within `within`.
+fn probe(addr: &str, within: Duration) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    let mut s = std::net::TcpStream::connect_timeout(&sock, within).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(within)).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: probe\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("{e} after {:?}", start.elapsed())),
+        }
+        if start.elapsed() > within {
+            return Err(format!("still reading after {:?}", start.elapsed()));
+        }
+    }
+    if start.elapsed() > within {
+        return Err(format!("answered after {:?}", start.elapsed()));
+    }
+    let text = String::from_utf8_lossy(&answer);
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
+/// Issue 10 item 2: 200 idle connections and a slowloris client (one byte every
+/// 1.5 s) made every health probe fail, because the endpoint served one connection at
+/// a time with a timeout per read.
+#[test]
+fn idle_and_slow_clients_cannot_starve_health_probes() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = Server::start(Setup {
+        extra: json!({"metrics": {"listen": "127.0.0.1:0"}}),
+        ..Setup::default()
+    });
+    let addr = ops_addr(&server);
+    assert_eq!(
+        probe(&addr, Duration::from_secs(5)).unwrap(),
+        "HTTP/1.1 200 OK"
+    );
+    let sock: std::net::SocketAddr = addr.parse().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // 200 idle connections, each reopened as soon as the server drops it.
+    let idle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let open = || {
+                let s = TcpStream::connect(sock).unwrap();
+                s.set_nonblocking(true).unwrap();
+                s
+            };
+            let mut conns: Vec<TcpStream> = (0..200).map(|_| open()).collect();
+            let mut reopened = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for c in &mut conns {
+                    let mut b = [0u8; 64];
+                    let closed = match c.read(&mut b) {
+                        Ok(_) => true,
+                        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                    };
+                    if closed {
+                        *c = open();
+                        reopened += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            reopened
+        })
+    };
+    // A slowloris: one byte of a request every 1.5 s, reconnecting when dropped.
+    let slow = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let request = b"GET /health HTTP/1.1\r\nHost: slow\r\n\r\n";
+            let mut s = TcpStream::connect(sock).unwrap();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if s.write_all(&request[i % request.len()..][..1]).is_err() {
+                    s = TcpStream::connect(sock).unwrap();
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let mut failures = Vec::new();
+    for _ in 0..10 {
+        match probe(&addr, Duration::from_secs(1)) {
+            Ok(status) if status == "HTTP/1.1 200 OK" => {}
+            other => failures.push(format!("{other:?}")),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reopened = idle.join().unwrap();
+    slow.join().unwrap();
+    assert!(failures.is_empty(), "failed probes: {failures:?}");
+    assert!(
+        reopened >= 200,
+        "the idle connections were not cut off ({reopened})"
+    );
+    assert!(server.log_shows("ops: dropped"));
+}

@@ -262,7 +262,8 @@ fn data_survives_a_restart_and_a_kill_9_right_after_the_answer() {
 fn two_hundred_concurrent_clients_lose_and_cross_nothing() {
     let mut server = Server::start(Setup {
         tls: true,
-        ..Setup::default()
+        // All 200 come from 127.0.0.1.
+        extra: json!({"tcp": {"max_connections_per_ip": 1000}}),
     });
     let c = Arc::new(server.client());
     let threads: Vec<_> = (0..200)
@@ -329,6 +330,28 @@ fn client_mode_without_its_xmpp_server_answers_success_false() {
     for a in answer["accounts"].as_array().unwrap() {
         assert_eq!(a["success"], false, "{answer}");
     }
+    client_mode_logs_failed_accounts_as_failed(&server);
+}
+
+/// Issue 10 item 17: the log tells the truth about `success: false` accounts.
+fn client_mode_logs_failed_accounts_as_failed(server: &Server) {
+    // The log is read from the process's stderr by another thread: wait for the line.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.log_text().contains("set_push_accounts device=")
+        && std::time::Instant::now() < end
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = server.log_text();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("set_push_accounts") && l.ends_with(" ok")),
+        "logged ok for a failed account:\n{log}"
+    );
+    assert!(
+        log.contains("accounts failed (success: false"),
+        "no failure logged:\n{log}"
+    );
 }
 
 /// Issue 10 item 4: while another process holds the database locked, every write in a

@@ -48,7 +48,11 @@ fn account_nodes(answer: &Value) -> HashMap<String, (String, String)> {
 
 #[test]
 fn concurrent_registrations_for_the_same_devices_neither_deadlock_nor_lose_an_update() {
-    let server = Server::start(Setup::default());
+    // All 64 clients come from 127.0.0.1.
+    let server = Server::start(Setup {
+        extra: json!({"tcp": {"max_connections_per_ip": 1024}}),
+        ..Setup::default()
+    });
     let c = server.client();
     for d in 0..8 {
         let device = format!("dd{d:02}");

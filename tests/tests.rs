@@ -31,6 +31,10 @@ mod cli;
 /// Storage on both backends: concurrency, kill -9, PostgreSQL's faults.
 mod storage;
 
+/// Several instances on one PostgreSQL database: one truth, global coalescing, the
+/// dead-channel guard, one WNS token.
+mod instances;
+
 /// docs/PROTOCOL.md: every example request sent to the real binary, every answer checked;
 /// the README's first screen and its pointer to the document.
 mod protocol_doc;

@@ -91,9 +91,10 @@ fn start(dir: &std::path::Path, tls: bool, sync: &str) -> Server {
         .and_then(|l| l.local_addr())
         .unwrap();
     let port = addr.port();
+    // Every bench client comes from 127.0.0.1: lift the per-address cap.
     let config = format!(
         r#"{{"xmpp": {{"bare_jid": "push@push.example.org"}},
-            "tcp": {{"host": "127.0.0.1", "port": {port}{tls_cfg}}},
+            "tcp": {{"host": "127.0.0.1", "port": {port}, "max_connections_per_ip": 1024{tls_cfg}}},
             "db": {{"path": "bench.db", "synchronous": "{sync}"}},
             "log": {{"level": "{level}", "file": "server.log"}}}}"#
     );

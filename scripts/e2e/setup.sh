@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests and the demo need, idempotently:
 # Prosody 0.12 + prosody-modules (mod_cloud_notify) + lua-unbound, ejabberd, openssl,
-# and a Python venv with slixmpp (the XMPP client library that drives the test users).
+# dnsmasq (the client-mode SRV tests start it on 127.0.0.1 as their DNS server; the
+# dnsmasq-base package has the binary without the system service), and a Python venv
+# with slixmpp (the XMPP client library that drives the test users).
 # The packages' own services are kept from starting (they would bind 0.0.0.0).
 # Usage: scripts/e2e/setup.sh [--no-ejabberd]
 set -euo pipefail
@@ -14,6 +16,7 @@ command -v prosody >/dev/null 2>&1 || pkgs+=(prosody)
 [ -f /usr/lib/prosody/modules/mod_cloud_notify/mod_cloud_notify.lua ] || pkgs+=(prosody-modules)
 dpkg-query -W -f='${Status}' lua-unbound 2>/dev/null | grep -q 'ok installed' || pkgs+=(lua-unbound)
 command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
+[ -x /usr/sbin/dnsmasq ] || pkgs+=(dnsmasq-base)
 if [ "$WANT_EJABBERD" = 1 ]; then
   command -v ejabberdctl >/dev/null 2>&1 || pkgs+=(ejabberd)
 fi

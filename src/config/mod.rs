@@ -1,23 +1,38 @@
 //! Configuration: `configuration.json` in the seed's format, validated into typed values.
 //!
-//! Loading is two steps. First every key in the file is checked against [`keys::KEYS`],
-//! so an unknown or misspelled key is an error that names it. Then each key is read with
-//! its own validator into [`Config`], where durations are `Duration`s, addresses are
-//! resolved and paths are made absolute. Components get their own sub-struct, never the
-//! whole `Config`.
+//! Loading is two steps. First every key in the file is checked against [`keys::KEYS`]:
+//! an unknown or misspelled key, a section that is not an object, and two spellings of
+//! one key are errors that name the key. Then each section is read by its own function
+//! (`sections.rs`, `xmpp.rs`, `wns.rs`, `tls.rs`) through `doc.rs`, whose readers take
+//! the key's constant from [`keys`] and with it the one default and range. The result is
+//! [`Config`], where durations are `Duration`s, addresses are resolved, paths are
+//! absolute, JIDs are typed and PEM files are read (`files.rs`: regular files only,
+//! size-capped) and checked (the TLS key against its certificate). Components get their
+//! own sub-struct, never the whole `Config`. What loads but looks wrong goes to
+//! [`Config::warnings`].
 //!
-//! Threads: runs once on `main` before anything starts. Reads files; no network.
+//! Threads: runs once on `main` before anything starts. Reads files; no network (the
+//! TLS pair check is a handshake over an in-memory pipe).
 
+mod doc;
+mod files;
+mod json;
 pub mod keys;
+mod sections;
+mod spec;
+mod tls;
+mod wns;
+mod xmpp;
 
 use std::fmt;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use crate::types::{BareJid, ChannelHosts};
+use doc::Doc;
 
 /// Why the configuration could not be used. `main` prints it as one line and exits 2.
 #[derive(Debug)]
@@ -38,6 +53,14 @@ pub enum ConfigError {
     },
     /// A key that the server does not know, with its full dotted path.
     UnknownKey(String),
+    /// Two spellings of one key are both given (e.g. `cert_path` and `serverCertPath`):
+    /// refused rather than silently taking one.
+    TwoSpellings {
+        /// The spelling met first, as a dotted path.
+        first: String,
+        /// The other spelling.
+        second: String,
+    },
     /// A key is present but its value is wrong, or a required key is missing.
     Invalid {
         /// The dotted path.
@@ -61,6 +84,10 @@ impl fmt::Display for ConfigError {
                 )
             }
             Self::UnknownKey(k) => write!(f, "configuration: unknown key `{k}`"),
+            Self::TwoSpellings { first, second } => write!(
+                f,
+                "configuration: `{first}` and `{second}` are two spellings of one key; keep one"
+            ),
             Self::Invalid { key, reason } => write!(f, "configuration: `{key}` {reason}"),
         }
     }
@@ -172,6 +199,10 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// `shutdown.grace_ms`.
     pub shutdown_grace: Duration,
+    /// Things that load but are probably not what the operator meant (a key that the
+    /// chosen mode ignores, a placeholder credential). `main` prints them to stderr for
+    /// `check-config` and logs them at warn when starting.
+    pub warnings: Vec<String>,
 }
 
 /// `tcp.*`: where clients connect and how long they may take.
@@ -185,6 +216,8 @@ pub struct TcpConfig {
     pub read_timeout: Duration,
     /// `tcp.max_connections`.
     pub max_connections: usize,
+    /// `tcp.max_connections_per_ip`.
+    pub max_connections_per_ip: usize,
 }
 
 /// `tcp.tls.*`: PEM files, already checked to be readable and usable.
@@ -247,10 +280,10 @@ impl Synchronous {
 }
 
 /// `xmpp.*`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct XmppConfig {
     /// `xmpp.bare_jid`, validated.
-    pub bare_jid: String,
+    pub bare_jid: BareJid,
     /// `xmpp.password`.
     pub password: Option<Masked>,
     /// `xmpp.component`: component mode when present.
@@ -261,11 +294,56 @@ pub struct XmppConfig {
     pub ping_interval: Duration,
 }
 
+/// Shows the service's own JID in full: unlike a user's, it is not personal data, and
+/// `check-config` must show it.
+impl fmt::Debug for XmppConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("XmppConfig")
+            .field("bare_jid", &self.bare_jid.as_str())
+            .field("password", &self.password)
+            .field("component", &self.component)
+            .field("client", &self.client)
+            .field("ping_interval", &self.ping_interval)
+            .finish()
+    }
+}
+
+/// A component's JID: a domain such as `push.example.org`, no local part or resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentJid(String);
+
+impl ComponentJid {
+    /// Accepts a dotted domain (or `localhost`) without `@`, `/` or spaces.
+    pub fn parse(s: &str) -> Result<Self, &'static str> {
+        if s.is_empty() || s.contains(['@', '/', ' ']) || !s.contains('.') && s != "localhost" {
+            return Err("must be a domain JID like push.example.org");
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The JID text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The domain of the XMPP server the component is attached to, where pings go:
+    /// `push.example.org` → `example.org` (`localhost` stays `localhost`).
+    pub fn server_domain(&self) -> &str {
+        self.0.split_once('.').map_or(&self.0, |(_, d)| d)
+    }
+}
+
+impl fmt::Display for ComponentJid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// `xmpp.component.*`: the XEP-0114 connection.
 #[derive(Debug, Clone)]
 pub struct ComponentConfig {
     /// The component JID.
-    pub jid: String,
+    pub jid: ComponentJid,
     /// The shared secret.
     pub secret: Masked,
     /// The server's component address.
@@ -275,20 +353,33 @@ pub struct ComponentConfig {
 }
 
 /// Client mode: log in as `xmpp.bare_jid`.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientConfig {
     /// The account.
-    pub bare_jid: String,
+    pub bare_jid: BareJid,
     /// Its password.
     pub password: Masked,
-    /// `xmpp.host`.
-    pub host: String,
+    /// `xmpp.host`; `None`: the JID's domain by DNS SRV (xmpp/srv.rs).
+    pub host: Option<String>,
     /// `xmpp.port`.
     pub port: u16,
     /// `xmpp.resource`.
     pub resource: String,
     /// `xmpp.ca_file`, read at load time.
     pub ca_pem: Option<Pem>,
+}
+
+impl fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("bare_jid", &self.bare_jid.as_str())
+            .field("password", &self.password)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("resource", &self.resource)
+            .field("ca_pem", &self.ca_pem)
+            .finish()
+    }
 }
 
 /// `push.*`.
@@ -367,11 +458,13 @@ pub struct LogConfig {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
+        let bytes = files::read_regular(path, files::MAX_CONFIG_BYTES).map_err(|source| {
+            ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            }
         })?;
-        let root: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+        let root = json::parse(&bytes).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;
@@ -390,272 +483,24 @@ impl Config {
             return Err(invalid("(top level)", "must be a JSON object"));
         };
         check_known_keys(map, "")?;
-        let doc = Doc { root: map, base };
+        Self::from_doc(&Doc::new(map, base))
+    }
 
-        let host = doc.string("tcp.host")?.unwrap_or_else(|| "0.0.0.0".into());
-        let port = doc.integer("tcp.port", 0, 65535)?.unwrap_or(1997) as u16;
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut a| a.next())
-            .ok_or_else(|| {
-                invalid(
-                    "tcp.host",
-                    format!("`{host}` is not an address this machine can listen on"),
-                )
-            })?;
-        let tls = match doc.get("tcp.tls") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(_)) => Some(load_tls(&doc)?),
-            Some(_) => return Err(invalid("tcp.tls", "must be an object")),
-        };
-        let tcp = TcpConfig {
-            addr,
-            tls,
-            read_timeout: Duration::from_millis(
-                doc.integer("tcp.read_timeout_ms", 100, 3_600_000)?
-                    .unwrap_or(10_000),
-            ),
-            max_connections: doc
-                .integer("tcp.max_connections", 1, 100_000)?
-                .unwrap_or(1024) as usize,
-        };
-
-        let synchronous = match doc.string("db.synchronous")?.as_deref() {
-            None | Some("full") => Synchronous::Full,
-            Some("normal") => Synchronous::Normal,
-            Some(other) => {
-                return Err(invalid(
-                    "db.synchronous",
-                    format!("must be \"full\" or \"normal\", not \"{other}\""),
-                ));
-            }
-        };
-        let url = match doc.string("db.url")? {
-            None => None,
-            Some(u) => Some(DbUrl::parse(&u).map_err(|e| invalid("db.url", e))?),
-        };
-        if url.is_some() && doc.get("db.path").is_some() {
-            return Err(invalid(
-                "db.url",
-                "cannot be set together with db.path: db.path selects SQLite, db.url PostgreSQL; keep one",
-            ));
-        }
-        let db = DbConfig {
-            path: doc
-                .path("db.path")?
-                .unwrap_or_else(|| base.join("pushServer.db")),
-            url,
-            pool_size: doc.integer("db.pool_size", 1, 1000)?.unwrap_or(8) as u32,
-            ca_pem: read_pem(&doc, "db.ca_file")?,
-            request_timeout: tcp.read_timeout,
-            synchronous,
-            device_ttl_days: doc.integer("db.device_ttl_days", 1, 3650)?.unwrap_or(90) as u32,
-        };
-
-        let bare_jid = doc
-            .string("xmpp.bare_jid")?
-            .ok_or_else(|| invalid("xmpp.bare_jid", "is required"))?;
-        BareJid::parse(&bare_jid).map_err(|e| invalid("xmpp.bare_jid", e.0))?;
-        let component = match doc.get("xmpp.component") {
-            None | Some(Value::Null) => None,
-            Some(Value::Object(_)) => {
-                let jid = doc.string("xmpp.component.jid")?.ok_or_else(|| {
-                    invalid("xmpp.component.jid", "is required in `xmpp.component`")
-                })?;
-                if jid.contains(['@', '/', ' ']) || !jid.contains('.') && jid != "localhost" {
-                    return Err(invalid(
-                        "xmpp.component.jid",
-                        "must be a domain JID like push.example.org",
-                    ));
-                }
-                Some(ComponentConfig {
-                    jid,
-                    secret: doc
-                        .string("xmpp.component.secret")?
-                        .map(Masked)
-                        .ok_or_else(|| {
-                            invalid("xmpp.component.secret", "is required in `xmpp.component`")
-                        })?,
-                    host: doc
-                        .string("xmpp.component.host")?
-                        .unwrap_or_else(|| "127.0.0.1".into()),
-                    port: doc
-                        .integer("xmpp.component.port", 1, 65535)?
-                        .unwrap_or(5347) as u16,
-                })
-            }
-            Some(_) => return Err(invalid("xmpp.component", "must be an object")),
-        };
-        let password = doc.string("xmpp.password")?.map(Masked);
-        let client = match (&component, &password) {
-            (None, Some(password)) => Some(ClientConfig {
-                host: doc
-                    .string("xmpp.host")?
-                    .unwrap_or_else(|| bare_jid.split_once('@').map_or("", |(_, d)| d).to_owned()),
-                port: doc.integer("xmpp.port", 1, 65535)?.unwrap_or(5222) as u16,
-                resource: doc
-                    .string("xmpp.resource")?
-                    .unwrap_or_else(|| "push".into()),
-                ca_pem: read_pem(&doc, "xmpp.ca_file")?,
-                bare_jid: bare_jid.clone(),
-                password: password.clone(),
-            }),
-            _ => None,
-        };
-        let xmpp = XmppConfig {
-            bare_jid,
-            password,
-            component,
-            client,
-            ping_interval: Duration::from_secs(
-                doc.integer("xmpp.ping_interval_s", 5, 3600)?.unwrap_or(60),
-            ),
-        };
-        let push = PushConfig {
-            min_interval: Duration::from_millis(
-                doc.integer("push.min_interval_ms", 0, 3_600_000)?
-                    .unwrap_or(2000),
-            ),
-        };
-
-        let credentials = match (
-            doc.string("wns.packet_id")?,
-            doc.string("wns.client_secret")?,
-        ) {
-            (Some(packet_id), Some(secret)) => Some(WnsCredentials {
-                packet_id,
-                client_secret: Masked(secret),
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                return Err(invalid(
-                    "wns.client_secret",
-                    "is required when `wns.packet_id` is set",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "wns.packet_id",
-                    "is required when `wns.client_secret` is set",
-                ));
-            }
-        };
-        let channel_hosts = match doc.get("wns.channel_hosts") {
-            None => vec!["notify.windows.com".to_owned()],
-            Some(Value::Array(items)) if !items.is_empty() => items
-                .iter()
-                .map(|v| match v.as_str() {
-                    Some(s) if !s.is_empty() && !s.contains(['/', ':', '@', ' ']) => {
-                        Ok(s.to_owned())
-                    }
-                    _ => Err(invalid(
-                        "wns.channel_hosts",
-                        "must list host names like \"notify.windows.com\"",
-                    )),
-                })
-                .collect::<Result<_, _>>()?,
-            Some(_) => {
-                return Err(invalid(
-                    "wns.channel_hosts",
-                    "must be a non-empty array of host names",
-                ));
-            }
-        };
-        let token_url = doc
-            .string("wns.token_url")?
-            .unwrap_or_else(|| "https://login.live.com/accesstoken.srf".into());
-        if !token_url.starts_with("https://") {
-            return Err(invalid("wns.token_url", "must be an https URL"));
-        }
-        let ca_pem = read_pem(&doc, "wns.ca_file")?;
-        let timeout =
-            Duration::from_millis(doc.integer("wns.timeout_ms", 100, 120_000)?.unwrap_or(5000));
-        let deadline = Duration::from_millis(
-            doc.integer("wns.deadline_ms", 100, 600_000)?
-                .unwrap_or(20_000),
-        );
-        let cache_policy = match doc.get("wns.cache_policy") {
-            None => Some("cache".to_owned()),
-            Some(Value::Null) => None,
-            Some(Value::String(s)) if s == "cache" || s == "no-cache" => Some(s.clone()),
-            Some(_) => {
-                return Err(invalid(
-                    "wns.cache_policy",
-                    "must be \"cache\", \"no-cache\" or null",
-                ));
-            }
-        };
-        let ttl_s = match doc.get("wns.ttl_s") {
-            None => Some(86_400),
-            Some(Value::Null) => None,
-            Some(_) => doc.integer("wns.ttl_s", 1, 30 * 86_400)?,
-        };
-        let priority = match doc.get("wns.priority") {
-            None => Some(1),
-            Some(Value::Null) => None,
-            Some(_) => doc.integer("wns.priority", 1, 4)?.map(|p| p as u8),
-        };
-        let wns = WnsConfig {
-            credentials,
-            channel_hosts: ChannelHosts::new(channel_hosts),
-            token_url,
-            ca_pem,
-            workers: doc.integer("wns.workers", 1, 256)?.unwrap_or(4) as usize,
-            queue_capacity: doc
-                .integer("wns.queue_capacity", 1, 1_000_000)?
-                .unwrap_or(4096) as usize,
-            timeout,
-            max_attempts: doc.integer("wns.max_attempts", 1, 20)?.unwrap_or(3) as u32,
-            deadline,
-            cache_policy,
-            ttl_s,
-            priority,
-        };
-
-        let limits = Limits {
-            max_accounts: doc.integer("limits.max_accounts", 1, 10_000)?.unwrap_or(32) as usize,
-            max_request_bytes: doc
-                .integer("limits.max_request_bytes", 1024, 16 * 1024 * 1024)?
-                .unwrap_or(65536) as usize,
-        };
-
-        let level = match doc.string("log.level")?.as_deref() {
-            None => log::LevelFilter::Info,
-            Some(s) => s.parse().map_err(|_| {
-                invalid(
-                    "log.level",
-                    format!("must be one of error, warn, info, debug, trace, not \"{s}\""),
-                )
-            })?,
-        };
-        let log = LogConfig {
-            level,
-            file: doc.path("log.file")?,
-        };
-
-        let metrics_listen = match doc.string("metrics.listen")? {
-            None => None,
-            Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
-                invalid(
-                    "metrics.listen",
-                    format!("`{a}` is not an address like 127.0.0.1:9090"),
-                )
-            })?),
-        };
+    /// Reads every section; each reader takes its defaults and ranges from [`keys`].
+    fn from_doc(doc: &Doc<'_>) -> Result<Config, ConfigError> {
+        let tcp = sections::tcp(doc)?;
+        let db = sections::db(doc, tcp.read_timeout)?;
         Ok(Config {
             tcp,
             db,
-            xmpp,
-            wns,
-            limits,
-            log,
-            push,
-            metrics_listen,
-            shutdown_grace: Duration::from_millis(
-                doc.integer("shutdown.grace_ms", 0, 600_000)?
-                    .unwrap_or(5000),
-            ),
+            xmpp: xmpp::load(doc)?,
+            wns: wns::load(doc)?,
+            limits: sections::limits(doc)?,
+            log: sections::log(doc)?,
+            push: sections::push(doc)?,
+            metrics_listen: sections::metrics_listen(doc)?,
+            shutdown_grace: Duration::from_millis(doc.int(&keys::SHUTDOWN_GRACE_MS)?),
+            warnings: doc.take_warnings(),
         })
     }
 
@@ -665,63 +510,31 @@ impl Config {
         self.xmpp
             .component
             .as_ref()
-            .map_or(&self.xmpp.bare_jid, |c| &c.jid)
+            .map_or(self.xmpp.bare_jid.as_str(), |c| c.jid.as_str())
     }
 }
 
-/// Reads a PEM file of certificates named by `key`, if set.
-fn read_pem(doc: &Doc<'_>, key: &str) -> Result<Option<Pem>, ConfigError> {
-    let Some(p) = doc.path(key)? else {
-        return Ok(None);
-    };
-    let pem =
-        std::fs::read(&p).map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))?;
-    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-        return Err(invalid(
-            key,
-            format!("{} holds no PEM certificate", p.display()),
-        ));
-    }
-    Ok(Some(Pem(pem)))
+/// Whether a credential is obviously a placeholder from an example ("your-…",
+/// "change-me", a run of zeros), so that `check-config` can say so before WNS or the XMPP
+/// server refuses it at run time.
+fn looks_like_placeholder(value: &str) -> bool {
+    let v = value.to_ascii_lowercase();
+    let words = [
+        "your",
+        "change-me",
+        "changeme",
+        "placeholder",
+        "example",
+        "xxxx",
+        "secret",
+    ];
+    words.iter().any(|w| v.contains(w)) || v.contains("0000000000")
 }
 
-fn load_tls(doc: &Doc<'_>) -> Result<TlsConfig, ConfigError> {
-    let cert_path = doc
-        .path("tcp.tls.cert_path")?
-        .ok_or_else(|| invalid("tcp.tls.cert_path", "is required when `tcp.tls` is set"))?;
-    let key_path = doc
-        .path("tcp.tls.key_path")?
-        .ok_or_else(|| invalid("tcp.tls.key_path", "is required when `tcp.tls` is set"))?;
-    let cert = std::fs::read(&cert_path).map_err(|e| {
-        invalid(
-            "tcp.tls.cert_path",
-            format!("cannot read {}: {e}", cert_path.display()),
-        )
-    })?;
-    let key = std::fs::read(&key_path).map_err(|e| {
-        invalid(
-            "tcp.tls.key_path",
-            format!("cannot read {}: {e}", key_path.display()),
-        )
-    })?;
-    let has = |needle: &[u8]| key.windows(needle.len()).any(|w| w == needle);
-    if has(b"BEGIN RSA PRIVATE KEY") || has(b"BEGIN EC PRIVATE KEY") {
-        return Err(invalid(
-            "tcp.tls.key_path",
-            "holds a PKCS#1/SEC1 key; convert it with `openssl pkcs8 -topk8 -nocrypt -in old.key -out new.key`",
-        ));
-    }
-    let identity = native_tls::Identity::from_pkcs8(&cert, &key)
-        .map_err(|e| invalid("tcp.tls", format!("certificate or key is not usable: {e}")))?;
-    Ok(TlsConfig {
-        cert_path,
-        key_path,
-        identity,
-    })
-}
-
-/// Rejects any key that is not in [`keys::KEYS`], naming its full path.
+/// Rejects any key that is not in [`keys::KEYS`], naming its full path; a section given
+/// as something other than an object; and two spellings of one key.
 fn check_known_keys(map: &Map<String, Value>, prefix: &str) -> Result<(), ConfigError> {
+    let mut seen: Vec<(&'static str, String)> = Vec::new();
     for (k, v) in map {
         let path = if prefix.is_empty() {
             k.clone()
@@ -731,63 +544,41 @@ fn check_known_keys(map: &Map<String, Value>, prefix: &str) -> Result<(), Config
         let Some(key) = keys::lookup(&path) else {
             return Err(ConfigError::UnknownKey(path));
         };
-        if let Value::Object(inner) = v
-            && key.doc.starts_with("Section")
-        {
-            check_known_keys(inner, key.path)?;
+        if let Some((_, first)) = seen.iter().find(|(canon, _)| *canon == key.path()) {
+            return Err(ConfigError::TwoSpellings {
+                first: first.clone(),
+                second: path,
+            });
         }
+        if key.is_section() {
+            match v {
+                Value::Object(inner) => check_known_keys(inner, key.path())?,
+                Value::Null => {}
+                other => {
+                    return Err(invalid(
+                        &path,
+                        format!(
+                            "must be an object (a section of keys), not {}",
+                            json_kind(other)
+                        ),
+                    ));
+                }
+            }
+        }
+        seen.push((key.path(), path));
     }
     Ok(())
 }
 
-/// Typed access to the parsed document by dotted path, honouring aliases.
-struct Doc<'a> {
-    root: &'a Map<String, Value>,
-    base: &'a Path,
-}
-
-impl Doc<'_> {
-    /// The value at `path` in any accepted spelling; an error if two spellings are both set.
-    fn get(&self, path: &str) -> Option<&Value> {
-        let key = keys::lookup(path)?;
-        std::iter::once(key.path)
-            .chain(key.aliases.iter().copied())
-            .find_map(|p| self.raw(p))
-    }
-
-    fn raw(&self, path: &str) -> Option<&Value> {
-        let mut parts = path.split('.');
-        let mut cur = self.root.get(parts.next()?)?;
-        for p in parts {
-            cur = cur.as_object()?.get(p)?;
-        }
-        Some(cur)
-    }
-
-    fn string(&self, path: &str) -> Result<Option<String>, ConfigError> {
-        match self.get(path) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-            Some(Value::String(_)) => Err(invalid(path, "must not be empty")),
-            Some(_) => Err(invalid(path, "must be a string")),
-        }
-    }
-
-    fn integer(&self, path: &str, min: u64, max: u64) -> Result<Option<u64>, ConfigError> {
-        match self.get(path) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => match v.as_u64() {
-                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                _ => Err(invalid(
-                    path,
-                    format!("must be an integer from {min} to {max}"),
-                )),
-            },
-        }
-    }
-
-    fn path(&self, path: &str) -> Result<Option<PathBuf>, ConfigError> {
-        Ok(self.string(path)?.map(|s| self.base.join(s)))
+/// "a string", "a number", …: for errors about a value of the wrong type.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 

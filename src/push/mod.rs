@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::clock::Clock;
-use crate::store::{NodeTarget, Store, StoreError};
+use crate::store::{NodeTarget, SharedAdmit, Store, StoreError};
 use crate::types::{ClientGeneration, Node, Summary, jid_domain};
 use crate::wns::{Finished, Job, Outcome, WnsPool, payload};
 use coalesce::{Admit, Coalescer};
@@ -95,6 +95,19 @@ struct Trailing {
     summary: Summary,
 }
 
+/// Coalescing windows: in memory for a store of its own (one instance), or in the
+/// database when instances share it, so `push.min_interval_ms` holds per node across
+/// all of them.
+enum Windows {
+    Local(Coalescer<Trailing>),
+    Shared {
+        interval: Duration,
+        /// Trailing pushes this instance owns, soonest first: when to take them, and
+        /// where they go (their summary is the database's latest at that time).
+        owed: Vec<(Instant, Node, NodeTarget)>,
+    },
+}
+
 /// The dispatcher, owned by the XMPP thread.
 pub struct Dispatcher {
     store: Arc<Store>,
@@ -103,7 +116,7 @@ pub struct Dispatcher {
     clock: Clock,
     deadline: Duration,
     require_secret: bool,
-    coalescer: Coalescer<Trailing>,
+    windows: Windows,
     outcomes: Sender<Completed>,
     next_ticket: u64,
 }
@@ -130,6 +143,7 @@ pub struct DispatchSettings {
 impl Dispatcher {
     /// A dispatcher that sends outcomes of the publishes it accepts to `outcomes`.
     pub fn new(s: DispatchSettings, outcomes: Sender<Completed>) -> Self {
+        let shared = s.store.is_shared() && !s.min_interval.is_zero();
         Self {
             store: s.store,
             pool: s.pool,
@@ -137,7 +151,14 @@ impl Dispatcher {
             clock: s.clock,
             deadline: s.deadline,
             require_secret: s.require_secret,
-            coalescer: Coalescer::new(s.min_interval),
+            windows: if shared {
+                Windows::Shared {
+                    interval: s.min_interval,
+                    owed: Vec::new(),
+                }
+            } else {
+                Windows::Local(Coalescer::new(s.min_interval))
+            },
             outcomes,
             next_ticket: 0,
         }
@@ -169,27 +190,61 @@ impl Dispatcher {
             target,
             summary: p.summary.clone(),
         };
-        match self.coalescer.admit(&p.node, trailing, now) {
-            (Admit::Coalesced, _) | (Admit::Send, None) => Decision::Now(PushOutcome::Coalesced),
-            (Admit::Send, Some(push)) => {
-                self.next_ticket += 1;
-                let ticket = Ticket(self.next_ticket);
-                self.submit(push, Some(ticket), now);
-                Decision::Later(ticket)
+        let push = match &mut self.windows {
+            Windows::Local(c) => match c.admit(&p.node, trailing, now) {
+                (Admit::Send, Some(push)) => push,
+                _ => return Decision::Now(PushOutcome::Coalesced),
+            },
+            Windows::Shared { interval, owed } => {
+                match self.store.admit_push(&p.node, *interval, &p.summary) {
+                    // A database that cannot decide is no reason to drop the push.
+                    Ok(SharedAdmit::Send) | Err(_) => trailing,
+                    Ok(SharedAdmit::Coalesced) => return Decision::Now(PushOutcome::Coalesced),
+                    Ok(SharedAdmit::CoalescedTrailing { due_in }) => {
+                        let at = now + due_in;
+                        let i = owed.partition_point(|(t, _, _)| *t <= at);
+                        owed.insert(i, (at, p.node.clone(), trailing.target));
+                        return Decision::Now(PushOutcome::Coalesced);
+                    }
+                }
             }
-        }
+        };
+        self.next_ticket += 1;
+        let ticket = Ticket(self.next_ticket);
+        self.submit(push, Some(ticket), now);
+        Decision::Later(ticket)
     }
 
     /// Sends trailing pushes whose coalescing window ended.
     pub fn tick(&mut self, now: Instant) {
-        for push in self.coalescer.due(now) {
+        let due: Vec<Trailing> = match &mut self.windows {
+            Windows::Local(c) => c.due(now),
+            Windows::Shared { owed, .. } => {
+                let n = owed.partition_point(|(t, _, _)| *t <= now);
+                let store = &self.store;
+                owed.drain(..n)
+                    .filter_map(|(_, node, target)| match store.take_trailing(&node) {
+                        Ok(Some(summary)) => Some(Trailing { target, summary }),
+                        Ok(None) => None,
+                        Err(e) => {
+                            log::warn!("push: cannot take a trailing push: {e}");
+                            None
+                        }
+                    })
+                    .collect()
+            }
+        };
+        for push in due {
             self.submit(push, None, now);
         }
     }
 
     /// When [`Dispatcher::tick`] next has work.
     pub fn next_due(&self) -> Option<Instant> {
-        self.coalescer.next_due()
+        match &self.windows {
+            Windows::Local(c) => c.next_due(),
+            Windows::Shared { owed, .. } => owed.first().map(|(t, _, _)| *t),
+        }
     }
 
     fn submit(&self, push: Trailing, ticket: Option<Ticket>, now: Instant) {

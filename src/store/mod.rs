@@ -24,10 +24,12 @@ mod sqlite;
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{DbConfig, Synchronous};
 use crate::types::{
     AccountForm, AccountKey, ChannelUri, DeviceId, Node, ProtocolVersion, SavedToken, Secret,
+    Summary,
 };
 
 /// A storage failure, independent of the backend. Callers decide what the wire sees
@@ -179,6 +181,46 @@ pub struct PrefixMatches {
     pub total: u64,
 }
 
+/// A publish's place in its node's coalescing window when several instances share the
+/// database (see [`Store::admit_push`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedAdmit {
+    /// The window was closed: push now (a new window opens).
+    Send,
+    /// Inside the window, and another publish already owns the trailing push.
+    Coalesced,
+    /// Inside the window, and this instance now owns the trailing push: take it with
+    /// [`Store::take_trailing`] after `due_in`.
+    CoalescedTrailing {
+        /// When the window ends, from now.
+        due_in: Duration,
+    },
+}
+
+/// The right to do something only one instance may do at a time (client mode's XMPP
+/// login), held until dropped. On SQLite there is one instance, and it always holds.
+pub struct Lease(LeaseKind);
+
+enum LeaseKind {
+    Local,
+    Postgres(Box<::postgres::Client>),
+}
+
+impl Lease {
+    fn postgres(client: ::postgres::Client) -> Self {
+        Self(LeaseKind::Postgres(Box::new(client)))
+    }
+
+    /// Whether it is still held (one round trip on PostgreSQL: the lease is lost with
+    /// its connection).
+    pub fn is_held(&mut self) -> bool {
+        match &mut self.0 {
+            LeaseKind::Local => true,
+            LeaseKind::Postgres(c) => !c.is_closed() && c.simple_query("SELECT 1").is_ok(),
+        }
+    }
+}
+
 /// The database handle: one type whatever the backend. Cheap to share as `Arc<Store>`.
 pub struct Store {
     backend: Backend,
@@ -290,6 +332,69 @@ impl Store {
     /// Persists the WNS token so that a restart reuses it.
     pub fn save_token(&self, token: &SavedToken) -> Result<(), StoreError> {
         backend!(self.save_token(token))
+    }
+
+    /// Takes the lease `name` if no other instance holds it (`None`: another does; try
+    /// again later). Dropping it lets it go.
+    pub fn acquire_lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Some(Lease(LeaseKind::Local))),
+            Backend::Postgres(b) => b.acquire_lease(name),
+        }
+    }
+
+    /// Whether several instances may share this database (PostgreSQL). Decisions that
+    /// must hold across instances, such as coalescing, then go through it; a SQLite
+    /// file serves one instance, which keeps them in memory.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Coalescing across instances, decided in one statement: where a publish to `node`
+    /// falls in the node's `interval`-long window, keeping `summary` as the latest for
+    /// the trailing push. Only for a shared store.
+    pub fn admit_push(
+        &self,
+        node: &Node,
+        interval: Duration,
+        summary: &Summary,
+    ) -> Result<SharedAdmit, StoreError> {
+        match &self.backend {
+            Backend::Postgres(b) => b.admit_push(node, interval, summary),
+            Backend::Sqlite(_) => Ok(SharedAdmit::Send),
+        }
+    }
+
+    /// Takes the trailing push of `node`'s window, if one is still owed (a publish after
+    /// the window may have sent it already): its latest summary. Opens a new window.
+    pub fn take_trailing(&self, node: &Node) -> Result<Option<Summary>, StoreError> {
+        match &self.backend {
+            Backend::Postgres(b) => b.take_trailing(node),
+            Backend::Sqlite(_) => Ok(None),
+        }
+    }
+
+    /// The WNS token refresh that instances sharing this database do once between them:
+    /// `decide` runs under a lock they all share, sees the saved token, and returns a
+    /// new one to save or `None` to keep the saved one. Returns the token now saved.
+    /// (SQLite serves one instance: no lock is needed there.)
+    pub fn refresh_token(
+        &self,
+        decide: &mut dyn FnMut(Option<&SavedToken>) -> Option<SavedToken>,
+    ) -> Result<Option<SavedToken>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => {
+                let saved = self.load_token()?;
+                match decide(saved.as_ref()) {
+                    Some(new) => {
+                        self.save_token(&new)?;
+                        Ok(Some(new))
+                    }
+                    None => Ok(saved),
+                }
+            }
+            Backend::Postgres(b) => b.refresh_token(decide),
+        }
     }
 
     /// Whether deleted accounts' nodes are recorded for PEP deletion (a stored setting

@@ -35,6 +35,24 @@ pub trait TokenVault: Send + Sync {
     fn load(&self) -> Result<Option<SavedToken>, String>;
     /// Replaces the saved token.
     fn save(&self, token: &SavedToken) -> Result<(), String>;
+    /// A refresh that several instances on one database do once between them: under a
+    /// lock they all share, `decide` sees the saved token and returns a new one to save
+    /// (it fetched) or `None` (the saved one will do, another instance just fetched
+    /// it). Returns the token to use. Without a shared database there is no one to
+    /// share with, and the default just loads, decides and saves.
+    fn refresh(
+        &self,
+        decide: &mut dyn FnMut(Option<&SavedToken>) -> Option<SavedToken>,
+    ) -> Result<Option<SavedToken>, String> {
+        let saved = self.load()?;
+        match decide(saved.as_ref()) {
+            Some(new) => {
+                self.save(&new)?;
+                Ok(Some(new))
+            }
+            None => Ok(saved),
+        }
+    }
 }
 
 /// How long before expiry a token is refreshed.
@@ -208,7 +226,8 @@ impl TokenCache {
                 state = self.done.wait(state).unwrap_or_else(|p| p.into_inner());
                 continue;
             }
-            return self.refresh(state, now);
+            let stale = state.token.as_ref().map(|t| t.value.clone());
+            return self.refresh(state, now, stale);
         }
     }
 
@@ -228,13 +247,21 @@ impl TokenCache {
             }
             // The failed token is not to be handed out again. A refresh that failed
             // moments ago answers for us too (see `refresh`).
-            state.token = None;
-            return self.refresh(state, now);
+            let stale = state.token.take().map(|t| t.value);
+            return self.refresh(state, now, stale);
         }
     }
 
-    /// Fetches a token with the lock released; wakes every waiter afterwards.
-    fn refresh(&self, mut state: MutexGuard<'_, State>, now: i64) -> Result<Token, TokenError> {
+    /// Gets a new token with the lock released, and wakes every waiter afterwards. With
+    /// a vault, the refresh goes through [`TokenVault::refresh`]: a token that another
+    /// instance saved, still valid and not `stale` (the one being replaced), is taken
+    /// instead of asking the endpoint again.
+    fn refresh(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        now: i64,
+        stale: Option<Arc<str>>,
+    ) -> Result<Token, TokenError> {
         if let Some((at, e)) = &state.failure
             && at.elapsed() < FAILURE_BACKOFF
             && state.token.as_ref().is_none_or(|t| t.expires_at <= now)
@@ -243,23 +270,31 @@ impl TokenCache {
         }
         state.refreshing = true;
         drop(state);
-        self.requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let fetched = (self.fetch)();
+        let fetched = self.obtain(now, stale.as_deref());
         let mut state = self.lock();
         state.refreshing = false;
         let result = match fetched {
-            Ok(fresh) => {
+            Ok((saved, fresh)) => {
                 state.generation += 1;
                 let token = Token {
-                    value: fresh.access_token.into(),
-                    expires_at: now + fresh.expires_in.max(1),
+                    value: saved.access_token.into(),
+                    expires_at: saved.expires_at,
                     generation: state.generation,
                 };
                 state.token = Some(token.clone());
                 state.failure = None;
-                METRICS.token_request(TokenResult::Issued);
-                log::info!("wns: new access token (expires in {} s)", fresh.expires_in);
+                if fresh {
+                    METRICS.token_request(TokenResult::Issued);
+                    log::info!(
+                        "wns: new access token (expires in {} s)",
+                        token.expires_at - now
+                    );
+                } else {
+                    log::info!(
+                        "wns: using the access token another instance fetched (expires in {} s)",
+                        token.expires_at - now
+                    );
+                }
                 Ok(token)
             }
             Err(e) => {
@@ -282,18 +317,59 @@ impl TokenCache {
         };
         drop(state);
         self.done.notify_all();
-        if let (Ok(t), Some(vault)) = (&result, &self.vault)
-            && t.generation > 0
-        {
-            let saved = SavedToken {
-                access_token: t.value.to_string(),
-                expires_at: t.expires_at,
-            };
-            if let Err(e) = vault.save(&saved) {
-                log::warn!("wns: could not save the access token: {e}");
+        result
+    }
+
+    /// A token to use and whether it was fetched just now (false: another instance's,
+    /// from the vault). Asks the endpoint at most once.
+    fn obtain(&self, now: i64, stale: Option<&str>) -> Result<(SavedToken, bool), TokenError> {
+        let fetch = || {
+            self.requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (self.fetch)().map(|fresh| SavedToken {
+                access_token: fresh.access_token,
+                expires_at: now + fresh.expires_in.max(1),
+            })
+        };
+        let Some(vault) = &self.vault else {
+            return fetch().map(|t| (t, true));
+        };
+        let mut error = None;
+        let mut fetched: Option<SavedToken> = None;
+        let kept = vault.refresh(&mut |saved| {
+            let usable = saved.filter(|t| {
+                t.expires_at > now + REFRESH_AHEAD && Some(t.access_token.as_str()) != stale
+            });
+            if usable.is_some() {
+                return None;
+            }
+            match fetch() {
+                Ok(t) => {
+                    fetched = Some(t.clone());
+                    Some(t)
+                }
+                Err(e) => {
+                    error = Some(e);
+                    None
+                }
+            }
+        });
+        if let Some(e) = error {
+            return Err(e);
+        }
+        match (kept, fetched) {
+            (Ok(_), Some(t)) => Ok((t, true)),
+            (Ok(Some(t)), None) if Some(t.access_token.as_str()) != stale => Ok((t, false)),
+            (Ok(_), None) => fetch().map(|t| (t, true)),
+            (Err(e), fetched) => {
+                // The database is down: pushes matter more than sharing the token.
+                log::warn!("wns: the token could not be shared through the database: {e}");
+                match fetched {
+                    Some(t) => Ok((t, true)),
+                    None => fetch().map(|t| (t, true)),
+                }
             }
         }
-        result
     }
 }
 
@@ -314,6 +390,75 @@ mod tests {
             })
         });
         (n, fetch)
+    }
+
+    /// A vault shared by several caches, as instances share a database: `refresh`
+    /// holds one lock across the decision, like the advisory lock.
+    #[derive(Default)]
+    struct SharedVault(Mutex<Option<SavedToken>>);
+
+    impl TokenVault for SharedVault {
+        fn load(&self) -> Result<Option<SavedToken>, String> {
+            Ok(self.0.lock().unwrap().clone())
+        }
+        fn save(&self, token: &SavedToken) -> Result<(), String> {
+            *self.0.lock().unwrap() = Some(token.clone());
+            Ok(())
+        }
+        fn refresh(
+            &self,
+            decide: &mut dyn FnMut(Option<&SavedToken>) -> Option<SavedToken>,
+        ) -> Result<Option<SavedToken>, String> {
+            let mut saved = self.0.lock().unwrap();
+            if let Some(new) = decide(saved.as_ref()) {
+                *saved = Some(new);
+            }
+            Ok(saved.clone())
+        }
+    }
+
+    #[test]
+    fn caches_sharing_a_vault_fetch_once_at_start_and_once_after_a_401() {
+        let vault = Arc::new(SharedVault::default());
+        let n = Arc::new(AtomicU64::new(0));
+        let caches: Vec<Arc<TokenCache>> = (0..3)
+            .map(|_| {
+                let m = n.clone();
+                let fetch: Box<Fetch> = Box::new(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let i = m.fetch_add(1, Ordering::SeqCst) + 1;
+                    Ok(Fresh {
+                        access_token: format!("tok-{i}"),
+                        expires_in: 3600,
+                    })
+                });
+                let v: Arc<dyn TokenVault> = vault.clone();
+                Arc::new(TokenCache::new(fetch, Some(v), 0))
+            })
+            .collect();
+        let firsts: Vec<Token> = std::thread::scope(|s| {
+            let hs: Vec<_> = caches
+                .iter()
+                .map(|c| s.spawn(move || c.get(10).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(n.load(Ordering::SeqCst), 1, "one fetch for three at start");
+        assert!(firsts.iter().all(|t| t.bearer() == "Bearer tok-1"));
+        let seconds: Vec<Token> = std::thread::scope(|s| {
+            let hs: Vec<_> = caches
+                .iter()
+                .zip(&firsts)
+                .map(|(c, t)| s.spawn(move || c.refresh_after_401(t.generation, 20).unwrap()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(
+            n.load(Ordering::SeqCst),
+            2,
+            "one refresh for a 401 seen by three"
+        );
+        assert!(seconds.iter().all(|t| t.bearer() == "Bearer tok-2"));
     }
 
     #[test]

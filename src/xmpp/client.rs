@@ -1,34 +1,42 @@
 //! Client mode's login: the seed's way of running, as an ordinary account
-//! (`xmpp.bare_jid` / `xmpp.password`). STARTTLS is required and the certificate is
-//! verified (never a password over plaintext); SASL picks SCRAM-SHA-256, then
-//! SCRAM-SHA-1, then PLAIN; then a resource is bound and initial presence sent with a
-//! positive priority (Prosody drops headline events for an account with no available
-//! session).
+//! (`xmpp.bare_jid` / `xmpp.password`). Where to connect comes from `xmpp.host`, or
+//! else from DNS SRV (srv.rs), every target and address in turn. TLS is required and the
+//! certificate is verified against the JID's domain, whatever the target (never a
+//! password over plaintext): STARTTLS, or TLS from the first byte for an
+//! `_xmpps-client._tcp` target. SASL picks SCRAM-SHA-256, then SCRAM-SHA-1, then
+//! PLAIN; then a resource is bound and initial presence sent with a positive priority
+//! (Prosody drops headline events for an account with no available session).
+//!
+//! The stream is `jabber:client`, xmpp-parsers' default namespace, so the features,
+//! STARTTLS and SASL nonzas and the bind IQ are read and written with its typed structs;
+//! a server answer that does not parse is a protocol error naming what was expected.
 //!
 //! Threads: `xmpp-io`. No locks.
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::str::FromStr;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use minidom::Element;
 use native_tls::{TlsConnector, TlsStream};
 use sasl::client::Mechanism;
 use sasl::client::mechanisms::{Plain, Scram};
 use sasl::common::scram::{Sha1, Sha256};
 use sasl::common::{ChannelBinding, Credentials};
+use xmpp_parsers::bind::{BindQuery, BindResponse};
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::sasl as xsasl;
+use xmpp_parsers::starttls;
+use xmpp_parsers::stream_features::StreamFeatures;
 
 use super::reader::{StanzaReader, StreamEvent};
-use super::reply::esc;
-use super::{XmppError, dial, login_event};
+use super::reply::{error_condition, esc};
+use super::srv::{self, Security, Target};
+use super::{XmppError, login_event};
 use crate::config::ClientConfig;
 
 /// The client stream's namespace.
 pub const NS_CLIENT: &str = "jabber:client";
-const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
-const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
-const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 
 /// A logged-in client stream and the full JID the server bound.
 pub struct Session {
@@ -38,35 +46,96 @@ pub struct Session {
     pub full_jid: String,
 }
 
-/// Connects, upgrades to TLS, authenticates, binds and sends presence.
+/// Connects, secures the stream with TLS, authenticates, binds and sends presence.
 pub fn login(c: &ClientConfig) -> Result<Session, XmppError> {
-    let domain = c
-        .bare_jid
-        .split_once('@')
-        .map(|(_, d)| d)
-        .ok_or_else(|| XmppError::Protocol("xmpp.bare_jid has no domain".into()))?
-        .to_owned();
-    let username = c.bare_jid.split('@').next().unwrap_or("").to_owned();
-    let tcp = dial(&c.host, c.port)?;
+    let domain = c.bare_jid.domain();
+    let username = c.bare_jid.local().to_owned();
+    let targets = match &c.host {
+        Some(host) => vec![Target {
+            host: host.clone(),
+            port: c.port,
+            security: Security::StartTls,
+        }],
+        None => srv::targets(&domain, c.port)?,
+    };
+    let (tcp, target) = srv::dial_any(&targets)?;
+    log::info!(
+        "xmpp: connected to {}:{} ({:?})",
+        target.host,
+        target.port,
+        target.security
+    );
+    let tcp = match target.security {
+        Security::DirectTls => tcp,
+        Security::StartTls => starttls(tcp, &domain)?,
+    };
+    let tls = tls_connect(c, &domain, tcp)?;
 
-    // Plain phase: only STARTTLS.
+    // TLS phase: SASL.
+    let mut reader = StanzaReader::new(tls);
+    let features = open_stream(&mut reader, &domain)?;
+    authenticate(
+        &mut reader,
+        &features.sasl_mechanisms,
+        &username,
+        c.password.expose(),
+    )?;
+
+    // Authenticated stream: bind and presence.
+    reader.restart();
+    let features = open_stream(&mut reader, &domain)?;
+    if !features.can_bind() {
+        return Err(XmppError::Protocol(
+            "the server offers no resource binding".into(),
+        ));
+    }
+    let bind = Iq::from_set("bind-1", BindQuery::new(Some(c.resource.clone())));
+    send(&mut reader, bind)?;
+    let full_jid = match Iq::try_from(next_stanza(&mut reader)?) {
+        Ok(Iq::Result {
+            payload: Some(p), ..
+        }) => BindResponse::try_from(p)
+            .map(|b| b.jid.to_string())
+            .map_err(|e| XmppError::Protocol(format!("unreadable bind answer: {e}")))?,
+        Ok(Iq::Error { error, .. }) => {
+            return Err(XmppError::Protocol(format!(
+                "resource binding failed: {}",
+                error_condition(&Element::from(error))
+            )));
+        }
+        _ => return Err(XmppError::Protocol("resource binding failed".into())),
+    };
+    reader
+        .get_mut()
+        .write_all(b"<presence><priority>1</priority></presence>")?;
+    Ok(Session { reader, full_jid })
+}
+
+/// The plain phase: only STARTTLS, which the server must offer.
+fn starttls(tcp: TcpStream, domain: &str) -> Result<TcpStream, XmppError> {
     let mut plain = StanzaReader::new(tcp);
-    let features = open_stream(&mut plain, &domain)?;
-    if features.get_child("starttls", NS_TLS).is_none() {
+    let features = open_stream(&mut plain, domain)?;
+    if !features.can_starttls() {
         return Err(XmppError::Protocol(
             "the server does not offer STARTTLS; refusing to send the password in plaintext".into(),
         ));
     }
-    plain
-        .get_mut()
-        .write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")?;
-    let answer = next_stanza(&mut plain)?;
-    if answer.name() != "proceed" {
-        return Err(XmppError::Protocol("the server refused STARTTLS".into()));
+    send(&mut plain, starttls::Request)?;
+    match starttls::Nonza::try_from(next_stanza(&mut plain)?) {
+        Ok(starttls::Nonza::Proceed(_)) => {}
+        _ => return Err(XmppError::Protocol("the server refused STARTTLS".into())),
     }
-    let tcp = plain
+    plain
         .into_inner()
-        .map_err(|e| XmppError::Protocol(e.into()))?;
+        .map_err(|e| XmppError::Protocol(e.into()))
+}
+
+/// TLS verified against the JID's domain (with `xmpp.ca_file` as an extra root).
+fn tls_connect(
+    c: &ClientConfig,
+    domain: &str,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, XmppError> {
     let mut builder = TlsConnector::builder();
     builder.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
     if let Some(pem) = &c.ca_pem {
@@ -77,52 +146,28 @@ pub fn login(c: &ClientConfig) -> Result<Session, XmppError> {
     let connector = builder
         .build()
         .map_err(|e| XmppError::Protocol(format!("TLS setup: {e}")))?;
-    let tls = connector.connect(&domain, tcp).map_err(|e| {
+    connector.connect(domain, tcp).map_err(|e| {
         XmppError::Protocol(format!(
             "TLS with {domain} failed (certificate not trusted?): {e}"
         ))
-    })?;
+    })
+}
 
-    // TLS phase: SASL.
-    let mut reader = StanzaReader::new(tls);
-    let features = open_stream(&mut reader, &domain)?;
-    let offered: Vec<String> = features
-        .get_child("mechanisms", NS_SASL)
-        .map(|m| m.children().map(Element::text).collect())
-        .unwrap_or_default();
-    authenticate(&mut reader, &offered, &username, c.password.expose())?;
-
-    // Authenticated stream: bind and presence.
-    reader.restart();
-    let features = open_stream(&mut reader, &domain)?;
-    if features.get_child("bind", NS_BIND).is_none() {
-        return Err(XmppError::Protocol(
-            "the server offers no resource binding".into(),
-        ));
-    }
-    write!(
-        reader.get_mut(),
-        "<iq type='set' id='bind-1'><bind xmlns='{NS_BIND}'><resource>{}</resource></bind></iq>",
-        esc(&c.resource)
-    )?;
-    let bound = next_stanza(&mut reader)?;
-    let full_jid = bound
-        .get_child("bind", NS_BIND)
-        .and_then(|b| b.get_child("jid", NS_BIND))
-        .map(Element::text)
-        .filter(|_| bound.attr("type") == Some("result"))
-        .ok_or_else(|| XmppError::Protocol("resource binding failed".into()))?;
-    reader
-        .get_mut()
-        .write_all(b"<presence><priority>1</priority></presence>")?;
-    Ok(Session { reader, full_jid })
+/// Serialises a typed nonza or stanza onto the stream.
+fn send<S: std::io::Read + Write>(
+    reader: &mut StanzaReader<S>,
+    what: impl Into<Element>,
+) -> Result<(), XmppError> {
+    let xml = String::from(&what.into());
+    reader.get_mut().write_all(xml.as_bytes())?;
+    Ok(())
 }
 
 /// Writes a stream header and returns the server's `<stream:features/>`.
 fn open_stream<S: std::io::Read + Write>(
     reader: &mut StanzaReader<S>,
     domain: &str,
-) -> Result<Element, XmppError> {
+) -> Result<StreamFeatures, XmppError> {
     write!(
         reader.get_mut(),
         "<?xml version='1.0'?><stream:stream xmlns='{NS_CLIENT}' xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0'>",
@@ -137,19 +182,15 @@ fn open_stream<S: std::io::Read + Write>(
         }
     }
     let features = next_stanza(reader)?;
-    if features.name() != "features" {
-        return Err(XmppError::Protocol(format!(
-            "expected stream features, got <{}>",
-            features.name()
-        )));
-    }
-    Ok(features)
+    let name = features.name().to_owned();
+    StreamFeatures::try_from(features)
+        .map_err(|e| XmppError::Protocol(format!("expected stream features, got <{name}>: {e}")))
 }
 
 /// Runs SASL with the strongest offered mechanism.
 fn authenticate<S: std::io::Read + Write>(
     reader: &mut StanzaReader<S>,
-    offered: &[String],
+    offered: &std::collections::BTreeSet<String>,
     username: &str,
     password: &str,
 ) -> Result<(), XmppError> {
@@ -157,70 +198,60 @@ fn authenticate<S: std::io::Read + Write>(
         .with_username(username)
         .with_password(password)
         .with_channel_binding(ChannelBinding::None);
-    let has = |m: &str| offered.iter().any(|o| o == m);
     let bad = |e: sasl::client::MechanismError| XmppError::Auth(format!("SASL: {e}"));
-    let mut mechanism: Box<dyn Mechanism> = if has("SCRAM-SHA-256") {
+    let mut mechanism: Box<dyn Mechanism> = if offered.contains("SCRAM-SHA-256") {
         Box::new(Scram::<Sha256>::from_credentials(creds).map_err(bad)?)
-    } else if has("SCRAM-SHA-1") {
+    } else if offered.contains("SCRAM-SHA-1") {
         Box::new(Scram::<Sha1>::from_credentials(creds).map_err(bad)?)
-    } else if has("PLAIN") {
+    } else if offered.contains("PLAIN") {
         Box::new(Plain::from_credentials(creds).map_err(bad)?)
     } else {
         return Err(XmppError::Auth(format!(
             "no supported SASL mechanism offered ({offered:?})"
         )));
     };
-    let initial = B64.encode(mechanism.initial());
-    write!(
-        reader.get_mut(),
-        "<auth xmlns='{NS_SASL}' mechanism='{}'>{initial}</auth>",
-        mechanism.name()
-    )?;
+    let auth = xsasl::Auth {
+        mechanism: xsasl::Mechanism::from_str(mechanism.name())
+            .map_err(|e| XmppError::Auth(format!("SASL: {e}")))?,
+        data: mechanism.initial(),
+    };
+    send(reader, auth)?;
     loop {
         let e = next_stanza(reader)?;
-        let data = B64.decode(e.text().trim()).unwrap_or_default();
-        match e.name() {
-            "challenge" => {
-                let response = mechanism.response(&data).map_err(bad)?;
-                write!(
-                    reader.get_mut(),
-                    "<response xmlns='{NS_SASL}'>{}</response>",
-                    B64.encode(response)
-                )?;
+        let name = e.name().to_owned();
+        match xsasl::Nonza::try_from(e) {
+            Ok(xsasl::Nonza::Challenge(c)) => {
+                let data = mechanism.response(&c.data).map_err(bad)?;
+                send(reader, xsasl::Response { data })?;
             }
-            "success" => {
-                mechanism.success(&data).map_err(bad)?;
+            Ok(xsasl::Nonza::Success(s)) => {
+                mechanism.success(&s.data).map_err(bad)?;
                 return Ok(());
             }
-            "failure" => {
-                let why = e
-                    .children()
-                    .next()
-                    .map(|c| c.name().to_owned())
-                    .unwrap_or_else(|| "unknown".into());
+            Ok(xsasl::Nonza::Failure(f)) => {
+                let why = error_condition(&Element::from(f));
                 return Err(XmppError::Auth(format!(
                     "the server refused the login ({why}): check xmpp.bare_jid and xmpp.password"
                 )));
             }
-            other => {
+            _ => {
                 return Err(XmppError::Protocol(format!(
-                    "unexpected <{other}> during SASL"
+                    "unexpected <{name}> during SASL"
                 )));
             }
         }
     }
 }
 
+/// The next top-level element; a stream error ends the login.
 fn next_stanza<S: std::io::Read>(reader: &mut StanzaReader<S>) -> Result<Element, XmppError> {
     match login_event(reader)? {
         StreamEvent::Stanza(e) => {
             if e.name() == "error" {
-                let condition = e
-                    .children()
-                    .next()
-                    .map(|c| c.name().to_owned())
-                    .unwrap_or_default();
-                return Err(XmppError::Protocol(format!("stream error: {condition}")));
+                return Err(XmppError::Protocol(format!(
+                    "stream error: {}",
+                    error_condition(&e)
+                )));
             }
             Ok(e)
         }

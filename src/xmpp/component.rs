@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use sha1::{Digest, Sha1};
 
 use super::reader::{StanzaReader, StreamEvent};
-use super::reply::esc;
+use super::reply::{error_condition, esc};
 use super::{XmppError, login_event};
 
 /// The component stream's namespace.
@@ -50,7 +50,7 @@ pub fn authenticate(
     match login_event(reader)? {
         StreamEvent::Stanza(e) if e.name() == "handshake" => Ok(()),
         StreamEvent::Stanza(e) if e.name() == "error" => {
-            let condition = super::stream_error_condition(&e);
+            let condition = error_condition(&e);
             if condition == "conflict" {
                 // Prosody's default `component_conflict_resolve = "kick_new"`: another
                 // instance holds the component.

@@ -23,10 +23,11 @@ pub mod publish;
 pub mod reader;
 pub mod reply;
 mod session;
+pub mod srv;
 
 use std::fmt;
 use std::io;
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
@@ -38,7 +39,7 @@ use crate::config::{ClientConfig, ComponentConfig};
 use crate::net::Socket;
 use crate::push::{Completed, Dispatcher};
 use crate::shutdown::{Shutdown, join_logged};
-use crate::store::Store;
+use crate::store::{Lease, Store};
 use pep::PepRequest;
 use reader::{ReadError, StanzaReader, StreamEvent};
 use session::{Session, Timing};
@@ -144,6 +145,8 @@ impl XmppLink {
                     outcomes: &outcomes,
                     peps: &peps,
                     shutdown: &shutdown,
+                    lease: None,
+                    standby_said: false,
                 };
                 io.run(&st)
             })?;
@@ -242,7 +245,17 @@ struct Io<'a> {
     outcomes: &'a Receiver<Completed>,
     peps: &'a Receiver<PepRequest>,
     shutdown: &'a Shutdown,
+    /// Client mode: the lease that makes this the one instance logged in (several
+    /// instances on one database would otherwise each get every PEP event).
+    lease: Option<Lease>,
+    /// Whether the standby line was logged (once per spell).
+    standby_said: bool,
 }
+
+/// The database lease client mode's login runs under.
+const CLIENT_LEASE: &str = "client-mode-login";
+/// How often a standby asks for the lease, and a holder checks it still has it.
+const LEASE_STEP: Duration = Duration::from_secs(3);
 
 /// Who we are on the current stream.
 struct Identity {
@@ -279,37 +292,34 @@ impl Io<'_> {
                     connect_component(c).map(|mut reader| {
                         let id = Identity {
                             ns: component::NS_COMPONENT,
-                            own: c.jid.clone(),
-                            server: c
-                                .jid
-                                .split_once('.')
-                                .map_or(c.jid.as_str(), |(_, d)| d)
-                                .to_owned(),
+                            own: c.jid.as_str().to_owned(),
+                            server: c.jid.server_domain().to_owned(),
                             client: false,
                         };
                         self.connected(status, &mut first, &id.own);
                         policy.connected();
-                        self.session(&id, &mut reader)
+                        self.session(&id, &mut reader, Vec::new())
                     })
                 }
                 Mode::Client(c) => {
-                    log::info!(
-                        "xmpp: connecting to {}:{} as {}",
-                        c.host,
-                        c.port,
-                        c.bare_jid
-                    );
+                    if !self.take_lease() {
+                        if self.shutdown.wait_timeout(LEASE_STEP) {
+                            return;
+                        }
+                        continue;
+                    }
+                    log::info!("xmpp: connecting as {}", c.bare_jid.as_str());
                     client::login(c).and_then(|mut session| {
                         let id = Identity {
                             ns: client::NS_CLIENT,
-                            own: c.bare_jid.clone(),
-                            server: c.bare_jid.split_once('@').map_or("", |(_, d)| d).to_owned(),
+                            own: c.bare_jid.as_str().to_owned(),
+                            server: c.bare_jid.domain(),
                             client: true,
                         };
-                        pep::reconcile(&mut session.reader, &id.own, &self.s.store)?;
+                        let held = pep::reconcile(&mut session.reader, &id.own, &self.s.store)?;
                         self.connected(status, &mut first, &session.full_jid);
                         policy.connected();
-                        Ok(self.session(&id, &mut session.reader))
+                        Ok(self.session(&id, &mut session.reader, held))
                     })
                 }
             };
@@ -343,6 +353,39 @@ impl Io<'_> {
         }
     }
 
+    /// Client mode: holds (or takes) the login lease; false while another instance has
+    /// it (said once at info) or the database cannot be asked.
+    fn take_lease(&mut self) -> bool {
+        if self.lease.as_mut().is_some_and(Lease::is_held) {
+            return true;
+        }
+        self.lease = None;
+        match self.s.store.acquire_lease(CLIENT_LEASE) {
+            Ok(Some(lease)) => {
+                if self.standby_said {
+                    log::info!("xmpp: took over the client-mode login from another instance");
+                }
+                self.standby_said = false;
+                self.lease = Some(lease);
+                true
+            }
+            Ok(None) => {
+                if !self.standby_said {
+                    log::info!(
+                        "xmpp: standby: another instance holds the client-mode login; asking again every {} s",
+                        LEASE_STEP.as_secs()
+                    );
+                    self.standby_said = true;
+                }
+                false
+            }
+            Err(e) => {
+                log::warn!("xmpp: cannot ask the database for the client-mode login: {e}");
+                false
+            }
+        }
+    }
+
     fn connected(&self, status: &LinkStatus, first: &mut bool, jid: &str) {
         status.connected.store(true, Ordering::Release);
         if !*first {
@@ -353,8 +396,14 @@ impl Io<'_> {
     }
 
     /// The authenticated stream: read, hand to the session, write what it queued,
-    /// until the stream ends or shutdown has drained it.
-    fn session<S: Socket>(&mut self, id: &Identity, reader: &mut StanzaReader<S>) -> End {
+    /// until the stream ends or shutdown has drained it. `held`: stanzas that arrived
+    /// before (during client mode's reconciliation), handled first.
+    fn session<S: Socket>(
+        &mut self,
+        id: &Identity,
+        reader: &mut StanzaReader<S>,
+        held: Vec<minidom::Element>,
+    ) -> End {
         let timing = Timing {
             ping_interval: self.s.ping_interval,
             deadline: self.s.deadline,
@@ -368,7 +417,11 @@ impl Io<'_> {
             (self.outcomes, self.peps),
             Instant::now(),
         );
+        for stanza in held {
+            session.on_stanza(&stanza, Instant::now());
+        }
         let mut current_wait = Duration::ZERO;
+        let mut next_lease_check = Instant::now() + LEASE_STEP;
         loop {
             let wait = session.read_wait(Instant::now());
             if wait != current_wait {
@@ -379,7 +432,7 @@ impl Io<'_> {
             }
             match reader.next_event() {
                 Ok(StreamEvent::Stanza(e)) if is_stream_error(&e) => {
-                    return match stream_error_condition(&e).as_str() {
+                    return match reply::error_condition(&e).as_str() {
                         "conflict" => End::Conflict,
                         other => End::Lost(format!("stream error: {other}")),
                     };
@@ -397,6 +450,13 @@ impl Io<'_> {
             session.drain_peps();
             if let Err(why) = session.tick(now) {
                 return End::Lost(why);
+            }
+            if now >= next_lease_check {
+                next_lease_check = now + LEASE_STEP;
+                if self.lease.as_mut().is_some_and(|l| !l.is_held()) {
+                    self.lease = None;
+                    return End::Lost("lost the client-mode lease (database connection)".into());
+                }
             }
             if self.shutdown.is_triggered() {
                 session.begin_shutdown(now);
@@ -434,16 +494,6 @@ fn is_stream_error(e: &minidom::Element) -> bool {
     e.name() == "error" && e.ns() == NS_STREAMS
 }
 
-/// The defined condition of a `<stream:error>` (`conflict`, `not-authorized`, …):
-/// its first child that is not the optional `<text>`.
-fn stream_error_condition(e: &minidom::Element) -> String {
-    e.children()
-        .map(minidom::Element::name)
-        .find(|n| *n != "text")
-        .unwrap_or("unknown")
-        .to_owned()
-}
-
 /// Why a read failed, after telling the server when it broke a rule.
 fn read_failed<S: Socket>(reader: &mut StanzaReader<S>, e: ReadError) -> String {
     let (condition, why) = match e {
@@ -470,19 +520,6 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(f)
 }
 
-/// Connects to the XMPP server with 10 s timeouts for the login phase.
-fn dial(host: &str, port: u16) -> Result<TcpStream, XmppError> {
-    let addr = (host, port)
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| XmppError::Protocol(format!("{host} does not resolve")))?;
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    tcp.set_nodelay(true)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
-    tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
-    Ok(tcp)
-}
-
 /// The next event while logging in, where a timeout or the end is a failure.
 fn login_event<S: io::Read>(reader: &mut StanzaReader<S>) -> Result<StreamEvent, XmppError> {
     reader.next_event().map_err(|e| match e {
@@ -495,8 +532,14 @@ fn login_event<S: io::Read>(reader: &mut StanzaReader<S>) -> Result<StreamEvent,
 }
 
 fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
-    let mut reader = StanzaReader::new(dial(&c.host, c.port)?);
-    component::authenticate(&mut reader, &c.jid, c.secret.expose())?;
+    let mut reader = StanzaReader::new(srv::dial(&c.host, c.port)?);
+    if let Err(e) = component::authenticate(&mut reader, c.jid.as_str(), c.secret.expose()) {
+        if reader.violated() {
+            let stream_error = reply::stream_error("policy-violation");
+            let _ = io::Write::write_all(reader.get_mut(), stream_error.as_bytes());
+        }
+        return Err(e);
+    }
     Ok(reader)
 }
 
@@ -559,14 +602,14 @@ mod tests {
             "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Component already connected</text><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>",
         );
         assert!(is_stream_error(&prosody));
-        assert_eq!(stream_error_condition(&prosody), "conflict");
+        assert_eq!(reply::error_condition(&prosody), "conflict");
         assert_eq!(
-            stream_error_condition(&parse(
+            reply::error_condition(&parse(
                 "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
             )),
             "not-authorized"
         );
-        assert_eq!(stream_error_condition(&parse("")), "unknown");
+        assert_eq!(reply::error_condition(&parse("")), "undefined-condition");
         // As the reader hands it over on a live component stream.
         let wire: &[u8] = b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='s1'><stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Replaced by a new connection</text></stream:error>";
         let mut reader = StanzaReader::new(wire);
@@ -575,7 +618,7 @@ mod tests {
             panic!("no stanza")
         };
         assert!(is_stream_error(&e));
-        assert_eq!(stream_error_condition(&e), "conflict");
+        assert_eq!(reply::error_condition(&e), "conflict");
         let iq_error: minidom::Element = "<error xmlns='jabber:component:accept' type='cancel'/>"
             .parse()
             .unwrap();

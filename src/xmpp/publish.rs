@@ -88,7 +88,7 @@ pub enum Inbound {
 /// Classifies a stanza read from a stream whose default namespace is `stream_ns`.
 pub fn classify(stanza: &Element, stream_ns: &str) -> Inbound {
     if stanza.is("message", stream_ns) {
-        return event_of(stanza).unwrap_or(Inbound::Ignored);
+        return super::pep::event_of(stanza).unwrap_or(Inbound::Ignored);
     }
     if !stanza.is("iq", stream_ns) {
         return Inbound::Ignored;
@@ -109,13 +109,7 @@ pub fn classify(stanza: &Element, stream_ns: &str) -> Inbound {
         },
         ("error", _) => Inbound::Response {
             id: header.id,
-            error: Some(
-                stanza
-                    .children()
-                    .find(|c| c.name() == "error")
-                    .and_then(|e| e.children().next())
-                    .map_or_else(|| "undefined-condition".to_owned(), |c| c.name().to_owned()),
-            ),
+            error: Some(super::reply::error_condition(stanza)),
         },
         ("set", Some(p)) if p.is("pubsub", NS_PUBSUB) => match parse_publish(p) {
             Ok(Some(publish)) => Inbound::Publish(header, publish),
@@ -128,28 +122,6 @@ pub fn classify(stanza: &Element, stream_ns: &str) -> Inbound {
         ("get" | "set", _) => Inbound::Unsupported(header),
         _ => Inbound::Ignored,
     }
-}
-
-fn event_of(message: &Element) -> Option<Inbound> {
-    let items = message
-        .get_child("event", NS_PUBSUB_EVENT)?
-        .get_child("items", NS_PUBSUB_EVENT)?;
-    // Events for nodes that cannot be ours (other PEP data of the push account) are
-    // none of our business.
-    let node = Node::parse(items.attr("node")?).ok()?;
-    let item = items.get_child("item", NS_PUBSUB_EVENT)?;
-    let summary = item
-        .get_child("notification", NS_PUSH)
-        .and_then(|n| n.get_child("x", NS_DATA))
-        .map(summary_of)
-        .unwrap_or_default();
-    Some(Inbound::Event {
-        from: message.attr("from").unwrap_or("").to_owned(),
-        node,
-        item_id: item.attr("id").map(str::to_owned),
-        publisher: item.attr("publisher").map(str::to_owned),
-        summary,
-    })
 }
 
 /// The publish, `None` if its node cannot be ours, or why it is malformed.
@@ -190,7 +162,7 @@ fn field(form: &Element, var: &str) -> Option<String> {
 }
 
 /// Reads the summary form in one pass over its fields (this runs for every push).
-fn summary_of(form: &Element) -> Summary {
+pub(super) fn summary_of(form: &Element) -> Summary {
     let mut summary = Summary::default();
     for f in form.children().filter(|f| f.is("field", NS_DATA)) {
         let value = || f.get_child("value", NS_DATA).map(Element::text);

@@ -2,8 +2,11 @@
 //! minidom's tree builder, and each complete top-level element comes out as a stanza.
 //!
 //! Bytes are parsed as they arrive, never buffered as a whole stream. Each stanza is
-//! capped in size ([`MAX_STANZA`]) and nesting depth ([`MAX_DEPTH`]); breaking either is
-//! a [`ReadError::Policy`], which the caller answers with a policy-violation stream
+//! capped in size ([`MAX_STANZA`], every byte from its `<` on, so the attributes and
+//! namespace declarations of its own start tag count too: the tree builder holds them
+//! until the tag closes) and nesting depth ([`MAX_DEPTH`]); the stream header, with
+//! the XML declaration before it, is capped at [`MAX_HEADER`]. Breaking a cap is a
+//! [`ReadError::Policy`], which the caller answers with a policy-violation stream
 //! error. A read timeout on the socket surfaces as [`ReadError::Idle`] with the parser
 //! state intact, so the I/O thread can write in between.
 //!
@@ -18,6 +21,9 @@ use minidom::tree_builder::TreeBuilder;
 
 /// Largest stanza accepted, in bytes of XML.
 pub const MAX_STANZA: usize = 64 * 1024;
+/// Largest stream header accepted, XML declaration included. Real ones are about
+/// 250 bytes.
+pub const MAX_HEADER: usize = 4 * 1024;
 /// Deepest nesting accepted inside a stanza (a publish is about 8 deep).
 pub const MAX_DEPTH: usize = 32;
 
@@ -55,7 +61,14 @@ pub struct StanzaReader<S> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Bytes consumed since the last complete event at stream level: the stanza (or
+    /// header) being read, from its `<` on.
     stanza_bytes: usize,
+    /// Whether the peer's stream header has been read (which cap applies).
+    opened: bool,
+    /// Whether the last error was a cap, so the caller can still send the stream
+    /// error after a login step turned it into a generic failure.
+    violated: bool,
 }
 
 impl<S: Read> StanzaReader<S> {
@@ -69,6 +82,8 @@ impl<S: Read> StanzaReader<S> {
             start: 0,
             end: 0,
             stanza_bytes: 0,
+            opened: false,
+            violated: false,
         }
     }
 
@@ -97,26 +112,47 @@ impl<S: Read> StanzaReader<S> {
         self.parser = RawParser::new();
         self.tree = TreeBuilder::new();
         self.stanza_bytes = 0;
+        self.opened = false;
+    }
+
+    /// Whether reading stopped at a size or depth cap: the peer is owed a
+    /// policy-violation stream error.
+    pub fn violated(&self) -> bool {
+        self.violated
     }
 
     /// The next event. Blocks in `read()` at most for the socket's read timeout.
     pub fn next_event(&mut self) -> Result<StreamEvent, ReadError> {
+        let result = self.next_event_inner();
+        if let Err(ReadError::Policy(_)) = result {
+            self.violated = true;
+        }
+        result
+    }
+
+    fn next_event_inner(&mut self) -> Result<StreamEvent, ReadError> {
         loop {
             let mut slice = &self.buf[self.start..self.end];
             let before = slice.len();
             let result = self.parser.parse(&mut slice, false);
             let used = before - slice.len();
             self.start += used;
-            if self.tree.depth() >= 2 {
-                self.stanza_bytes += used;
-                if self.stanza_bytes > MAX_STANZA {
-                    return Err(ReadError::Policy("stanza larger than 64 KiB"));
-                }
+            // Counted at every depth: a top-level start tag's attributes arrive while
+            // the tree is still at stream level, and are held until the tag closes.
+            self.stanza_bytes += used;
+            if !self.opened && self.stanza_bytes > MAX_HEADER {
+                return Err(ReadError::Policy("stream header larger than 4 KiB"));
+            }
+            if self.stanza_bytes > MAX_STANZA {
+                return Err(ReadError::Policy("stanza larger than 64 KiB"));
             }
             match result {
                 Ok(Some(event)) => {
                     if self.tree.depth() == 1 && matches!(event, RawEvent::Text(..)) {
-                        continue; // whitespace keep-alives between stanzas
+                        // Whitespace keep-alives between stanzas: the next stanza
+                        // starts after them.
+                        self.stanza_bytes = 0;
+                        continue;
                     }
                     let head = matches!(event, RawEvent::ElementHeadClose(_));
                     let foot = matches!(event, RawEvent::ElementFoot(_));
@@ -129,6 +165,8 @@ impl<S: Read> StanzaReader<S> {
                     }
                     match (head, foot, depth) {
                         (true, _, 1) => {
+                            self.opened = true;
+                            self.stanza_bytes = 0;
                             let open = self.tree.top().cloned().ok_or(ReadError::Eof)?;
                             return Ok(StreamEvent::Open(open));
                         }
@@ -252,5 +290,87 @@ mod tests {
         assert!(events(&deep, 8192).last().unwrap().contains("Policy"));
         let bad = "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'><iq></message>";
         assert!(events(bad, 8192).last().unwrap().contains("Xml"));
+    }
+
+    /// Reads `xml` in 8 KiB chunks; returns the events and how many bytes were read.
+    fn events_and_bytes_read(xml: &[u8]) -> (Vec<String>, usize) {
+        let mut r = StanzaReader::new(Trickle {
+            data: xml.to_vec(),
+            pos: 0,
+            chunk: 8192,
+            block_next: false,
+        });
+        let mut out = Vec::new();
+        loop {
+            match r.next_event() {
+                Ok(StreamEvent::Open(_)) => out.push("open".to_owned()),
+                Ok(StreamEvent::Stanza(e)) => out.push(e.name().to_owned()),
+                Ok(StreamEvent::Close) => out.push("close".into()),
+                Err(ReadError::Idle) => continue,
+                Err(ReadError::Eof) => break,
+                Err(e) => {
+                    assert_eq!(r.violated(), matches!(e, ReadError::Policy(_)));
+                    out.push(format!("error {e:?}"));
+                    break;
+                }
+            }
+        }
+        (out, r.inner.pos)
+    }
+
+    fn many_attributes(n: usize) -> String {
+        (0..n).map(|i| format!(" a{i}='v'")).collect()
+    }
+
+    #[test]
+    fn a_top_level_start_tag_counts_towards_the_stanza_cap() {
+        let header = "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>";
+        let xml = format!("{header}<iq type='get'{}>", many_attributes(200_000));
+        let (out, read) = events_and_bytes_read(xml.as_bytes());
+        assert_eq!(out[0], "open");
+        assert!(out[1].contains("Policy"), "{out:?}");
+        assert!(
+            read < MAX_STANZA + 64 * 1024,
+            "read {read} bytes before stopping"
+        );
+        // Namespace declarations are attributes too.
+        let ns: String = (0..20_000)
+            .map(|i| format!(" xmlns:p{i}='urn:x:{i}'"))
+            .collect();
+        let (out, _) = events_and_bytes_read(format!("{header}<message{ns}/>").as_bytes());
+        assert!(out[1].contains("Policy"), "{out:?}");
+    }
+
+    #[test]
+    fn the_stream_header_is_capped() {
+        let xml = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'{}>",
+            many_attributes(100_000)
+        );
+        let (out, read) = events_and_bytes_read(xml.as_bytes());
+        assert_eq!(out.len(), 1);
+        assert!(out[0].contains("stream header"), "{out:?}");
+        assert!(read < 64 * 1024, "read {read} bytes before stopping");
+    }
+
+    #[test]
+    fn keepalives_between_stanzas_do_not_add_up_and_large_stanzas_still_pass() {
+        let mut xml = String::from(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='x'>",
+        );
+        for _ in 0..40 {
+            xml.push_str(&" ".repeat(4000));
+            xml.push_str("<iq type='get' id='1'><ping xmlns='urn:xmpp:ping'/></iq>");
+        }
+        // Just under the cap, counting its start tag.
+        xml.push_str(&format!(
+            "<message a='b'><body>{}</body></message>",
+            "x".repeat(MAX_STANZA - 100)
+        ));
+        xml.push_str("</stream:stream>");
+        let (out, _) = events_and_bytes_read(xml.as_bytes());
+        assert_eq!(out.len(), 43, "{:?}", &out[out.len().saturating_sub(3)..]);
+        assert_eq!(out[41], "message");
+        assert_eq!(out[42], "close");
     }
 }

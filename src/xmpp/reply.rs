@@ -1,4 +1,5 @@
-//! Outgoing stanzas: IQ results and errors, disco answers, pings, stream errors.
+//! Outgoing stanzas: IQ results and errors, disco answers, pings, stream errors; and
+//! the one reader of error conditions ([`error_condition`]).
 //!
 //! Every stanza is written without an `xmlns` on its top element or its `<error>`, so it
 //! sits in the stream's default namespace (`jabber:component:accept` or
@@ -23,6 +24,11 @@
 //! Threads: `xmpp-io`. Pure functions.
 
 use std::fmt::Write as _;
+use std::sync::LazyLock;
+
+use minidom::Element;
+use xmpp_parsers::disco::{DiscoInfoResult, Identity};
+use xmpp_parsers::{ns, sasl as xsasl, stanza_error, stream_error};
 
 use super::publish::IqHeader;
 use crate::push::PushOutcome;
@@ -116,12 +122,54 @@ pub fn iq_result(h: &IqHeader, payload: &str) -> String {
     s
 }
 
-/// disco#info: we are a XEP-0357 app server.
+/// disco#info: we are a XEP-0357 app server. The payload is xmpp-parsers'
+/// `DiscoInfoResult`, built once; the envelope stays in the stream's namespace.
 pub fn disco_info(h: &IqHeader) -> String {
-    iq_result(
-        h,
-        "<query xmlns='http://jabber.org/protocol/disco#info'><identity category='pubsub' type='push' name='UWPX push server'/><feature var='http://jabber.org/protocol/disco#info'/><feature var='urn:xmpp:push:0'/><feature var='urn:xmpp:ping'/></query>",
-    )
+    static QUERY: LazyLock<String> = LazyLock::new(|| {
+        let info = DiscoInfoResult {
+            node: None,
+            identities: vec![Identity {
+                category: "pubsub".into(),
+                type_: "push".into(),
+                lang: None,
+                name: Some("UWPX push server".into()),
+            }],
+            features: [ns::DISCO_INFO, ns::PUSH, ns::PING]
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            extensions: Vec::new(),
+        };
+        String::from(&Element::from(info))
+    });
+    iq_result(h, &QUERY)
+}
+
+/// The defined condition of an error, by its name (`conflict`, `not-authorized`, …):
+/// of a stanza (an `<iq type='error'>` or its `<error/>`, in either stream namespace),
+/// of a stream error, or of a SASL `<failure/>`. The first child in a condition
+/// namespace that xmpp-parsers' typed condition enum for that namespace accepts wins,
+/// so `<text/>` and application-specific children are skipped wherever they stand;
+/// none is `undefined-condition`.
+pub fn error_condition(e: &Element) -> String {
+    let error = if matches!(e.name(), "error" | "failure") {
+        Some(e)
+    } else {
+        e.children().find(|c| c.name() == "error")
+    };
+    error
+        .into_iter()
+        .flat_map(Element::children)
+        .find(|c| {
+            let c = (*c).clone();
+            match c.ns().as_str() {
+                ns::XMPP_STANZAS => stanza_error::DefinedCondition::try_from(c).is_ok(),
+                ns::XMPP_STREAMS => stream_error::DefinedCondition::try_from(c).is_ok(),
+                ns::SASL => xsasl::DefinedCondition::try_from(c).is_ok(),
+                _ => false,
+            }
+        })
+        .map_or_else(|| "undefined-condition".to_owned(), |c| c.name().to_owned())
 }
 
 /// disco#items: none.
@@ -242,6 +290,41 @@ mod tests {
     }
 
     #[test]
+    fn error_conditions_are_read_from_every_kind_of_error() {
+        let parse = |xml: &str| xml.parse::<Element>().unwrap();
+        let rows = [
+            // A stanza error in the component namespace, <text/> first.
+            (
+                "<iq xmlns='jabber:component:accept' type='error' id='1'><error type='cancel'><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>x</text><conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+                "conflict",
+            ),
+            (
+                "<error xmlns='jabber:client' type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>",
+                "item-not-found",
+            ),
+            (
+                "<stream:error xmlns:stream='http://etherx.jabber.org/streams'><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>",
+                "not-authorized",
+            ),
+            (
+                "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>",
+                "not-authorized",
+            ),
+            (
+                "<iq xmlns='jabber:client' type='error' id='2'><error type='wait'><made-up xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+                "undefined-condition",
+            ),
+            (
+                "<iq xmlns='jabber:client' type='error' id='3'/>",
+                "undefined-condition",
+            ),
+        ];
+        for (xml, condition) in rows {
+            assert_eq!(error_condition(&parse(xml)), condition, "{xml}");
+        }
+    }
+
+    #[test]
     fn secrets_are_masked_in_trace_logs() {
         let xml = "<x><field var='secret'><value>s3cret</value></field><field var=\"secret\"><value>two</value></field><value>keep</value></x>";
         let red = redact_secrets(xml);
@@ -259,8 +342,20 @@ mod tests {
             iq_reply(&h(), Reply::Result),
             "<iq type='result' id='a&apos;1' from='push.localhost' to='localhost'/>"
         );
-        assert!(disco_info(&h()).contains("<identity category='pubsub' type='push'"));
-        assert!(disco_info(&h()).contains("<feature var='urn:xmpp:push:0'/>"));
+        let info = disco_info(&h());
+        assert!(
+            info.starts_with("<iq type='result' id='a&apos;1' from='push.localhost' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'>"),
+            "{info}"
+        );
+        let iq: Element = info
+            .replacen("<iq ", "<iq xmlns='jabber:client' ", 1)
+            .parse()
+            .unwrap();
+        let query = iq.get_child("query", ns::DISCO_INFO).unwrap().clone();
+        let parsed = DiscoInfoResult::try_from(query).unwrap();
+        assert_eq!(parsed.identities[0].category, "pubsub");
+        assert_eq!(parsed.identities[0].type_, "push");
+        assert!(parsed.features.contains(ns::PUSH) && parsed.features.contains(ns::PING));
         assert!(unsupported(&h()).contains("<error type='cancel'><service-unavailable"));
     }
 }

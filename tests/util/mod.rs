@@ -89,6 +89,7 @@ pub struct Server {
     pub cert: Option<TestCert>,
     child: Option<Child>,
     pub log: Arc<Mutex<String>>,
+    env: Vec<(String, String)>,
 }
 
 pub fn binary() -> &'static str {
@@ -97,6 +98,12 @@ pub fn binary() -> &'static str {
 
 impl Server {
     pub fn start(setup: Setup) -> Self {
+        Self::start_with_env(setup, Vec::new())
+    }
+
+    /// [`Server::start`] with environment variables for the process (e.g.
+    /// UWPX_TEST_NAMESERVER).
+    pub fn start_with_env(setup: Setup, env: Vec<(String, String)>) -> Self {
         let dir = TempDir::new("srv");
         let mut config = json!({
             "xmpp": {"bare_jid": PUSH_JID},
@@ -124,6 +131,7 @@ impl Server {
             cert,
             child: None,
             log: Arc::new(Mutex::new(String::new())),
+            env,
         };
         server.launch();
         server
@@ -141,6 +149,7 @@ impl Server {
         let mut child = Command::new(binary())
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.clone())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

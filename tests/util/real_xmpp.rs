@@ -4,9 +4,10 @@
 //! process started here is stopped by PID. Test users are driven with slixmpp
 //! (scripts/e2e/user_client.py, sender.py) from the venv setup.sh creates.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::TempDir;
@@ -71,9 +72,16 @@ pub struct RealServer {
     pub dir: TempDir,
     pub c2s_port: u16,
     pub component_port: u16,
+    /// Prosody only: XEP-0368 direct TLS client port.
+    pub c2s_tls_port: u16,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    /// PushSrv listens on the fixed s2s port 5269: one at a time in this process.
+    _s2s_port: Option<MutexGuard<'static, ()>>,
 }
+
+/// Held by the one PushSrv of this process (tests run in parallel threads).
+static PUSHSRV: Mutex<()> = Mutex::new(());
 
 impl RealServer {
     pub fn start(kind: Kind, users: &[&str]) -> Self {
@@ -88,14 +96,17 @@ impl RealServer {
             kind,
             c2s_port: free_port(),
             component_port: free_port(),
+            c2s_tls_port: free_port(),
             child: None,
             env: Vec::new(),
             dir,
+            _s2s_port: None,
         };
         s.env = vec![
             ("E2E_VAR".into(), var.display().to_string()),
             ("E2E_C2S_PORT".into(), s.c2s_port.to_string()),
             ("E2E_COMPONENT_PORT".into(), s.component_port.to_string()),
+            ("E2E_C2S_DIRECT_TLS_PORT".into(), s.c2s_tls_port.to_string()),
             ("E2E_S2S_PORT".into(), free_port().to_string()),
             ("E2E_COMPONENT_SECRET".into(), COMPONENT_SECRET.into()),
             (
@@ -158,14 +169,17 @@ impl RealServer {
     /// certificates of `main` (whose CA both trust for s2s). Its s2s port is the fixed
     /// 5269 that `main` dials for `pushsrv.localhost`.
     pub fn start_pushsrv(main: &RealServer) -> Self {
+        let guard = PUSHSRV.lock().unwrap_or_else(|e| e.into_inner());
         let dir = TempDir::new("pushsrv");
         let mut s = Self {
             kind: Kind::PushSrv,
             c2s_port: free_port(),
             component_port: 5269,
+            c2s_tls_port: 0,
             child: None,
             env: Vec::new(),
             dir,
+            _s2s_port: Some(guard),
         };
         s.env = vec![
             ("E2E_VAR".into(), main.dir.path().display().to_string()),
@@ -229,6 +243,26 @@ impl RealServer {
         .lines()
         .map(str::to_owned)
         .collect()
+    }
+
+    /// Creates `count` PEP nodes on push@pushsrv.localhost that no registration knows
+    /// (another session, pipelined); returns the script's report.
+    pub fn make_stale_nodes(&self, count: usize) -> String {
+        let port = self.c2s_port.to_string();
+        let count = count.to_string();
+        self.python(
+            "make_nodes.py",
+            &[
+                "--jid",
+                "push@pushsrv.localhost",
+                "--password",
+                "pushpw",
+                "--port",
+                &port,
+                "--count",
+                &count,
+            ],
+        )
     }
 
     fn ejabberdctl(&self) -> Command {
@@ -415,4 +449,74 @@ impl Drop for RealServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A dnsmasq on 127.0.0.1 (a free port, UDP and TCP) answering only the SRV records it
+/// is given, for client mode's SRV lookup (the server is pointed at it with
+/// `UWPX_TEST_NAMESERVER`). Stopped by PID on drop.
+pub struct Dns {
+    pub addr: String,
+    child: Child,
+}
+
+/// One `--srv-host`: (service name, target, port, priority).
+pub type SrvRecord<'a> = (&'a str, &'a str, u16, u16);
+
+impl Dns {
+    pub fn start(records: &[SrvRecord]) -> Self {
+        assert!(
+            Path::new("/usr/sbin/dnsmasq").exists(),
+            "dnsmasq is not installed: run scripts/e2e/setup.sh"
+        );
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = Command::new("/usr/sbin/dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--conf-file=/dev/null",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--log-queries",
+            "--log-facility=-",
+            "--user=root",
+            "--pid-file=",
+        ])
+        .arg(format!("--port={port}"));
+        for (name, target, port, priority) in records {
+            cmd.arg(format!("--srv-host={name},{target},{port},{priority},5"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "dnsmasq did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            addr: format!("127.0.0.1:{port}"),
+            child,
+        }
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A TCP port on 127.0.0.1 where nothing listens (connections are refused).
+pub fn closed_port() -> u16 {
+    free_port()
 }

@@ -34,18 +34,21 @@ use postgres::error::SqlState;
 use postgres::{Client, Statement};
 use postgres_native_tls::MakeTlsConnector;
 
-use super::{AccountRecord, AccountSpec, Counts, DeviceRecord, NodeTarget, StoreError};
+use super::{
+    AccountRecord, AccountSpec, Counts, DeviceRecord, NodeTarget, SharedAdmit, StoreError,
+};
 use crate::config::DbConfig;
 use crate::types::{
     AccountForm, AccountKey, ChannelUri, DeviceId, Node, ProtocolVersion, SavedToken, Secret,
+    Summary,
 };
 
 /// The timeouts that keep a request's answer within `tcp.read_timeout_ms` however slow
 /// or absent the database is: a statement (or a wait for a row lock) may take half of
-/// it, waiting for a connection a quarter (at most 2 s).
+/// it, waiting for a connection a quarter (between 1 and 2 s: a login takes time).
 fn timeouts(request: Duration) -> (Duration, Duration) {
     let statement = (request / 2).max(Duration::from_millis(100));
-    let checkout = (request / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let checkout = (request / 4).clamp(Duration::from_secs(1), Duration::from_secs(2));
     (statement, checkout)
 }
 
@@ -76,7 +79,7 @@ impl From<postgres::Error> for StoreError {
         {
             Self::Unavailable(db.message().into())
         } else {
-            Self::Internal(e.to_string().into())
+            Self::Internal(format!("{}: {}", code.code(), db.message()).into())
         }
     }
 }
@@ -103,6 +106,9 @@ impl PgConn {
 struct Manager {
     config: postgres::Config,
     tls: MakeTlsConnector,
+    /// The connection `open` made (and migrated with): the pool's first, so a fresh
+    /// instance does not wait for a second login before its first query.
+    first: std::sync::Mutex<Option<PgConn>>,
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -110,6 +116,9 @@ impl r2d2::ManageConnection for Manager {
     type Error = postgres::Error;
 
     fn connect(&self) -> Result<PgConn, postgres::Error> {
+        if let Some(first) = self.first.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Ok(first);
+        }
         Ok(PgConn {
             client: self.config.connect(self.tls.clone())?,
             statements: HashMap::new(),
@@ -125,9 +134,17 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
+/// The advisory lock of the WNS token refresh ("uwpxtokn").
+const TOKEN_LOCK: i64 = 0x7577_7078_746f_6b6e;
+/// The advisory lock of the expiry sweep ("uwpxexpi").
+const EXPIRY_LOCK: i64 = 0x7577_7078_6578_7069;
+
 /// The PostgreSQL database.
 pub struct Postgres {
     pool: r2d2::Pool<Manager>,
+    /// How to open a connection outside the pool (a lease holds one of its own).
+    config: postgres::Config,
+    tls: MakeTlsConnector,
     /// `host:port/dbname`, for the log (never the password).
     label: String,
     /// False while the database is unreachable, so that is logged once.
@@ -153,11 +170,18 @@ impl Postgres {
                 ms * 2
             ));
         let tls = tls_connector(db)?;
-        let manager = Manager { config, tls };
-        let mut first = r2d2::ManageConnection::connect(&manager).map_err(|e| {
-            StoreError::Unavailable(format!("PostgreSQL at {label}: {}", describe(&e)).into())
-        })?;
+        let mut first = PgConn {
+            client: config.connect(tls.clone()).map_err(|e| {
+                StoreError::Unavailable(format!("PostgreSQL at {label}: {}", describe(&e)).into())
+            })?,
+            statements: HashMap::new(),
+        };
         schema::migrate(&mut first.client)?;
+        let manager = Manager {
+            config: config.clone(),
+            tls: tls.clone(),
+            first: std::sync::Mutex::new(Some(first)),
+        };
         let pool = r2d2::Pool::builder()
             .max_size(db.pool_size)
             .min_idle(Some(db.pool_size.min(2)))
@@ -167,9 +191,10 @@ impl Postgres {
             .test_on_check_out(false)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
-        drop(first);
         Ok(Self {
             pool,
+            config,
+            tls,
             label,
             reachable: AtomicBool::new(true),
         })
@@ -368,6 +393,99 @@ impl Postgres {
         })
     }
 
+    /// One statement decides: a closed window (or none) opens anew and says "send"; an
+    /// open one keeps the latest summary and hands the trailing push to the first
+    /// publish that finds it unowned. Times are the database's clock, the one all
+    /// instances share.
+    pub fn admit_push(
+        &self,
+        node: &Node,
+        interval: Duration,
+        summary: &Summary,
+    ) -> Result<SharedAdmit, StoreError> {
+        let interval = interval.as_millis() as i64;
+        let summary = serde_json::to_string(summary)
+            .map_err(|e| StoreError::Internal(e.to_string().into()))?;
+        self.with(|c| {
+            let s = c.statement(
+                "INSERT INTO push_windows AS w (node, sent_at, owed, summary, decision)
+                 VALUES ($1, (extract(epoch FROM now()) * 1000)::bigint, false, NULL, 0)
+                 ON CONFLICT (node) DO UPDATE SET
+                   decision = CASE WHEN w.sent_at <= excluded.sent_at - $2 THEN 0
+                                   WHEN w.owed THEN 2 ELSE 1 END,
+                   owed     = w.sent_at > excluded.sent_at - $2,
+                   summary  = CASE WHEN w.sent_at <= excluded.sent_at - $2 THEN NULL ELSE $3 END,
+                   sent_at  = CASE WHEN w.sent_at <= excluded.sent_at - $2
+                                   THEN excluded.sent_at ELSE w.sent_at END
+                 RETURNING decision, sent_at + $2 - (extract(epoch FROM now()) * 1000)::bigint",
+            )?;
+            let row = c
+                .client
+                .query_one(&s, &[&node.as_str(), &interval, &summary])?;
+            let due_in = Duration::from_millis(row.get::<_, i64>(1).max(0) as u64);
+            Ok(match row.get::<_, i16>(0) {
+                0 => SharedAdmit::Send,
+                1 => SharedAdmit::CoalescedTrailing { due_in },
+                _ => SharedAdmit::Coalesced,
+            })
+        })
+    }
+
+    /// Takes the owed trailing push of `node`, opening a new window.
+    pub fn take_trailing(&self, node: &Node) -> Result<Option<Summary>, StoreError> {
+        self.with(|c| {
+            let s = c.statement(
+                "UPDATE push_windows SET owed = false,
+                   sent_at = (extract(epoch FROM now()) * 1000)::bigint
+                 WHERE node = $1 AND owed RETURNING summary",
+            )?;
+            let row = c.client.query_opt(&s, &[&node.as_str()])?;
+            Ok(row
+                .and_then(|r| r.get::<_, Option<String>>(0))
+                .and_then(|j| serde_json::from_str(&j).ok()))
+        })
+    }
+
+    /// The token refresh under an advisory lock every instance takes (see
+    /// [`super::Store::refresh_token`]). The lock is held while `decide` fetches over
+    /// HTTP, so the others wait for its result instead of fetching too; the usual
+    /// timeouts are lifted for this one transaction.
+    pub fn refresh_token(
+        &self,
+        decide: &mut dyn FnMut(Option<&SavedToken>) -> Option<SavedToken>,
+    ) -> Result<Option<SavedToken>, StoreError> {
+        let mut conn = self
+            .pool
+            .get()
+            .map_err(|e| StoreError::Unavailable(e.to_string().into()))?;
+        let mut tx = conn.client.transaction()?;
+        tx.batch_execute(
+            "SET LOCAL lock_timeout = '60s'; SET LOCAL statement_timeout = '60s';
+             SET LOCAL idle_in_transaction_session_timeout = '120s'",
+        )?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&TOKEN_LOCK])?;
+        let saved = tx
+            .query_opt(
+                "SELECT access_token, expires_at FROM wns_token WHERE id = 1",
+                &[],
+            )?
+            .map(|r| SavedToken {
+                access_token: r.get(0),
+                expires_at: r.get(1),
+            });
+        let new = decide(saved.as_ref());
+        if let Some(t) = &new {
+            tx.execute(
+                "INSERT INTO wns_token (id, access_token, token_type, expires_at) VALUES (1, $1, 'bearer', $2)
+                 ON CONFLICT (id) DO UPDATE SET access_token = excluded.access_token,
+                   expires_at = excluded.expires_at",
+                &[&t.access_token, &t.expires_at],
+            )?;
+        }
+        tx.commit()?;
+        Ok(new.or(saved))
+    }
+
     /// Sets the `track_removed_nodes` setting the trigger reads; off also clears the list.
     pub fn track_removed_nodes(&self, enabled: bool) -> Result<(), StoreError> {
         self.with(|c| {
@@ -418,22 +536,35 @@ impl Postgres {
         })
     }
 
-    /// Deletes devices last seen before `cutoff`, 500 per transaction.
+    /// Deletes devices last seen before `cutoff`, 500 per transaction, on one instance
+    /// at a time: the sweep holds an advisory lock, and an instance that finds it taken
+    /// leaves the sweep to the holder. Also forgets coalescing windows idle for an hour.
     pub fn expire_devices(&self, cutoff: i64) -> Result<usize, StoreError> {
-        let mut total = 0;
-        loop {
-            let n = self.with(|c| {
-                let s = c.statement(
-                    "DELETE FROM devices WHERE device_id IN
-                       (SELECT device_id FROM devices WHERE last_seen_at < $1 LIMIT 500)",
-                )?;
-                Ok(c.client.execute(&s, &[&cutoff])? as usize)
-            })?;
-            total += n;
-            if n < 500 {
-                return Ok(total);
+        self.with(|c| {
+            let got: bool = c
+                .client
+                .query_one("SELECT pg_try_advisory_lock($1)", &[&EXPIRY_LOCK])?
+                .get(0);
+            if !got {
+                log::debug!("expiry: another instance is sweeping");
+                return Ok(0);
             }
-        }
+            let swept = sweep(c, cutoff);
+            c.client
+                .execute("SELECT pg_advisory_unlock($1)", &[&EXPIRY_LOCK])?;
+            swept
+        })
+    }
+
+    /// Takes the lease `name` if no other instance holds it: a connection of its own
+    /// holding a session advisory lock, released by PostgreSQL the moment that
+    /// connection ends (this process stops or dies, or the network breaks).
+    pub fn acquire_lease(&self, name: &str) -> Result<Option<super::Lease>, StoreError> {
+        let mut client = self.config.connect(self.tls.clone())?;
+        let got: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&lease_key(name)])?
+            .get(0);
+        Ok(got.then(|| super::Lease::postgres(client)))
     }
 
     /// Deletes one device and its accounts; false if unknown.
@@ -485,6 +616,35 @@ impl Postgres {
         drop(self.pool);
         Ok(())
     }
+}
+
+/// The expiry sweep's chunks, on the connection that holds the sweep's lock.
+fn sweep(c: &mut PgConn, cutoff: i64) -> Result<usize, StoreError> {
+    let s = c.statement(
+        "DELETE FROM devices WHERE device_id IN
+           (SELECT device_id FROM devices WHERE last_seen_at < $1 LIMIT 500)",
+    )?;
+    let mut total = 0;
+    loop {
+        let n = c.client.execute(&s, &[&cutoff])? as usize;
+        total += n;
+        if n < 500 {
+            break;
+        }
+    }
+    c.client.execute(
+        "DELETE FROM push_windows WHERE sent_at < (extract(epoch FROM now()) * 1000)::bigint - 3600000",
+        &[],
+    )?;
+    Ok(total)
+}
+
+/// A lease name's advisory lock key (FNV-1a), apart from the fixed keys above.
+fn lease_key(name: &str) -> i64 {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash as i64
 }
 
 fn replace_accounts(

@@ -13,8 +13,8 @@ use postgres::Client;
 
 use crate::store::StoreError;
 
-/// Migration `i` takes the schema from version `i` to `i + 1`. Versions match SQLite's:
-/// 3 is the first that exists here, created in one step.
+/// Migration `i` takes the schema from version `i` to `i + 1`. Versions 1 to 3 hold what
+/// SQLite's do; 4 (coalescing windows) exists only here, where instances share it.
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE devices (
         device_id    TEXT PRIMARY KEY,
@@ -52,6 +52,16 @@ const MIGRATIONS: &[&str] = &[
     END $$;
     CREATE TRIGGER accounts_removed AFTER DELETE ON accounts
         FOR EACH ROW EXECUTE FUNCTION uwpx_accounts_removed();",
+    // 3 -> 4: coalescing windows shared by every instance. UNLOGGED: they are worth
+    // nothing after a database crash (the worst is one push too many), so no WAL, no
+    // fsync, on the publish path.
+    "CREATE UNLOGGED TABLE push_windows (
+        node     TEXT PRIMARY KEY,
+        sent_at  BIGINT NOT NULL,
+        owed     BOOLEAN NOT NULL,
+        summary  TEXT,
+        decision SMALLINT NOT NULL
+    );",
 ];
 
 /// The schema version this binary writes.
