@@ -416,7 +416,7 @@ fn xmpp_warnings(server: &Server) -> Vec<String> {
     server
         .log_text()
         .lines()
-        .filter(|l| (l.contains("[WARN]") || l.contains("[ERROR]")) && l.contains("xmpp"))
+        .filter(|l| l.contains("[WARN] xmpp:") || l.contains("[ERROR] xmpp:"))
         .map(str::to_owned)
         .collect()
 }
