@@ -1,6 +1,18 @@
 #!/usr/bin/env bash
 # Registration benchmark (see scripts/bench/registration.rs for what it measures).
-# Usage: scripts/bench-registration.sh [--seconds N] [--runs N] [--sync full|normal] ...
+# Usage: scripts/bench-registration.sh [--postgres] [--seconds N] [--runs N] [--sync full|normal] ...
+# --postgres: on a throw-away PostgreSQL on this machine (scripts/pg.sh), removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo bench --quiet --bench registration -- "$@"
+args=()
+pg=0
+for a in "$@"; do
+  if [ "$a" = "--postgres" ]; then pg=1; else args+=("$a"); fi
+done
+if [ "$pg" = 1 ]; then
+  bash scripts/pg.sh install
+  PGDIR=$(mktemp -d /tmp/uwpx-bench-pg.XXXXXX)
+  trap 'bash scripts/pg.sh destroy "$PGDIR" >/dev/null 2>&1 || true' EXIT
+  args+=(--pg-url "$(bash scripts/pg.sh start "$PGDIR")")
+fi
+cargo bench --quiet --bench registration -- "${args[@]}"

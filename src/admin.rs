@@ -1,13 +1,15 @@
-//! Admin commands: `stats [--devices]`, `test-push`, `remove-device`. Each opens the same
-//! configuration and database as the server; SQLite's WAL and busy timeout make that
-//! safe while the server runs (a removed device's PEP nodes are then deleted by the
-//! running server, from the store's removed-node list).
+//! Admin commands: `stats [--devices]`, `test-push`, `remove-device`, `migrate-db`. The
+//! first three open the same configuration and database as the server; SQLite's WAL and
+//! busy timeout make that safe while the server runs (a removed device's PEP nodes are
+//! then deleted by the running server, from the store's removed-node list).
+//! `migrate-db` copies an SQLite file into the PostgreSQL database of `db.url`.
 //!
 //! A device is named by its whole id or by a unique prefix of at least [`MIN_PREFIX`]
 //! characters ([`resolve_device`]): the log prints 12.
 //!
 //! Threads: `main` (and, for `test-push`, a one-worker WNS pool).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +17,7 @@ use crate::app::StoreVault;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::push::effects::{Effects, send_and_wait};
-use crate::store::Store;
+use crate::store::{MigrationReport, Store, migrate_sqlite_to_postgres};
 use crate::types::{ClientGeneration, DeviceId};
 use crate::wns::{Outcome, WnsPool, payload};
 
@@ -210,4 +212,45 @@ pub fn remove_device(config: &Config, id: &str) -> Result<(), String> {
     } else {
         Err("Device id unknown.".into())
     }
+}
+
+/// Copies the SQLite database at `sqlite` into the (empty) PostgreSQL database of
+/// `db.url`, in one transaction, and prints what it copied. The file is only read.
+pub fn migrate_db(config: &Config, sqlite: &Path) -> Result<(), String> {
+    let report = migrate_sqlite_to_postgres(sqlite, &config.db).map_err(|e| e.to_string())?;
+    if report.source_live {
+        eprintln!(
+            "uwpx-push-server: warning: {}-wal exists: if a server still runs on this file, what \
+             it stored after the copy is not in PostgreSQL; stop it and migrate again into an \
+             empty database",
+            sqlite.display()
+        );
+    }
+    print!("{}", migration_summary(&report, Clock::system().unix_now()));
+    Ok(())
+}
+
+/// The lines `migrate-db` prints.
+fn migration_summary(r: &MigrationReport, now: i64) -> String {
+    let token = match r.token_expires_at {
+        Some(t) if t > now => format!("copied (expires in {} s)", t - now),
+        Some(_) => "copied (expired; a new one is fetched on the next push)".into(),
+        None => "none".into(),
+    };
+    format!(
+        "copied {} (schema {}) to {} in one transaction, {:.1} s:\n\
+         devices:             {}\n\
+         accounts:            {}\n\
+         removed nodes:       {}\n\
+         WNS token:           {token}\n\
+         track_removed_nodes: {}\n",
+        r.source.display(),
+        r.source_schema,
+        r.target,
+        r.elapsed.as_secs_f64(),
+        r.devices,
+        r.accounts,
+        r.removed_nodes,
+        if r.track_removed_nodes { "on" } else { "off" },
+    )
 }

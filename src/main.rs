@@ -33,6 +33,8 @@ Commands:
   test-push DEVICE_ID      send a test push to one device and print the WNS outcome
   remove-device DEVICE_ID  delete a device and its accounts
                            (DEVICE_ID: a whole id or a unique prefix of at least 6 characters)
+  migrate-db SQLITE_FILE   copy an SQLite database into the empty PostgreSQL one of db.url
+                           (reads the file only; stop the server that writes it first)
   help                     print this help
 
 Options:
@@ -44,7 +46,7 @@ Exit codes: 0 success, 1 could not start or the command failed, 2 bad usage or c
 ";
 
 /// The one-line reminder printed after a usage error.
-const USAGE: &str = "usage: uwpx-push-server [run | check-config | stats [--devices] | test-push DEVICE_ID | remove-device DEVICE_ID | help] [--config PATH]";
+const USAGE: &str = "usage: uwpx-push-server [run | check-config | stats [--devices] | test-push DEVICE_ID | remove-device DEVICE_ID | migrate-db SQLITE_FILE | help] [--config PATH]";
 
 /// What the command line asks for.
 enum Command {
@@ -58,6 +60,7 @@ enum Command {
     RemoveDevice(String),
     Help,
     Version,
+    MigrateDb(PathBuf),
 }
 
 /// The parsed command line.
@@ -107,6 +110,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         Some("stats") => Command::Stats { devices },
         Some("test-push") => Command::TestPush(device("test-push")?),
         Some("remove-device") => Command::RemoveDevice(device("remove-device")?),
+        Some("migrate-db") => Command::MigrateDb(PathBuf::from(rest.next().ok_or(
+            "migrate-db needs the SQLite file: uwpx-push-server migrate-db SQLITE_FILE [--config PATH]",
+        )?)),
         Some("help") => return Ok(Args::just(Command::Help)),
         Some("--version") => return Ok(Args::just(Command::Version)),
         Some(other) => return Err(format!("unexpected argument `{other}`")),
@@ -209,6 +215,7 @@ fn main() -> ExitCode {
         Command::Stats { devices } => admin::stats(&config, *devices),
         Command::TestPush(id) => admin::test_push(&config, id),
         Command::RemoveDevice(id) => admin::remove_device(&config, id),
+        Command::MigrateDb(file) => admin::migrate_db(&config, file),
         _ => return run(&config, log_file),
     };
     match result {

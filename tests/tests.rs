@@ -19,6 +19,9 @@ mod component;
 /// Against real Prosody and ejabberd (run by scripts/test.sh after setup).
 mod e2e;
 
+/// migrate-db: an SQLite deployment moved onto PostgreSQL keeps its nodes and secrets.
+mod migrate;
+
 /// Operations: health and metrics, expiry, admin commands, graceful shutdown.
 mod ops;
 

@@ -49,6 +49,14 @@ impl Args {
     }
 }
 
+/// Nanoseconds of the current second, to make names unique.
+pub fn nanos() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
 /// utime + stime (seconds) from a /proc `stat` file.
 fn stat_cpu(path: &str) -> f64 {
     let stat = std::fs::read_to_string(path).unwrap_or_default();

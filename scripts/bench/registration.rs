@@ -7,7 +7,9 @@
 //! the median run is reported), `--sync full|normal` (default full), `--clients 1,16,64`
 //! (closed loop), `--rate-plain 5000` and `--rate-tls 1000` (the open-loop rows: that
 //! many requests per second offered by 64 clients, latency counted from when each
-//! request was due).
+//! request was due), `--pg-url URL` (PostgreSQL instead of SQLite: a fresh database is
+//! made on the server URL names; `scripts/bench-registration.sh --postgres` starts a
+//! throw-away one with scripts/pg.sh).
 //!
 //! It starts the real release binary with a temporary database, registers 1,000 devices,
 //! then each client loops: connect, (TLS handshake,) send set_push_accounts with two
@@ -31,6 +33,7 @@ struct Opts {
     clients: Vec<usize>,
     rate_plain: f64,
     rate_tls: f64,
+    pg_url: Option<String>,
 }
 
 fn opts() -> Opts {
@@ -41,6 +44,7 @@ fn opts() -> Opts {
         "clients",
         "rate-plain",
         "rate-tls",
+        "pg-url",
     ]);
     Opts {
         seconds: a.get("seconds", 4),
@@ -49,6 +53,7 @@ fn opts() -> Opts {
         clients: a.list("clients", &[1, 16, 64]),
         rate_plain: a.get("rate-plain", 5000.0),
         rate_tls: a.get("rate-tls", 1000.0),
+        pg_url: Some(a.get("pg-url", String::new())).filter(|u| !u.is_empty()),
     }
 }
 
@@ -78,7 +83,21 @@ impl Drop for Server {
     }
 }
 
-fn start(dir: &std::path::Path, tls: bool, sync: &str) -> Server {
+/// The `db` section: SQLite `bench.db`, or a fresh database on the PostgreSQL server.
+fn db_section(sync: &str, pg_url: Option<&str>) -> String {
+    match pg_url {
+        None => format!(r#"{{"path": "bench.db", "synchronous": "{sync}"}}"#),
+        Some(admin) => {
+            let name = format!("bench_{}_{}", std::process::id(), common::nanos());
+            let mut c = postgres::Client::connect(admin, postgres::NoTls).unwrap();
+            c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+            let base = &admin[..admin.rfind('/').unwrap()];
+            format!(r#"{{"url": "{base}/{name}"}}"#)
+        }
+    }
+}
+
+fn start(dir: &std::path::Path, tls: bool, sync: &str, pg_url: Option<&str>) -> Server {
     let tls_cfg = if tls {
         r#", "tls": {"cert_path": "server.crt", "key_path": "server.key"}"#
     } else {
@@ -91,11 +110,12 @@ fn start(dir: &std::path::Path, tls: bool, sync: &str) -> Server {
         .and_then(|l| l.local_addr())
         .unwrap();
     let port = addr.port();
+    let db = db_section(sync, pg_url);
     // Every bench client comes from 127.0.0.1: lift the per-address cap.
     let config = format!(
         r#"{{"xmpp": {{"bare_jid": "push@push.example.org"}},
             "tcp": {{"host": "127.0.0.1", "port": {port}, "max_connections_per_ip": 1024{tls_cfg}}},
-            "db": {{"path": "bench.db", "synchronous": "{sync}"}},
+            "db": {db},
             "log": {{"level": "{level}", "file": "server.log"}}}}"#
     );
     std::fs::write(dir.join("configuration.json"), config).unwrap();
@@ -265,15 +285,20 @@ fn main() {
             .unwrap(),
     );
     println!(
-        "set_push_accounts, new connection per request, db.synchronous={}, {} s per run, median of {} runs",
-        o.sync, o.seconds, o.runs
+        "set_push_accounts, new connection per request, {}, {} s per run, median of {} runs",
+        match &o.pg_url {
+            Some(_) => "PostgreSQL (same machine)".to_owned(),
+            None => format!("SQLite db.synchronous={}", o.sync),
+        },
+        o.seconds,
+        o.runs
     );
     println!(
         "{:<6} {:>8} {:>10} {:>12} {:>10} {:>10} {:>14}",
         "mode", "clients", "load", "requests/s", "p50 ms", "p99 ms", "server CPU/req"
     );
     for tls in [false, true] {
-        let server = start(&dir, tls, &o.sync);
+        let server = start(&dir, tls, &o.sync, o.pg_url.as_deref());
         register_devices(server.addr, tls.then_some(&*connector));
         let open_rate = if tls { o.rate_tls } else { o.rate_plain };
         let scenarios = o

@@ -2,6 +2,8 @@
 # the fake WNS and uwpx-push-server as Prosody's component, all on 127.0.0.1 with free
 # ports, in a temporary folder; `stack_stop` (run on EXIT) stops every process by PID.
 # Needs scripts/e2e/setup.sh to have run and a release build of the binary and example.
+# STACK_DB_URL, if set, is the PostgreSQL database (db.url) the server uses instead of
+# a SQLite file in the temporary folder.
 
 ROOT=${ROOT:?set ROOT to the project folder}
 E2E="$ROOT/scripts/e2e"
@@ -23,6 +25,8 @@ stack_start() {
   export E2E_VAR="$STACK_DIR/prosody" E2E_C2S_PORT=$(free_port) E2E_COMPONENT_PORT=$(free_port) E2E_S2S_PORT=$(free_port)
   export E2E_COMPONENT_SECRET="stack-component-secret" E2E_CA_FILE="$STACK_DIR/prosody/certs/ca.crt" E2E_WIRE_DIR="$STACK_DIR/wire"
   WNS_PORT=$(free_port); REG_PORT=$(free_port)
+  local db="\"path\": \"$STACK_DIR/pushServer.db\""
+  if [ -n "${STACK_DB_URL:-}" ]; then db="\"url\": \"$STACK_DB_URL\""; fi
   mkdir -p "$E2E_VAR"
   bash "$E2E/gen_certs.sh" "$E2E_VAR/certs"
   for u in "$@"; do prosodyctl --config "$E2E/prosody/prosody.cfg.lua" register "$u" localhost "${u}pw" >/dev/null 2>&1; done
@@ -45,7 +49,7 @@ stack_start() {
             "component": { "jid": "push.localhost", "secret": "$E2E_COMPONENT_SECRET",
                            "host": "127.0.0.1", "port": $E2E_COMPONENT_PORT } },
   "tcp":  { "host": "127.0.0.1", "port": $REG_PORT },
-  "db":   { "path": "$STACK_DIR/pushServer.db" },
+  "db":   { $db },
   "push": { "min_interval_ms": $interval },
   "log":  { "level": "$level" }
 }

@@ -352,6 +352,22 @@ pub const DB_SYNCHRONOUS: Key<Choice> = choice(
     "full",
     "SQLite `synchronous` mode: \"full\" (a commit survives power loss) or \"normal\" (a commit survives a process crash; faster).",
 );
+/// `db.mmap_size_mb`.
+pub const DB_MMAP_SIZE_MB: Key<Int> = int(
+    "db.mmap_size_mb",
+    0,
+    65_536,
+    256,
+    "SQLite: how much of the file the lookup connection maps into memory. Mapped pages cost no read syscall on the publish path; they count in the resident size once touched but are page cache the kernel can drop. 0 turns mapping off.",
+);
+/// `db.cache_size_mb`.
+pub const DB_CACHE_SIZE_MB: Key<Int> = int(
+    "db.cache_size_mb",
+    1,
+    65_536,
+    16,
+    "SQLite: the lookup connection's page cache (private memory, on top of the kernel's).",
+);
 /// `db.url`.
 pub const DB_URL: Key<Text> = text(
     "db.url",
@@ -476,6 +492,8 @@ pub const KEYS: &[&dyn AnyKey] = &[
     &DB,
     &DB_PATH,
     &DB_SYNCHRONOUS,
+    &DB_MMAP_SIZE_MB,
+    &DB_CACHE_SIZE_MB,
     &DB_URL,
     &DB_POOL_SIZE,
     &DB_CA_FILE,

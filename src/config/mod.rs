@@ -256,6 +256,10 @@ pub struct DbConfig {
     pub request_timeout: Duration,
     /// `db.synchronous`.
     pub synchronous: Synchronous,
+    /// `db.mmap_size_mb`, in bytes.
+    pub mmap_size: u64,
+    /// `db.cache_size_mb`, in bytes.
+    pub cache_size: u64,
     /// `db.device_ttl_days`.
     pub device_ttl_days: u32,
 }

@@ -67,6 +67,8 @@ pub(super) fn db(doc: &Doc<'_>, request_timeout: Duration) -> Result<DbConfig, C
         ca_pem: tls::read_pem(doc, &keys::DB_CA_FILE)?,
         request_timeout,
         synchronous,
+        mmap_size: doc.int(&keys::DB_MMAP_SIZE_MB)? * 1024 * 1024,
+        cache_size: doc.int(&keys::DB_CACHE_SIZE_MB)? * 1024 * 1024,
         device_ttl_days: doc.int(&keys::DB_DEVICE_TTL_DAYS)? as u32,
     })
 }

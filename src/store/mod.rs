@@ -18,6 +18,7 @@
 //! `wns-worker-*` (outcome side effects, the token), `ops-expiry`, `main` (open/close).
 //! Locks: the backend's own, never across I/O.
 
+mod migrate;
 mod postgres;
 mod sqlite;
 
@@ -25,6 +26,8 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use migrate::{MigrateError, MigrationReport, migrate_sqlite_to_postgres};
 
 use crate::config::{DbConfig, Synchronous};
 use crate::types::{
@@ -249,14 +252,17 @@ impl Store {
             Some(url) => Ok(Self {
                 backend: Backend::Postgres(postgres::Postgres::open(db, url.expose())?),
             }),
-            None => Self::open_sqlite(&db.path, db.synchronous),
+            None => Ok(Self {
+                backend: Backend::Sqlite(sqlite::Sqlite::open(db)?),
+            }),
         }
     }
 
-    /// Opens (creating if needed) the SQLite database at `path` and migrates it.
+    /// Opens (creating if needed) the SQLite database at `path` with the default cache
+    /// settings, and migrates it (benchmarks and tools).
     pub fn open_sqlite(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
         Ok(Self {
-            backend: Backend::Sqlite(sqlite::Sqlite::open(path, sync)?),
+            backend: Backend::Sqlite(sqlite::Sqlite::open_file(path, sync, 256 << 20, 16 << 20)?),
         })
     }
 

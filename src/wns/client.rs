@@ -18,10 +18,15 @@
 //!
 //! Threads: `wns-worker-*`. No locks of its own (ureq's pool lock is brief).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ureq::Agent;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use super::token::{Fresh, TokenError};
 use crate::config::WnsConfig;
@@ -190,7 +195,7 @@ impl WnsClient {
             .provider(TlsProvider::NativeTls)
             .root_certs(roots)
             .build();
-        let agent: Agent = Agent::config_builder()
+        let config = Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
             .max_redirects(0)
@@ -199,8 +204,12 @@ impl WnsClient {
             .max_idle_connections(cfg.workers * 4 + 16)
             .max_idle_connections_per_host(cfg.workers * 2 + 4)
             .user_agent(concat!("uwpx-push-server/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        let agent = Agent::with_parts(
+            config,
+            DefaultConnector::default(),
+            CachingResolver::new(RESOLVE_TTL),
+        );
         let (client_id, client_secret) = cfg
             .credentials
             .as_ref()
@@ -381,9 +390,93 @@ pub fn parse_certs(pem: &[u8]) -> Vec<Certificate<'static>> {
         .collect()
 }
 
+/// How long a resolved WNS host is reused: short, so a moved host is followed soon.
+pub const RESOLVE_TTL: Duration = Duration::from_secs(30);
+
+/// Name resolution with a short-lived cache. ureq resolves the host of every request
+/// before it looks in its connection pool, and with a timeout set its default resolver
+/// does so in a freshly spawned thread: a thread and a lookup per push (issue 13). Here
+/// a host is looked up at most once per [`RESOLVE_TTL`]; a miss goes to ureq's own
+/// resolver, timeout and all.
+#[derive(Debug)]
+pub struct CachingResolver {
+    ttl: Duration,
+    inner: DefaultResolver,
+    cache: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
+    lookups: AtomicU64,
+}
+
+impl CachingResolver {
+    /// A resolver that keeps each answer for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            inner: DefaultResolver::default(),
+            cache: Mutex::new(HashMap::new()),
+            lookups: AtomicU64::new(0),
+        }
+    }
+
+    /// Lookups that went past the cache (tests, metrics).
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
+    }
+}
+
+impl Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map_or("", |a| a.as_str())
+        );
+        let now = Instant::now();
+        if let Some((at, addrs)) = self
+            .cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            && now.duration_since(*at) < self.ttl
+        {
+            return Ok(addrs.clone());
+        }
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (now, addrs.clone()));
+        Ok(addrs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_is_looked_up_once_per_ttl_not_once_per_push() {
+        let config = ureq::config::Config::default();
+        let a: ureq::http::Uri = "https://localhost:4431/?token=a".parse().unwrap();
+        let b: ureq::http::Uri = "https://localhost:4431/?token=b".parse().unwrap();
+        let other: ureq::http::Uri = "https://127.0.0.1:4431/".parse().unwrap();
+        let r = CachingResolver::new(RESOLVE_TTL);
+        for uri in [&a, &b, &a, &other, &other] {
+            let addrs = r.resolve(uri, &config, NextTimeout::default()).unwrap();
+            assert!(!addrs.is_empty());
+        }
+        assert_eq!(r.lookups(), 2, "one per host, whatever the path");
+        let fresh = CachingResolver::new(Duration::ZERO);
+        for _ in 0..3 {
+            fresh.resolve(&a, &config, NextTimeout::default()).unwrap();
+        }
+        assert_eq!(fresh.lookups(), 3, "an expired answer is looked up again");
+    }
 
     fn http(status: u16, f: impl FnOnce(&mut Diagnostics)) -> Answer {
         let mut d = Diagnostics::default();

@@ -7,7 +7,6 @@
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::TempDir;
@@ -76,12 +75,11 @@ pub struct RealServer {
     pub c2s_tls_port: u16,
     child: Option<Child>,
     env: Vec<(String, String)>,
-    /// PushSrv listens on the fixed s2s port 5269: one at a time in this process.
-    _s2s_port: Option<MutexGuard<'static, ()>>,
+    /// PushSrv listens on the fixed s2s port 5269: one at a time on this machine. A
+    /// file lock, since nextest runs each test in a process of its own (and two
+    /// PushSrvs would take each other's s2s connections, with the wrong test CA).
+    _s2s_port: Option<std::fs::File>,
 }
-
-/// Held by the one PushSrv of this process (tests run in parallel threads).
-static PUSHSRV: Mutex<()> = Mutex::new(());
 
 impl RealServer {
     pub fn start(kind: Kind, users: &[&str]) -> Self {
@@ -169,7 +167,13 @@ impl RealServer {
     /// certificates of `main` (whose CA both trust for s2s). Its s2s port is the fixed
     /// 5269 that `main` dials for `pushsrv.localhost`.
     pub fn start_pushsrv(main: &RealServer) -> Self {
-        let guard = PUSHSRV.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(std::env::temp_dir().join("uwpx-e2e-s2s-5269.lock"))
+            .unwrap();
+        guard.lock().unwrap();
         let dir = TempDir::new("pushsrv");
         let mut s = Self {
             kind: Kind::PushSrv,

@@ -23,6 +23,7 @@
 //! threads open connections in the background. Locks: the pool's, briefly; row locks
 //! in PostgreSQL for the length of one transaction, never across our network I/O.
 
+mod import;
 mod listing;
 mod schema;
 

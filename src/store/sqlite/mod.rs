@@ -17,6 +17,7 @@
 //! cached plan.
 
 mod commit;
+pub mod export;
 mod listing;
 mod schema;
 
@@ -28,7 +29,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{AccountRecord, AccountSpec, Counts, DeviceRecord, NodeTarget, StoreError};
-use crate::config::Synchronous;
+use crate::config::{DbConfig, Synchronous};
 use crate::types::{
     AccountForm, AccountKey, ChannelUri, DeviceId, Node, ProtocolVersion, SavedToken, Secret,
 };
@@ -76,16 +77,27 @@ pub struct Sqlite {
 }
 
 impl Sqlite {
+    /// Opens the file `db.path` names, with its cache settings.
+    pub fn open(db: &DbConfig) -> Result<Self, StoreError> {
+        Self::open_file(&db.path, db.synchronous, db.mmap_size, db.cache_size)
+    }
+
     /// Opens (creating if needed) the database at `path` in WAL mode and migrates it.
-    pub fn open(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
+    /// The lookup connection maps `mmap_size` bytes of the file and keeps a page cache
+    /// of `cache_size` bytes: node lookups hit random pages, and a mapped page costs no
+    /// read syscall.
+    pub fn open_file(
+        path: &Path,
+        sync: Synchronous,
+        mmap_size: u64,
+        cache_size: u64,
+    ) -> Result<Self, StoreError> {
         let conn = Connection::open(path)?;
         let mut store = Self::setup(conn, sync, path)?;
         let read = Connection::open(path)?;
         read.busy_timeout(BUSY_TIMEOUT)?;
-        // Node lookups hit random pages: map the file (no read syscall per page) and
-        // keep a larger page cache.
-        read.pragma_update(None, "mmap_size", 256i64 * 1024 * 1024)?;
-        read.pragma_update(None, "cache_size", -16_000i64)?;
+        read.pragma_update(None, "mmap_size", mmap_size as i64)?;
+        read.pragma_update(None, "cache_size", -((cache_size / 1024) as i64))?;
         read.set_prepared_statement_cache_capacity(32);
         store.read = Some(Mutex::new(read));
         Ok(store)
