@@ -9,11 +9,13 @@
 //! `--`: `--seconds N` (default 5), `--runs N` (default 3, median), `--devices N`
 //! (default 100000), `--rate R` (open-loop row, default 2000/s), `--window W`
 //! (closed-loop IQs outstanding, default 256), `--workers K` (wns.workers, default 4),
-//! `--postgres URL` (an admin URL as `scripts/pg.sh start` prints: the devices go to a
-//! fresh database on that server instead of SQLite), `--instances N` (default 1; more
-//! than one needs `--postgres`): N server processes on the one database, all connected
-//! as the same component; the load generator holds the N component connections and
-//! sends each publish over one picked at random, as ejabberd does.
+//! `--pg-url URL` (PostgreSQL instead of SQLite: a fresh database is made on the server
+//! URL names; `scripts/bench-publish.sh --postgres` starts a throw-away one with
+//! scripts/pg.sh), `--instances N` (default 1; more than one needs `--pg-url`, and the
+//! script's `--instances` implies `--postgres`): N server processes on the one
+//! database, all connected as the same component; the load generator holds the N
+//! component connections and sends each publish over one picked at random, as ejabberd
+//! does.
 //!
 //! "server CPU/push" is the servers' CPU time (all processes, all their threads) per
 //! reply; "per instance" is each process's CPU time per reply it sent.
@@ -49,7 +51,7 @@ struct Opts {
     window: usize,
     workers: usize,
     instances: usize,
-    postgres: String,
+    pg_url: Option<String>,
 }
 
 fn opts() -> Opts {
@@ -61,11 +63,11 @@ fn opts() -> Opts {
         "window",
         "workers",
         "instances",
-        "postgres",
+        "pg-url",
     ]);
     Opts {
         instances: a.get("instances", 1),
-        postgres: a.get("postgres", String::new()),
+        pg_url: Some(a.get("pg-url", String::new())).filter(|u| !u.is_empty()),
         seconds: a.get("seconds", 5),
         runs: a.get("runs", 3),
         devices: a.get("devices", 100_000),
@@ -149,10 +151,8 @@ fn populate_pg(url: &str, n: usize, channel: &dyn Fn(usize) -> String) {
 
 /// A fresh database on the PostgreSQL server of `admin`; its URL.
 fn fresh_pg_database(admin: &str) -> String {
-    let name = format!("bench_publish_{}", std::process::id());
+    let name = format!("bench_publish_{}_{}", std::process::id(), common::nanos());
     let mut c = postgres::Client::connect(admin, postgres::NoTls).unwrap();
-    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
-        .unwrap();
     c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
     let (base, query) = admin.split_once('?').map_or((admin, ""), |(b, q)| (b, q));
     let cut = base.rfind('/').unwrap();
@@ -400,8 +400,8 @@ fn accept_instance(component: &TcpListener, pid: u32, n: usize) -> Instance {
 fn main() {
     let o = opts();
     assert!(
-        o.instances == 1 || !o.postgres.is_empty(),
-        "--instances {} needs --postgres URL: several instances share one PostgreSQL database (scripts/bench-publish.sh starts one)",
+        o.instances == 1 || o.pg_url.is_some(),
+        "--instances {} needs --pg-url URL: several instances share one PostgreSQL database (scripts/bench-publish.sh --instances starts one)",
         o.instances
     );
     let dir = std::env::temp_dir().join(format!("uwpx-bench-publish-{}", std::process::id()));
@@ -410,7 +410,7 @@ fn main() {
     std::fs::write(dir.join("ca.pem"), &c.cert_pem).unwrap();
     let fake = fake_wns::FakeWns::start(&c.cert_pem, &c.key_pem, 0, false);
     let channel = |i: usize| fake.channel_uri(&format!("c{i}"));
-    let pg_url = (!o.postgres.is_empty()).then(|| fresh_pg_database(&o.postgres));
+    let pg_url = o.pg_url.as_deref().map(fresh_pg_database);
     let t = Instant::now();
     if pg_url.is_none() {
         populate(&dir.join("bench.db"), o.devices, &channel);
@@ -534,7 +534,8 @@ fn main() {
             .split('?')
             .next()
             .unwrap_or("");
-        if let Ok(mut c) = postgres::Client::connect(&o.postgres, postgres::NoTls) {
+        let admin = o.pg_url.as_deref().unwrap_or_default();
+        if let Ok(mut c) = postgres::Client::connect(admin, postgres::NoTls) {
             let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"));
         }
     }
