@@ -3,6 +3,11 @@
 //! another user writes, the server publishes to us as an XEP-0114 component, the fake
 //! WNS receives the raw notification, and the server gets the IQ reply it should.
 //!
+//! Several instances of the server on one PostgreSQL database (issue 12) run only in
+//! the PostgreSQL pass (`UWPX_TEST_PG` set) and return early otherwise: three behind
+//! ejabberd, which spreads the publishes over them, and two behind Prosody, where the
+//! second stands by.
+//!
 //! These need the packages and the venv from scripts/e2e/setup.sh, which
 //! scripts/test.sh runs first; there they run with `--run-ignored all`.
 
