@@ -21,6 +21,14 @@ use crate::store::{MigrationReport, Store, migrate_sqlite_to_postgres};
 use crate::types::{ClientGeneration, DeviceId};
 use crate::wns::{Outcome, WnsPool, payload};
 
+/// Prints a line to stdout; a reader that went away (`stats | head`) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 fn open(config: &Config) -> Result<Store, String> {
     Store::open(&config.db).map_err(|e| format!("cannot open {}: {e}", config.db.path.display()))
 }
@@ -114,19 +122,19 @@ pub fn stats(config: &Config, devices: bool) -> Result<(), String> {
     let store = open(config)?;
     let now = Clock::system().unix_now();
     let c = store.counts().map_err(|e| e.to_string())?;
-    println!("devices:  {}", c.devices);
-    println!("accounts: {}", c.accounts);
+    say!("devices:  {}", c.devices);
+    say!("accounts: {}", c.accounts);
     match store.seen_range().map_err(|e| e.to_string())? {
         Some((oldest, newest)) => {
-            println!("oldest device last seen: {}", ago(oldest, now));
-            println!("newest device last seen: {}", ago(newest, now));
+            say!("oldest device last seen: {}", ago(oldest, now));
+            say!("newest device last seen: {}", ago(newest, now));
         }
-        None => println!("no devices"),
+        None => say!("no devices"),
     }
     match store.load_token().map_err(|e| e.to_string())? {
-        Some(t) if t.expires_at > now => println!("WNS token: expires in {} s", t.expires_at - now),
-        Some(_) => println!("WNS token: expired (a new one is fetched on the next push)"),
-        None => println!("WNS token: none yet"),
+        Some(t) if t.expires_at > now => say!("WNS token: expires in {} s", t.expires_at - now),
+        Some(_) => say!("WNS token: expired (a new one is fetched on the next push)"),
+        None => say!("WNS token: none yet"),
     }
     if devices {
         let list = store.device_summaries().map_err(|e| e.to_string())?;
@@ -137,14 +145,16 @@ pub fn stats(config: &Config, devices: bool) -> Result<(), String> {
             .unwrap_or(0)
             .max("device id".len());
         if !list.is_empty() {
-            println!();
-            println!(
+            say!();
+            say!(
                 "{:<width$}  {:<25}  {:>8}  last seen",
-                "device id", "generation", "accounts"
+                "device id",
+                "generation",
+                "accounts"
             );
         }
         for d in list {
-            println!(
+            say!(
                 "{:<width$}  {:<25}  {:>8}  {}",
                 d.device_id.as_str(),
                 generation_label(ClientGeneration::of(d.version, d.account_form)),
@@ -194,7 +204,7 @@ pub fn test_push(config: &Config, id: &str) -> Result<(), String> {
     );
     pool.stop(Duration::from_secs(2));
     effects.flush();
-    println!("test push to {}: {outcome}", device.short());
+    say!("test push to {}: {outcome}", device.short());
     match outcome {
         Outcome::Delivered => Ok(()),
         Outcome::Misconfigured(why) => Err(format!("not delivered: configuration error: {why}")),
@@ -207,7 +217,7 @@ pub fn remove_device(config: &Config, id: &str) -> Result<(), String> {
     let store = open(config)?;
     let device = resolve_device(&store, id)?;
     if store.remove_device(&device).map_err(|e| e.to_string())? {
-        println!("removed device {device} and its accounts");
+        say!("removed device {device} and its accounts");
         Ok(())
     } else {
         Err("Device id unknown.".into())

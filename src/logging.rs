@@ -53,7 +53,29 @@ pub fn init(config: &LogConfig) -> Result<Option<LogFile>, String> {
         ));
     }
     CombinedLogger::init(loggers).map_err(|e| format!("cannot start logging: {e}"))?;
+    log_panics();
     Ok(file)
+}
+
+/// Every panic, on whichever thread (pooled connection threads and library threads
+/// included, which nobody joins one by one), becomes an error line in the log with the
+/// thread's name, instead of raw text on stderr only.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("unnamed");
+        let why = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        log::error!("thread {name} panicked{at}: {why}");
+    }));
 }
 
 /// `log.file`, appended to, and reopened at the same path on request: logrotate renames

@@ -36,12 +36,23 @@ pub fn available(kind: Kind) -> bool {
     Path::new(bin).exists() && e2e_dir().join(".venv/bin/python").exists()
 }
 
+/// A port nobody listens on, and not one this process handed out before: the kernel
+/// may give the same free port to two binds in a row once the first is released, and a
+/// server configured with two equal ports (c2s and component) fails to start.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn wait_port(port: u16, secs: u64) -> bool {
@@ -106,6 +117,9 @@ impl RealServer {
             ("E2E_COMPONENT_PORT".into(), s.component_port.to_string()),
             ("E2E_C2S_DIRECT_TLS_PORT".into(), s.c2s_tls_port.to_string()),
             ("E2E_S2S_PORT".into(), free_port().to_string()),
+            // ejabberd's Erlang distribution port: fixed by default, so two ejabberd
+            // tests at once (nextest runs tests in parallel processes) would clash.
+            ("E2E_ERL_DIST_PORT".into(), free_port().to_string()),
             ("E2E_COMPONENT_SECRET".into(), COMPONENT_SECRET.into()),
             (
                 "E2E_CA_FILE".into(),
@@ -279,7 +293,8 @@ impl RealServer {
             .arg("-s")
             .arg(ev.join("db"))
             .arg("-l")
-            .arg(ev.join("logs"));
+            .arg(ev.join("logs"))
+            .envs(self.env.clone());
         c
     }
 
