@@ -14,7 +14,7 @@
 //! backoff (1 s to 60 s, with jitter, sleeping on the shutdown signal) and logs every
 //! state change. One failure is not a failure: a `<conflict/>` stream error means that
 //! another instance holds the component (Prosody keeps one connection per component),
-//! and this instance waits as a standby, retrying every few seconds ([`Reconnect`]).
+//! and this instance waits as a standby, retrying every few seconds (`Reconnect`).
 
 pub mod client;
 pub mod component;
