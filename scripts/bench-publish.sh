@@ -1,5 +1,24 @@
 #!/usr/bin/env bash
 # Publish benchmark (see scripts/bench/publish.rs for what it measures).
+# Usage: scripts/bench-publish.sh [--postgres] [--instances N] [--seconds N] [--runs N] ...
+# --postgres: on a throw-away PostgreSQL on this machine (scripts/pg.sh), removed at the end.
+# --instances N: N server processes on one database, publishes spread over their
+#   component connections at random (as ejabberd does); implies --postgres.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo bench --quiet --bench publish -- "$@"
+args=()
+pg=0
+for a in "$@"; do
+  case "$a" in
+    --postgres) pg=1 ;;
+    --instances) pg=1; args+=("$a") ;;
+    *) args+=("$a") ;;
+  esac
+done
+if [ "$pg" = 1 ]; then
+  bash scripts/pg.sh install
+  PGDIR=$(mktemp -d /tmp/uwpx-bench-pg.XXXXXX)
+  trap 'bash scripts/pg.sh destroy "$PGDIR" >/dev/null 2>&1 || true' EXIT
+  args+=(--pg-url "$(bash scripts/pg.sh start "$PGDIR")")
+fi
+cargo bench --quiet --bench publish -- "${args[@]}"

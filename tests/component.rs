@@ -314,9 +314,151 @@ fn shutdown_closes_the_stream() {
     assert!(r.server.log_shows("xmpp: stream closed for shutdown"));
 }
 
-// The ping timeout rule (a server that stops answering pings is given up) is a unit
-// test of the session with a hand-moved clock (src/xmpp/session/tests.rs); the
+// The keep-alive rules are unit tests of the session with a hand-moved clock
+// (src/xmpp/session/tests.rs), and over a real socket
+// `other_instances_replies_keep_the_stream_alive_and_only_long_silence_ends_it`; the
 // reconnect that follows any lost stream is `a_dropped_connection_is_reestablished`.
+
+/// Plays Prosody with another instance holding the component: accepts one connection,
+/// refuses its handshake with `<conflict/>` (`component_conflict_resolve = "kick_new"`)
+/// or, with `accept`, lets it in and returns the stream.
+fn prosody_turn(
+    listener: &std::net::TcpListener,
+    accept: bool,
+) -> uwpx_push_server::xmpp::reader::StanzaReader<std::net::TcpStream> {
+    use std::io::Write;
+    use uwpx_push_server::xmpp::reader::{StanzaReader, StreamEvent};
+    let (tcp, _) = listener.accept().unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = StanzaReader::new(tcp);
+    assert!(matches!(reader.next_event(), Ok(StreamEvent::Open(_))));
+    reader.get_mut().write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='c1' from='push.localhost'>").unwrap();
+    assert!(matches!(reader.next_event(), Ok(StreamEvent::Stanza(_))));
+    if accept {
+        reader.get_mut().write_all(b"<handshake/>").unwrap();
+    } else {
+        reader.get_mut().write_all(CONFLICT.as_bytes()).unwrap();
+    }
+    reader
+}
+
+/// Prosody's words, text first (Prosody writes the condition first; either order counts).
+const CONFLICT: &str = "<stream:error><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Component already connected</text><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>";
+
+#[test]
+fn a_conflict_makes_a_standby_that_retries_every_few_seconds_and_logs_it_once() {
+    use std::io::Write;
+    use uwpx_push_server::xmpp::reader::StreamEvent;
+    let (_wns, listener, server) = raw_rig();
+    // Five refusals: the attempts come at most 5 s apart (the old backoff reached 8 s).
+    let mut last = std::time::Instant::now();
+    drop(prosody_turn(&listener, false));
+    for _ in 0..4 {
+        drop(prosody_turn(&listener, false));
+        let gap = last.elapsed();
+        assert!(gap <= Duration::from_secs(5), "retried after {gap:?}");
+        last = std::time::Instant::now();
+    }
+    let standby = "another instance holds the component";
+    assert_eq!(
+        server.log_text().matches(standby).count(),
+        1,
+        "{}",
+        server.log_text()
+    );
+    assert!(
+        !server.log_text().contains("[ERROR]"),
+        "{}",
+        server.log_text()
+    );
+    // The other instance is gone: connected, and serving.
+    let mut conn = prosody_turn(&listener, true);
+    conn.get_mut()
+        .write_all(b"<iq type='get' id='up' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .unwrap();
+    let reply = loop {
+        match conn.next_event() {
+            Ok(StreamEvent::Stanza(e)) if e.attr("id") == Some("up") => break e,
+            Ok(StreamEvent::Stanza(_)) => continue,
+            other => panic!("no answer to the ping: {other:?}"),
+        }
+    };
+    assert_eq!(verdict(&reply), "result");
+    assert!(server.log_shows("xmpp: connected as push.localhost"));
+    // Taken over by a newer connection (`kick_old`) later: a standby again, said again.
+    conn.get_mut().write_all(CONFLICT.as_bytes()).unwrap();
+    drop(prosody_turn(&listener, false));
+    assert!(server.log_shows(standby));
+    let end = std::time::Instant::now() + Duration::from_secs(10);
+    while server.log_text().matches(standby).count() < 2 {
+        assert!(std::time::Instant::now() < end, "{}", server.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// With several instances on one component (ejabberd), the answers to our pings may go
+/// to another instance, and theirs come to us. Any inbound stanza proves the stream
+/// alive; answers to requests we never sent are not answered and not logged above
+/// debug; only a long silence (3 ping intervals) gives the stream up.
+#[test]
+fn other_instances_replies_keep_the_stream_alive_and_only_long_silence_ends_it() {
+    let mut r = rig(json!({"xmpp": {"ping_interval_s": 5}}));
+    let foreign = [
+        "<iq type='result' id='uwpx-ping-999' from='localhost' to='push.localhost'/>",
+        "<iq type='error' id='pep-5' from='localhost' to='push.localhost'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+    ];
+    // 16 s (more than 3 intervals) of other instances' replies, none of our pings answered.
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(16) {
+        for f in foreign {
+            r.conn.send(f);
+        }
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while let Some(e) = r
+            .conn
+            .next(until.saturating_duration_since(std::time::Instant::now()))
+        {
+            let is_ping = e.children().any(|c| c.name() == "ping");
+            assert!(is_ping, "answered a reply: {}", String::from(&e));
+        }
+    }
+    r.conn
+        .send("<iq type='get' id='still' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
+    assert_eq!(verdict(&r.conn.reply_to("still")), "result");
+    let log = r.server.log_text();
+    assert!(!log.contains("connection lost"), "{log}");
+    for line in log
+        .lines()
+        .filter(|l| l.contains("pep-5") || l.contains("uwpx-ping-999"))
+    {
+        assert!(
+            line.contains("[DEBUG]") || line.contains("[TRACE]"),
+            "{line}"
+        );
+    }
+
+    // Then silence: pings keep coming (more often than the interval), and after 3
+    // intervals without a word the stream is given up and made again.
+    let quiet = std::time::Instant::now();
+    let mut pings = 0;
+    while let Some(e) = r.conn.next(Duration::from_secs(20)) {
+        assert!(
+            e.children().any(|c| c.name() == "ping"),
+            "{}",
+            String::from(&e)
+        );
+        pings += 1;
+    }
+    let again = r.xmpp.accept(Duration::from_secs(20));
+    let given_up = quiet.elapsed();
+    assert!(pings >= 10, "{pings} pings while silent");
+    assert!(
+        given_up >= Duration::from_secs(14) && given_up <= Duration::from_secs(25),
+        "given up after {given_up:?}"
+    );
+    assert!(r.server.log_shows("connection lost: nothing heard for"));
+    drop(again);
+}
 
 /// Starts the server against a listener of our own, for streams the stand-in cannot send.
 fn raw_rig() -> (WnsFixture, std::net::TcpListener, Server) {

@@ -3,6 +3,11 @@
 //! another user writes, the server publishes to us as an XEP-0114 component, the fake
 //! WNS receives the raw notification, and the server gets the IQ reply it should.
 //!
+//! Several instances of the server on one PostgreSQL database (issue 12) run only in
+//! the PostgreSQL pass (`UWPX_TEST_PG` set) and return early otherwise: three behind
+//! ejabberd, which spreads the publishes over them, and two behind Prosody, where the
+//! second stands by.
+//!
 //! These need the packages and the venv from scripts/e2e/setup.sh, which
 //! scripts/test.sh runs first; there they run with `--run-ignored all`.
 
@@ -32,18 +37,25 @@ fn world(kind: Kind) -> World {
     );
     let xmpp = RealServer::start(kind, USERS);
     let wns = WnsFixture::start();
-    let config = wns.config(json!({
+    let server = Server::start(Setup {
+        extra: component_config(&xmpp, &wns, json!({})),
+        ..Setup::default()
+    });
+    wait_log(&server, "xmpp: connected as push.localhost", 1);
+    World { xmpp, wns, server }
+}
+
+/// The configuration of a server that connects to `xmpp` as our component and pushes
+/// to the fake WNS, merged with `extra`.
+fn component_config(xmpp: &RealServer, wns: &WnsFixture, extra: Value) -> Value {
+    let mut config = wns.config(json!({
         "xmpp": {"component": {"jid": COMPONENT_JID, "secret": COMPONENT_SECRET,
                                "host": "127.0.0.1", "port": xmpp.component_port}},
         "wns": {"deadline_ms": 4000, "max_attempts": 2},
         "push": {"min_interval_ms": 0},
     }));
-    let server = Server::start(Setup {
-        extra: config,
-        ..Setup::default()
-    });
-    wait_log(&server, "xmpp: connected as push.localhost", 1);
-    World { xmpp, wns, server }
+    merge(&mut config, &extra);
+    config
 }
 
 fn wait_log(server: &Server, needle: &str, times: usize) {
@@ -67,16 +79,26 @@ fn register(
     user: &str,
     channel: &str,
 ) -> (String, String, String, String) {
-    let c = w.server.client();
+    register_at(&w.server, &w.wns, version, device, user, channel)
+}
+
+/// [`register`] through one particular server (of several on one database).
+fn register_at(
+    server: &Server,
+    wns: &WnsFixture,
+    version: u8,
+    device: &str,
+    user: &str,
+    channel: &str,
+) -> (String, String, String, String) {
+    let c = server.client();
     let account_id = hex::encode(Sha256::digest(format!("{device}{user}@localhost")));
-    assert_eq!(
-        c.send(&newtonsoft(&set_channel(
-            version,
-            device,
-            &w.wns.fake.channel_uri(channel)
-        )))["status"],
-        1
-    );
+    let answer = c.send(&newtonsoft(&set_channel(
+        version,
+        device,
+        &wns.fake.channel_uri(channel),
+    )));
+    assert_eq!(answer["status"], 1, "{answer}");
     let answer = c.send(&newtonsoft(&set_accounts(
         version,
         device,
@@ -359,6 +381,202 @@ fn client_mode_on_the_same_host_with_patched_mod_pep() {
         .enable_push("alice3", &jid, &node, &secret, "offline");
     w.xmpp.message("alice3");
     assert_eq!(one_push(&w, "c3", 1)["account_id"], id.as_str());
+}
+
+/// `n` instances of the server on one fresh PostgreSQL database (from `UWPX_TEST_PG`),
+/// all connecting to `xmpp` as the same component; started one after the other.
+/// `None` when this run has no PostgreSQL.
+fn instances(xmpp: &RealServer, wns: &WnsFixture, n: usize) -> Option<Vec<Server>> {
+    let admin = db::pg_admin()?;
+    let url = db::fresh_pg_database(&admin);
+    let config = component_config(
+        xmpp,
+        wns,
+        // Short pings, so that the answers to one instance's pings reach the others
+        // during the test (ejabberd spreads them).
+        json!({"db": {"url": url}, "xmpp": {"ping_interval_s": 5}}),
+    );
+    Some(
+        (0..n)
+            .map(|_| {
+                Server::start(Setup {
+                    extra: config.clone(),
+                    ..Setup::default()
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Pushes delivered by a server, from its log.
+fn delivered(server: &Server) -> usize {
+    server
+        .log_text()
+        .matches("push: from localhost Wns(Delivered)")
+        .count()
+}
+
+/// Lines at warn or above about the XMPP link.
+fn xmpp_warnings(server: &Server) -> Vec<String> {
+    server
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("[WARN] xmpp:") || l.contains("[ERROR] xmpp:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until `channel` got `n` pushes, then a little longer to see that no more come.
+fn exactly(wns: &WnsFixture, channel: &str, n: usize, servers: &[&Server]) {
+    let got = wns.fake.wait_for(channel, n, Duration::from_secs(60));
+    let logs = || {
+        servers
+            .iter()
+            .map(|s| s.log_text())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    assert!(
+        got.len() >= n,
+        "{channel}: {} pushes, wanted {n}\n{}",
+        got.len(),
+        logs()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let got = wns.fake.channel_requests(channel).len();
+    assert_eq!(got, n, "{channel}: a push arrived twice\n{}", logs());
+}
+
+/// ejabberd spreads the publishes for one component JID over 3 instances on one
+/// database; every push arrives once, every instance serves, and one killed with
+/// kill -9 leaves its registrations served by the other two.
+#[test]
+#[ignore = "needs ejabberd from scripts/e2e/setup.sh and PostgreSQL; scripts/test.sh runs it"]
+fn ejabberd_spreads_publishes_over_three_instances_on_one_database() {
+    assert!(real_xmpp::available(Kind::Ejabberd));
+    if !on_postgres() {
+        eprintln!("skipped: several instances need PostgreSQL (UWPX_TEST_PG)");
+        return;
+    }
+    let xmpp = RealServer::start(Kind::Ejabberd, USERS);
+    let wns = WnsFixture::start();
+    let mut servers = instances(&xmpp, &wns, 3).unwrap();
+    for s in &servers {
+        wait_log(s, "xmpp: connected as push.localhost", 1);
+    }
+    // Six users, each registered through one of the three instances.
+    let users: Vec<(&str, String)> = USERS[1..]
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let channel = format!("m{i}");
+            let (_, node, secret, jid) =
+                register_at(&servers[i % 3], &wns, 2, &format!("b{i}"), user, &channel);
+            let enabled = xmpp.enable_push(user, &jid, &node, &secret, "offline");
+            assert!(enabled.contains("type=\"result\""), "{enabled}");
+            (*user, channel)
+        })
+        .collect();
+
+    // 30 messages: every push once, and every instance answered some publishes.
+    for (user, _) in &users {
+        xmpp.messages(user, 5);
+    }
+    let all: Vec<&Server> = servers.iter().collect();
+    for (_, channel) in &users {
+        exactly(&wns, channel, 5, &all);
+    }
+    let counts: Vec<usize> = servers.iter().map(delivered).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 30, "{counts:?}");
+    assert!(
+        counts.iter().all(|&c| c > 0),
+        "an instance got no publish: {counts:?}"
+    );
+
+    // The first instance dies without a word; the users it registered (m0, m3) and all
+    // others are served by the other two: 30 more messages, every push once.
+    servers[0].kill9();
+    for (user, _) in &users {
+        xmpp.messages(user, 5);
+    }
+    let rest: Vec<&Server> = servers[1..].iter().collect();
+    for (_, channel) in &users {
+        exactly(&wns, channel, 10, &rest);
+    }
+    let after: Vec<usize> = servers[1..].iter().map(delivered).collect();
+    assert_eq!(after.iter().sum::<usize>() - counts[1] - counts[2], 30);
+    // The answers to each other's pings were ignored quietly: no instance lost its
+    // stream or complained about the XMPP link.
+    for s in &servers[1..] {
+        assert_eq!(xmpp_warnings(s), Vec::<String>::new());
+        assert_eq!(s.log_text().matches("xmpp: connected as").count(), 1);
+    }
+}
+
+/// Prosody keeps one connection per component: the second instance stands by, and
+/// takes over within 10 s when the first dies.
+#[test]
+#[ignore = "needs Prosody from scripts/e2e/setup.sh and PostgreSQL; scripts/test.sh runs it"]
+fn prosody_second_instance_stands_by_and_takes_over_within_ten_seconds() {
+    assert!(real_xmpp::available(Kind::Prosody));
+    if !on_postgres() {
+        eprintln!("skipped: several instances need PostgreSQL (UWPX_TEST_PG)");
+        return;
+    }
+    let xmpp = RealServer::start(Kind::Prosody, USERS);
+    let wns = WnsFixture::start();
+    let admin = db::pg_admin().unwrap();
+    let config = component_config(
+        &xmpp,
+        &wns,
+        json!({"db": {"url": db::fresh_pg_database(&admin)}}),
+    );
+    let start = || {
+        Server::start(Setup {
+            extra: config.clone(),
+            ..Setup::default()
+        })
+    };
+    let mut active = start();
+    wait_log(&active, "xmpp: connected as push.localhost", 1);
+    let standby = start();
+    let standing_by = "another instance holds the component";
+    wait_log(&standby, standing_by, 1);
+
+    // Registered through the standby, pushed through the active instance.
+    let (id, node, secret, jid) = register_at(&standby, &wns, 2, "5b1", "alice1", "s1");
+    let enabled = xmpp.enable_push("alice1", &jid, &node, &secret, "offline");
+    assert!(enabled.contains("type=\"result\""), "{enabled}");
+    xmpp.message("alice1");
+    exactly(&wns, "s1", 1, &[&active, &standby]);
+    assert_eq!(delivered(&active), 1);
+    // It kept trying (every 3 s) and said so once.
+    wait_log(&standby, "xmpp: connecting to", 3);
+    let log = standby.log_text();
+    assert_eq!(log.matches(standing_by).count(), 1, "{log}");
+    assert!(!log.contains("xmpp: connected as"));
+
+    let killed = Instant::now();
+    active.kill9();
+    let end = killed + Duration::from_secs(10);
+    while !standby
+        .log_text()
+        .contains("xmpp: connected as push.localhost")
+    {
+        assert!(
+            Instant::now() < end,
+            "the standby did not take over within 10 s:\n{}",
+            standby.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("standby took over after {:?}", killed.elapsed());
+    xmpp.message("alice1");
+    exactly(&wns, "s1", 2, &[&standby]);
+    let p = &wns.fake.channel_requests("s1")[1];
+    let p: Value = serde_json::from_slice(&p.body).unwrap();
+    assert_eq!(p["account_id"], id.as_str());
+    assert_eq!(delivered(&standby), 1);
 }
 
 /// Issue 10 item 10: a push whose event reaches us while the PEP nodes are reconciled

@@ -8,9 +8,17 @@
 //! Run: `cargo bench --bench publish` (or `scripts/bench-publish.sh`). Options after
 //! `--`: `--seconds N` (default 5), `--runs N` (default 3, median), `--devices N`
 //! (default 100000), `--rate R` (open-loop row, default 2000/s), `--window W`
-//! (closed-loop IQs outstanding, default 256), `--workers K` (wns.workers, default 4).
+//! (closed-loop IQs outstanding, default 256), `--workers K` (wns.workers, default 4),
+//! `--pg-url URL` (PostgreSQL instead of SQLite: a fresh database is made on the server
+//! URL names; `scripts/bench-publish.sh --postgres` starts a throw-away one with
+//! scripts/pg.sh), `--instances N` (default 1; more than one needs `--pg-url`, and the
+//! script's `--instances` implies `--postgres`): N server processes on the one
+//! database, all connected as the same component; the load generator holds the N
+//! component connections and sends each publish over one picked at random, as ejabberd
+//! does.
 //!
-//! "server CPU/push" is the server process's CPU time (all its threads) per reply.
+//! "server CPU/push" is the servers' CPU time (all processes, all their threads) per
+//! reply; "per instance" is each process's CPU time per reply it sent.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -42,11 +50,24 @@ struct Opts {
     rate: f64,
     window: usize,
     workers: usize,
+    instances: usize,
+    pg_url: Option<String>,
 }
 
 fn opts() -> Opts {
-    let a = common::Args::parse(&["seconds", "runs", "devices", "rate", "window", "workers"]);
+    let a = common::Args::parse(&[
+        "seconds",
+        "runs",
+        "devices",
+        "rate",
+        "window",
+        "workers",
+        "instances",
+        "pg-url",
+    ]);
     Opts {
+        instances: a.get("instances", 1),
+        pg_url: Some(a.get("pg-url", String::new())).filter(|u| !u.is_empty()),
         seconds: a.get("seconds", 5),
         runs: a.get("runs", 3),
         devices: a.get("devices", 100_000),
@@ -88,6 +109,61 @@ fn populate(db: &std::path::Path, n: usize, channel: &dyn Fn(usize) -> String) {
     tx.commit().unwrap();
 }
 
+/// The same rows as [`populate`], on PostgreSQL (whose schema the first server made),
+/// 1000 rows per statement.
+fn populate_pg(url: &str, n: usize, channel: &dyn Fn(usize) -> String) {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut tx = c.transaction().unwrap();
+    for start in (0..n).step_by(1000) {
+        let range = start..(start + 1000).min(n);
+        let devices: Vec<String> = range
+            .clone()
+            .map(|i| {
+                format!(
+                    "('{i:064x}', '{}', 2, 'account_id', {now}, {now}, {now})",
+                    channel(i)
+                )
+            })
+            .collect();
+        let accounts: Vec<String> = range
+            .map(|i| {
+                format!(
+                    "('{i:064x}', '{:064x}', NULL, '{}', 's{i:040}', 0)",
+                    i + 7,
+                    node(i)
+                )
+            })
+            .collect();
+        tx.batch_execute(&format!(
+            "INSERT INTO devices (device_id, channel_uri, version, account_form, created_at, updated_at, last_seen_at) VALUES {};
+             INSERT INTO accounts (device_id, account_key, domain, node, secret, created_at) VALUES {};",
+            devices.join(","),
+            accounts.join(",")
+        ))
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+/// A fresh database on the PostgreSQL server of `admin`; its URL.
+fn fresh_pg_database(admin: &str) -> String {
+    let name = format!("bench_publish_{}_{}", std::process::id(), common::nanos());
+    let mut c = postgres::Client::connect(admin, postgres::NoTls).unwrap();
+    c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let (base, query) = admin.split_once('?').map_or((admin, ""), |(b, q)| (b, q));
+    let cut = base.rfind('/').unwrap();
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    format!("{}/{name}{query}", &base[..cut])
+}
+
 /// Node names as the server makes them: 32 random-looking hex characters (a shared
 /// prefix would make every index comparison unrealistically long).
 fn node(i: usize) -> String {
@@ -121,19 +197,30 @@ struct Measurement {
     p50: Duration,
     p99: Duration,
     cpu_us: f64,
+    /// CPU µs per reply of each instance.
+    per_instance: Vec<f64>,
     errors: u64,
 }
 
-/// Sends publishes (closed loop with `window` outstanding, or open loop at `rate`) and
-/// times each until its reply.
-fn measure(
-    conn: &TcpStream,
-    reader: &mut StanzaReader<TcpStream>,
+/// One instance: its process and its component connection.
+struct Instance {
     pid: u32,
-    o: &Opts,
-    rate: Option<f64>,
-    seq: &mut u64,
-) -> Measurement {
+    conn: TcpStream,
+    reader: StanzaReader<TcpStream>,
+}
+
+/// What one connection's reader saw.
+#[derive(Default)]
+struct Seen {
+    lat: Vec<Duration>,
+    errors: u64,
+    counted: u64,
+}
+
+/// Sends publishes (closed loop with `window` outstanding, or open loop at `rate`),
+/// each over one of the instances' connections picked at random, and times each until
+/// its reply.
+fn measure(instances: &mut [Instance], o: &Opts, rate: Option<f64>, seq: &mut u64) -> Measurement {
     let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let outstanding = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -142,12 +229,15 @@ fn measure(
     let first_id = *seq;
     let writer = {
         let (sent_at, outstanding, stop) = (sent_at.clone(), outstanding.clone(), stop.clone());
-        let mut w = conn.try_clone().unwrap();
+        let mut ws: Vec<TcpStream> = instances
+            .iter()
+            .map(|i| i.conn.try_clone().unwrap())
+            .collect();
         let (window, devices) = (o.window as u64, o.devices);
         let mut id = first_id;
         std::thread::spawn(move || {
             let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ id);
-            let mut buf = String::new();
+            let mut bufs = vec![String::new(); ws.len()];
             while !stop.load(Ordering::Relaxed) {
                 let now = Instant::now();
                 if now >= end {
@@ -170,112 +260,117 @@ fn measure(
                         (due, 1)
                     }
                 };
-                buf.clear();
+                for b in &mut bufs {
+                    b.clear();
+                }
                 let mut map = sent_at.lock().unwrap();
                 for _ in 0..batch {
                     id += 1;
-                    buf.push_str(&publish(id, (rng.next() % devices as u64) as usize));
+                    let to = (rng.next() % bufs.len() as u64) as usize;
+                    bufs[to].push_str(&publish(id, (rng.next() % devices as u64) as usize));
                     map.insert(id, due);
                 }
                 drop(map);
                 outstanding.fetch_add(batch, Ordering::AcqRel);
-                if w.write_all(buf.as_bytes()).is_err() {
+                let sent = ws
+                    .iter_mut()
+                    .zip(&bufs)
+                    .filter(|(_, b)| !b.is_empty())
+                    .all(|(w, b)| w.write_all(b.as_bytes()).is_ok());
+                if !sent {
                     break;
                 }
             }
             id
         })
     };
-    let cpu0 = common::process_cpu(pid);
-    let mut lat = Vec::with_capacity(200_000);
-    let mut errors = 0;
-    let mut counted = 0u64;
-    loop {
-        let writer_done = writer.is_finished();
-        if writer_done && outstanding.load(Ordering::Acquire) == 0 {
-            break;
-        }
-        match reader.next_event() {
-            Ok(StreamEvent::Stanza(e)) => {
-                let Some(id) = e.attr("id").and_then(|i| i.parse::<u64>().ok()) else {
-                    continue;
-                };
-                let Some(t0) = sent_at.lock().unwrap().remove(&id) else {
-                    continue;
-                };
-                outstanding.fetch_sub(1, Ordering::AcqRel);
-                if e.attr("type") != Some("result") {
-                    if errors == 0 {
-                        eprintln!("first error reply: {}", String::from(&e));
+    let cpu0: Vec<f64> = instances
+        .iter()
+        .map(|i| common::process_cpu(i.pid))
+        .collect();
+    let writing_done = AtomicBool::new(false);
+    let seen: Vec<Seen> = std::thread::scope(|scope| {
+        let readers: Vec<_> = instances
+            .iter_mut()
+            .map(|inst| {
+                let (sent_at, outstanding, writing_done) = (&sent_at, &outstanding, &writing_done);
+                scope.spawn(move || {
+                    let mut seen = Seen::default();
+                    while !(writing_done.load(Ordering::Acquire)
+                        && outstanding.load(Ordering::Acquire) == 0)
+                    {
+                        match inst.reader.next_event() {
+                            Ok(StreamEvent::Stanza(e)) => {
+                                let Some(id) = e.attr("id").and_then(|i| i.parse::<u64>().ok())
+                                else {
+                                    continue;
+                                };
+                                let Some(t0) = sent_at.lock().unwrap().remove(&id) else {
+                                    continue;
+                                };
+                                outstanding.fetch_sub(1, Ordering::AcqRel);
+                                if e.attr("type") != Some("result") {
+                                    if seen.errors == 0 {
+                                        eprintln!("first error reply: {}", String::from(&e));
+                                    }
+                                    seen.errors += 1;
+                                }
+                                seen.lat.push(t0.elapsed());
+                                if Instant::now() <= end {
+                                    seen.counted += 1;
+                                }
+                            }
+                            Ok(_) => panic!("stream ended"),
+                            Err(ReadError::Idle) => {
+                                if Instant::now() > end + Duration::from_secs(30) {
+                                    panic!(
+                                        "{} replies missing",
+                                        outstanding.load(Ordering::Acquire)
+                                    );
+                                }
+                            }
+                            Err(e) => panic!("{e:?}"),
+                        }
                     }
-                    errors += 1;
-                }
-                lat.push(t0.elapsed());
-                if Instant::now() <= end {
-                    counted += 1;
-                }
-            }
-            Ok(_) => panic!("stream ended"),
-            Err(ReadError::Idle) => {
-                if Instant::now() > end + Duration::from_secs(30) {
-                    panic!("{} replies missing", outstanding.load(Ordering::Acquire));
-                }
-            }
-            Err(e) => panic!("{e:?}"),
+                    seen
+                })
+            })
+            .collect();
+        while !writer.is_finished() {
+            std::thread::sleep(Duration::from_millis(5));
         }
-    }
+        writing_done.store(true, Ordering::Release);
+        readers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
     stop.store(true, Ordering::Relaxed);
     *seq = writer.join().unwrap();
     let elapsed = o.seconds as f64;
-    let cpu = common::process_cpu(pid) - cpu0;
+    let cpu: Vec<f64> = instances
+        .iter()
+        .zip(&cpu0)
+        .map(|(i, c0)| common::process_cpu(i.pid) - c0)
+        .collect();
+    let per_instance = cpu
+        .iter()
+        .zip(&seen)
+        .map(|(c, s)| c * 1e6 / s.lat.len().max(1) as f64)
+        .collect();
+    let mut lat: Vec<Duration> = seen.iter().flat_map(|s| s.lat.iter().copied()).collect();
     lat.sort();
     let pct = |p| common::percentile(&lat, p);
     Measurement {
-        rate: counted as f64 / elapsed,
+        rate: seen.iter().map(|s| s.counted).sum::<u64>() as f64 / elapsed,
         p50: pct(0.5),
         p99: pct(0.99),
-        cpu_us: cpu * 1e6 / lat.len() as f64,
-        errors,
+        cpu_us: cpu.iter().sum::<f64>() * 1e6 / lat.len() as f64,
+        per_instance,
+        errors: seen.iter().map(|s| s.errors).sum(),
     }
 }
 
-fn main() {
-    let o = opts();
-    let dir = std::env::temp_dir().join(format!("uwpx-bench-publish-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let c = cert::TestCert::new();
-    std::fs::write(dir.join("ca.pem"), &c.cert_pem).unwrap();
-    let fake = fake_wns::FakeWns::start(&c.cert_pem, &c.key_pem, 0, false);
-    let t = Instant::now();
-    populate(&dir.join("bench.db"), o.devices, &|i| {
-        fake.channel_uri(&format!("c{i}"))
-    });
-    println!(
-        "{} devices stored in {:.1} s",
-        o.devices,
-        t.elapsed().as_secs_f64()
-    );
-
-    let component = TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = serde_json::json!({
-        "wns": {"packet_id": fake_wns::CLIENT_ID, "client_secret": fake_wns::CLIENT_SECRET,
-                "token_url": fake.token_url(), "ca_file": dir.join("ca.pem"), "channel_hosts": ["localhost"],
-                "workers": o.workers, "queue_capacity": 100000},
-        "xmpp": {"bare_jid": "push@localhost",
-                 "component": {"jid": JID, "secret": SECRET, "host": "127.0.0.1", "port": component.local_addr().unwrap().port()}},
-        "tcp": {"host": "127.0.0.1", "port": 0},
-        "db": {"path": "bench.db"},
-        "push": {"min_interval_ms": 0},
-        "log": {"level": std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into())},
-    });
-    std::fs::write(
-        dir.join("configuration.json"),
-        serde_json::to_vec(&config).unwrap(),
-    )
-    .unwrap();
-    let mut server = common::spawn_server(&dir.join("configuration.json"));
-
-    // Be the XMPP server: accept, open the stream, check the handshake.
+/// Plays the XMPP server for one instance: accepts its connection, opens the stream,
+/// checks the handshake.
+fn accept_instance(component: &TcpListener, pid: u32, n: usize) -> Instance {
     let (tcp, _) = component.accept().unwrap();
     tcp.set_nodelay(true).unwrap();
     tcp.set_read_timeout(Some(Duration::from_millis(200)))
@@ -284,7 +379,8 @@ fn main() {
     let Ok(StreamEvent::Open(_)) = reader.next_event() else {
         panic!("no stream header")
     };
-    write!(reader.get_mut(), "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='bench1' from='{JID}'>").unwrap();
+    let sid = format!("bench{n}");
+    write!(reader.get_mut(), "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='{sid}' from='{JID}'>").unwrap();
     let hs = loop {
         match reader.next_event() {
             Ok(StreamEvent::Stanza(e)) => break e,
@@ -292,16 +388,82 @@ fn main() {
             other => panic!("{other:?}"),
         }
     };
-    assert_eq!(hs.text(), handshake("bench1", SECRET));
+    assert_eq!(hs.text(), handshake(&sid, SECRET));
     reader.get_mut().write_all(b"<handshake/>").unwrap();
+    Instance {
+        pid,
+        conn: tcp,
+        reader,
+    }
+}
 
-    let pid = server.id();
+fn main() {
+    let o = opts();
+    assert!(
+        o.instances == 1 || o.pg_url.is_some(),
+        "--instances {} needs --pg-url URL: several instances share one PostgreSQL database (scripts/bench-publish.sh --instances starts one)",
+        o.instances
+    );
+    let dir = std::env::temp_dir().join(format!("uwpx-bench-publish-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = cert::TestCert::new();
+    std::fs::write(dir.join("ca.pem"), &c.cert_pem).unwrap();
+    let fake = fake_wns::FakeWns::start(&c.cert_pem, &c.key_pem, 0, false);
+    let channel = |i: usize| fake.channel_uri(&format!("c{i}"));
+    let pg_url = o.pg_url.as_deref().map(fresh_pg_database);
+    let t = Instant::now();
+    if pg_url.is_none() {
+        populate(&dir.join("bench.db"), o.devices, &channel);
+    }
+
+    let component = TcpListener::bind("127.0.0.1:0").unwrap();
+    let db = match &pg_url {
+        Some(url) => serde_json::json!({"url": url}),
+        None => serde_json::json!({"path": "bench.db"}),
+    };
+    let config = serde_json::json!({
+        "wns": {"packet_id": fake_wns::CLIENT_ID, "client_secret": fake_wns::CLIENT_SECRET,
+                "token_url": fake.token_url(), "ca_file": dir.join("ca.pem"), "channel_hosts": ["localhost"],
+                "workers": o.workers, "queue_capacity": 100000},
+        "xmpp": {"bare_jid": "push@localhost",
+                 "component": {"jid": JID, "secret": SECRET, "host": "127.0.0.1", "port": component.local_addr().unwrap().port()}},
+        "tcp": {"host": "127.0.0.1", "port": 0},
+        "db": db,
+        "push": {"min_interval_ms": 0},
+        "log": {"level": std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into())},
+    });
+    std::fs::write(
+        dir.join("configuration.json"),
+        serde_json::to_vec(&config).unwrap(),
+    )
+    .unwrap();
+    // The first server makes the schema; on PostgreSQL the devices are stored once it
+    // has (it is connected by then), before the others start.
+    let mut servers = vec![common::spawn_server(&dir.join("configuration.json"))];
+    let mut instances = vec![accept_instance(&component, servers[0].id(), 0)];
+    if let Some(url) = &pg_url {
+        populate_pg(url, o.devices, &channel);
+    }
+    println!(
+        "{} devices stored in {:.1} s ({})",
+        o.devices,
+        t.elapsed().as_secs_f64(),
+        if pg_url.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    );
+    for n in 1..o.instances {
+        let server = common::spawn_server(&dir.join("configuration.json"));
+        instances.push(accept_instance(&component, server.id(), n));
+        servers.push(server);
+    }
+
     let mut seq = 0u64;
     // Warm up: token, TLS connections, page cache.
     let _ = measure(
-        &tcp,
-        &mut reader,
-        pid,
+        &mut instances,
         &Opts {
             seconds: 2,
             ..opts()
@@ -310,27 +472,41 @@ fn main() {
         &mut seq,
     );
     println!(
-        "publish → WNS → reply through the real binary, {} devices, {} WNS workers, {} s per run, median of {} runs",
-        o.devices, o.workers, o.seconds, o.runs
+        "publish → WNS → reply through the real binary, {} instance(s) on {}, {} devices, {} WNS workers each, {} s per run, median of {} runs",
+        o.instances,
+        if pg_url.is_some() {
+            "one PostgreSQL database"
+        } else {
+            "SQLite"
+        },
+        o.devices,
+        o.workers,
+        o.seconds,
+        o.runs
     );
     println!(
-        "{:>14} {:>10} {:>10} {:>10} {:>16} {:>7}",
+        "{:>14} {:>10} {:>10} {:>10} {:>16} {:>7}   per instance CPU/push",
         "load", "pushes/s", "p50 ms", "p99 ms", "server CPU/push", "errors"
     );
     for rate in [None, Some(o.rate)] {
         let mut runs: Vec<Measurement> = (0..o.runs)
-            .map(|_| measure(&tcp, &mut reader, pid, &o, rate, &mut seq))
+            .map(|_| measure(&mut instances, &o, rate, &mut seq))
             .collect();
         runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
         let m = &runs[runs.len() / 2];
         println!(
-            "{:>14} {:>10.0} {:>10.2} {:>10.2} {:>13.1} µs {:>7}   (runs: {})",
+            "{:>14} {:>10.0} {:>10.2} {:>10.2} {:>13.1} µs {:>7}   {}   (runs: {})",
             rate.map_or(format!("closed/{}", o.window), |r| format!("{r:.0}/s")),
             m.rate,
             m.p50.as_secs_f64() * 1e3,
             m.p99.as_secs_f64() * 1e3,
             m.cpu_us,
             m.errors,
+            m.per_instance
+                .iter()
+                .map(|c| format!("{c:.0} µs"))
+                .collect::<Vec<_>>()
+                .join(" / "),
             runs.iter()
                 .map(|r| format!("{:.0}/{:.2}ms", r.rate, r.p99.as_secs_f64() * 1e3))
                 .collect::<Vec<_>>()
@@ -342,10 +518,26 @@ fn main() {
         fake.notifies(),
         fake.connections()
     );
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-    let _ = server.wait();
+    for server in &mut servers {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(server.id().to_string())
+            .status();
+        let _ = server.wait();
+    }
+    if let Some(url) = &pg_url {
+        // The database goes with the run.
+        let name = url
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .split('?')
+            .next()
+            .unwrap_or("");
+        let admin = o.pg_url.as_deref().unwrap_or_default();
+        if let Ok(mut c) = postgres::Client::connect(admin, postgres::NoTls) {
+            let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"));
+        }
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

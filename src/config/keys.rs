@@ -261,7 +261,7 @@ pub const XMPP_PING_INTERVAL_S: Key<Int> = int(
     5,
     3600,
     60,
-    "XEP-0199 ping to the server this often, to find a dead TCP connection (reconnect after 30 s without an answer).",
+    "After this long without a stanza from the server, XEP-0199 pings (10 per interval while the silence lasts); 3 silent intervals give the connection up and reconnect. With several instances, any stanza counts, another instance's ping answers too.",
 );
 /// `push`.
 pub const PUSH: Key<Section> = section("push", "", "Section: publish handling.");

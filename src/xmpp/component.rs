@@ -51,6 +51,11 @@ pub fn authenticate(
         StreamEvent::Stanza(e) if e.name() == "handshake" => Ok(()),
         StreamEvent::Stanza(e) if e.name() == "error" => {
             let condition = error_condition(&e);
+            if condition == "conflict" {
+                // Prosody's default `component_conflict_resolve = "kick_new"`: another
+                // instance holds the component.
+                return Err(XmppError::Conflict);
+            }
             Err(XmppError::Auth(format!(
                 "the server refused the component handshake ({condition}): check xmpp.component.jid and secret"
             )))

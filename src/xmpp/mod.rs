@@ -12,7 +12,9 @@
 //! when idle), hand each stanza and the current time to the session, and write what
 //! the session queued. It never waits on WNS. It reconnects forever with exponential
 //! backoff (1 s to 60 s, with jitter, sleeping on the shutdown signal) and logs every
-//! state change.
+//! state change. One failure is not a failure: a `<conflict/>` stream error means that
+//! another instance holds the component (Prosody keeps one connection per component),
+//! and this instance waits as a standby, retrying every few seconds (`Reconnect`).
 
 pub mod client;
 pub mod component;
@@ -52,6 +54,9 @@ pub enum XmppError {
     Auth(String),
     /// The server said something we cannot follow, or closed the stream.
     Protocol(String),
+    /// A `<conflict/>` stream error: another connection (another instance) holds the
+    /// component.
+    Conflict,
 }
 
 impl fmt::Display for XmppError {
@@ -59,6 +64,7 @@ impl fmt::Display for XmppError {
         match self {
             Self::Io(e) => write!(f, "{e}"),
             Self::Auth(e) | Self::Protocol(e) => f.write_str(e),
+            Self::Conflict => f.write_str("another connection holds the component"),
         }
     }
 }
@@ -163,6 +169,73 @@ impl XmppLink {
 enum End {
     Shutdown,
     Lost(String),
+    /// A `<conflict/>` stream error: another connection took the component.
+    Conflict,
+}
+
+/// The longest wait between two attempts while another instance holds the component:
+/// a standby must take over within 10 s of the active instance stopping. With the
+/// ±25 % jitter an attempt comes at most 3.75 s apart.
+const STANDBY_RETRY: Duration = Duration::from_secs(3);
+/// The first and the longest wait of the backoff after any other failure.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// What the I/O loop does between connections: exponential backoff after a failure, a
+/// steady short retry while another instance holds the component (said once at info,
+/// and again only after something else happened). Pure: the waits carry no jitter;
+/// the loop adds it.
+#[derive(Debug)]
+struct Reconnect {
+    backoff: Duration,
+    standby: bool,
+}
+
+/// The decision after a connection ended or could not be made.
+#[derive(Debug, PartialEq, Eq)]
+struct Retry {
+    /// How long to wait before the next attempt (before jitter).
+    wait: Duration,
+    /// Whether this instance just became a standby (log that once, at info).
+    became_standby: bool,
+}
+
+impl Reconnect {
+    fn new() -> Self {
+        Self {
+            backoff: BACKOFF_FIRST,
+            standby: false,
+        }
+    }
+
+    /// A stream came up: the next failure starts the backoff afresh, and a later
+    /// conflict is worth a log line again.
+    fn connected(&mut self) {
+        self.backoff = BACKOFF_FIRST;
+        self.standby = false;
+    }
+
+    /// A connection ended or failed; `conflict` says whether another instance holds
+    /// the component.
+    fn failed(&mut self, conflict: bool) -> Retry {
+        if conflict {
+            let became_standby = !self.standby;
+            self.standby = true;
+            // The active instance may be gone by the next try: keep the backoff fresh.
+            self.backoff = BACKOFF_FIRST;
+            return Retry {
+                wait: STANDBY_RETRY,
+                became_standby,
+            };
+        }
+        self.standby = false;
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        Retry {
+            wait,
+            became_standby: false,
+        }
+    }
 }
 
 /// Everything the I/O thread works with.
@@ -198,12 +271,19 @@ struct Identity {
 
 impl Io<'_> {
     fn run(&mut self, status: &LinkStatus) {
-        let mut backoff = Duration::from_secs(1);
+        let mut policy = Reconnect::new();
         let mut first = true;
         while !self.shutdown.is_triggered() {
             let end = match &self.s.mode {
                 Mode::Component(c) => {
-                    log::info!(
+                    // A standby's attempts every few seconds are not news.
+                    let level = if policy.standby {
+                        log::Level::Debug
+                    } else {
+                        log::Level::Info
+                    };
+                    log::log!(
+                        level,
                         "xmpp: connecting to {}:{} as component {}",
                         c.host,
                         c.port,
@@ -217,7 +297,7 @@ impl Io<'_> {
                             client: false,
                         };
                         self.connected(status, &mut first, &id.own);
-                        backoff = Duration::from_secs(1);
+                        policy.connected();
                         self.session(&id, &mut reader, Vec::new())
                     })
                 }
@@ -238,27 +318,38 @@ impl Io<'_> {
                         };
                         let held = pep::reconcile(&mut session.reader, &id.own, &self.s.store)?;
                         self.connected(status, &mut first, &session.full_jid);
-                        backoff = Duration::from_secs(1);
+                        policy.connected();
                         Ok(self.session(&id, &mut session.reader, held))
                     })
                 }
             };
             status.connected.store(false, Ordering::Release);
+            let conflict = matches!(end, Ok(End::Conflict) | Err(XmppError::Conflict));
             match end {
                 Ok(End::Shutdown) => {
                     log::info!("xmpp: stream closed for shutdown");
                     return;
                 }
+                Ok(End::Conflict) | Err(XmppError::Conflict) => {}
                 Ok(End::Lost(why)) => log::warn!("xmpp: connection lost: {why}"),
                 Err(XmppError::Auth(e)) => log::error!("xmpp: {e}"),
                 Err(e) => log::warn!("xmpp: cannot connect: {e}"),
             }
-            let wait = jitter(backoff);
-            log::info!("xmpp: reconnecting in {:.1} s", wait.as_secs_f64());
+            let retry = policy.failed(conflict);
+            let wait = jitter(retry.wait);
+            if retry.became_standby {
+                log::info!(
+                    "xmpp: another instance holds the component (conflict); standing by, trying again every {} s",
+                    STANDBY_RETRY.as_secs()
+                );
+            } else if conflict {
+                log::debug!("xmpp: still standing by");
+            } else {
+                log::info!("xmpp: reconnecting in {:.1} s", wait.as_secs_f64());
+            }
             if self.shutdown.wait_timeout(wait) {
                 return;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(60));
         }
     }
 
@@ -340,6 +431,12 @@ impl Io<'_> {
                 current_wait = wait;
             }
             match reader.next_event() {
+                Ok(StreamEvent::Stanza(e)) if is_stream_error(&e) => {
+                    return match reply::error_condition(&e).as_str() {
+                        "conflict" => End::Conflict,
+                        other => End::Lost(format!("stream error: {other}")),
+                    };
+                }
                 Ok(StreamEvent::Stanza(stanza)) => {
                     log::trace!("xmpp: <- {}", reply::redact_secrets(&String::from(&stanza)));
                     session.on_stanza(&stanza, Instant::now());
@@ -389,6 +486,14 @@ fn stream_ended(event: StreamEvent) -> String {
     }
 }
 
+/// The streams namespace (RFC 6120), of `<stream:error>`.
+const NS_STREAMS: &str = "http://etherx.jabber.org/streams";
+
+/// Whether a top-level element is a `<stream:error>`.
+fn is_stream_error(e: &minidom::Element) -> bool {
+    e.name() == "error" && e.ns() == NS_STREAMS
+}
+
 /// Why a read failed, after telling the server when it broke a rule.
 fn read_failed<S: Socket>(reader: &mut StanzaReader<S>, e: ReadError) -> String {
     let (condition, why) = match e {
@@ -436,4 +541,87 @@ fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, Xmp
         return Err(e);
     }
     Ok(reader)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_makes_a_standby_that_retries_every_few_seconds_and_says_so_once() {
+        let mut p = Reconnect::new();
+        let first = p.failed(true);
+        assert_eq!(
+            first,
+            Retry {
+                wait: STANDBY_RETRY,
+                became_standby: true
+            }
+        );
+        // However long the other instance holds on: the same short wait, no new line.
+        for _ in 0..50 {
+            assert_eq!(
+                p.failed(true),
+                Retry {
+                    wait: STANDBY_RETRY,
+                    became_standby: false
+                }
+            );
+        }
+        // With the jitter, never more than 5 s apart.
+        assert!(STANDBY_RETRY.mul_f64(1.25) <= Duration::from_secs(5));
+        // Once connected (the other instance stopped), a later conflict is news again.
+        p.connected();
+        assert!(p.failed(true).became_standby);
+        // Something else in between (the XMPP server restarting) is news too.
+        assert_eq!(p.failed(false).wait, BACKOFF_FIRST);
+        assert!(p.failed(true).became_standby);
+    }
+
+    #[test]
+    fn other_failures_back_off_exponentially_up_to_a_minute() {
+        let mut p = Reconnect::new();
+        let waits: Vec<u64> = (0..8).map(|_| p.failed(false).wait.as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60]);
+        // A conflict does not inherit the long backoff, and the backoff after it
+        // starts afresh.
+        assert_eq!(p.failed(true).wait, STANDBY_RETRY);
+        assert_eq!(p.failed(false).wait, BACKOFF_FIRST);
+        p.connected();
+        assert_eq!(p.failed(false).wait, BACKOFF_FIRST);
+    }
+
+    #[test]
+    fn stream_error_conditions_are_read_past_the_text() {
+        let parse = |xml: &str| -> minidom::Element {
+            format!("<error xmlns='{NS_STREAMS}'>{xml}</error>")
+                .parse()
+                .unwrap()
+        };
+        let prosody = parse(
+            "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Component already connected</text><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>",
+        );
+        assert!(is_stream_error(&prosody));
+        assert_eq!(reply::error_condition(&prosody), "conflict");
+        assert_eq!(
+            reply::error_condition(&parse(
+                "<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+            )),
+            "not-authorized"
+        );
+        assert_eq!(reply::error_condition(&parse("")), "undefined-condition");
+        // As the reader hands it over on a live component stream.
+        let wire: &[u8] = b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='s1'><stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/><text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Replaced by a new connection</text></stream:error>";
+        let mut reader = StanzaReader::new(wire);
+        assert!(matches!(reader.next_event(), Ok(StreamEvent::Open(_))));
+        let Ok(StreamEvent::Stanza(e)) = reader.next_event() else {
+            panic!("no stanza")
+        };
+        assert!(is_stream_error(&e));
+        assert_eq!(reply::error_condition(&e), "conflict");
+        let iq_error: minidom::Element = "<error xmlns='jabber:component:accept' type='cancel'/>"
+            .parse()
+            .unwrap();
+        assert!(!is_stream_error(&iq_error));
+    }
 }

@@ -33,12 +33,20 @@ const REMOVED_STEP: Duration = Duration::from_secs(2);
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// The read timeout while answers are outstanding.
 const BUSY_WAIT: Duration = Duration::from_millis(1);
+/// How many ping intervals of silence give the stream up. Several, because with several
+/// instances on one component JID (ejabberd) the answer to our ping may go to another
+/// instance: silence, not a missing answer, is the sign of a dead stream.
+const SILENT_INTERVALS: u32 = 3;
+/// Pings per interval while the stream is silent. Each answer reaches us with a chance
+/// of 1/N with N instances, so many cheap pings make a false give-up rare: with 3
+/// instances, 20 pings all going elsewhere has a chance of (2/3)^20 ≈ 0.03 %.
+const PINGS_WHILE_SILENT: u32 = 10;
 
 /// The session's clocks, from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Timing {
-    /// `xmpp.ping_interval_s`: a ping after this long; no answer within it (at most
-    /// 30 s) gives the stream up.
+    /// `xmpp.ping_interval_s`: a ping after this long without any inbound stanza, then
+    /// more often while the silence lasts; [`SILENT_INTERVALS`] of it give the stream up.
     pub ping_interval: Duration,
     /// `wns.deadline_ms`: a publish not answered by WNS within it is answered `wait`.
     pub deadline: Duration,
@@ -78,8 +86,10 @@ pub(super) struct Session<'a> {
     seq: u64,
     next_timers: Instant,
     next_removed: Instant,
-    next_ping: Instant,
-    ping_sent: Option<(String, Instant)>,
+    /// When the last inbound stanza arrived: any stanza proves the stream alive,
+    /// including the answer to another instance's ping.
+    last_heard: Instant,
+    last_ping: Option<Instant>,
     draining: Option<Instant>,
     /// Stanzas to write, in order.
     pub out: String,
@@ -111,8 +121,8 @@ impl<'a> Session<'a> {
             seq: 0,
             next_timers: now,
             next_removed: now,
-            next_ping: now + timing.ping_interval,
-            ping_sent: None,
+            last_heard: now,
+            last_ping: None,
             draining: None,
             out: String::new(),
         }
@@ -133,6 +143,7 @@ impl<'a> Session<'a> {
 
     /// Handles one inbound stanza.
     pub fn on_stanza(&mut self, stanza: &Element, now: Instant) {
+        self.last_heard = now;
         let client = self.id.client;
         match publish::classify(stanza, self.id.ns) {
             Inbound::Publish(h, _) if self.draining.is_some() => {
@@ -260,22 +271,39 @@ impl<'a> Session<'a> {
         self.next_timers = now + TIMER_STEP;
         self.expire_deadlines(now);
         self.dispatcher.tick(now);
-        let ping_timeout = self.timing.ping_interval.min(Duration::from_secs(30));
-        if let Some((_, sent)) = &self.ping_sent
-            && now.duration_since(*sent) > ping_timeout
-        {
-            return Err("no answer to our ping".into());
-        }
-        if now >= self.next_ping && self.ping_sent.is_none() {
-            let pid = self.next_id("uwpx-ping");
-            self.out
-                .push_str(&reply::ping(&pid, &self.id.own, &self.id.server));
-            self.ping_sent = Some((pid, now));
-            self.next_ping = now + self.timing.ping_interval;
-        }
+        self.keep_alive(now)?;
         if now >= self.next_removed {
             self.next_removed = now + REMOVED_STEP;
             self.work_off_removed();
+        }
+        Ok(())
+    }
+
+    /// The keep-alive: after an interval without any inbound stanza, a ping, then
+    /// [`PINGS_WHILE_SILENT`] per interval while the silence lasts; after
+    /// [`SILENT_INTERVALS`] of silence the stream is given up. Alone on the component,
+    /// a dead server is noticed after 3 intervals (3 min with the default 60 s). With
+    /// several instances, what answers our pings may be another instance's ping
+    /// replies, or anything else the server routed to us: all of it counts.
+    fn keep_alive(&mut self, now: Instant) -> Result<(), String> {
+        let interval = self.timing.ping_interval;
+        let silent = now.saturating_duration_since(self.last_heard);
+        if silent >= interval * SILENT_INTERVALS {
+            return Err(format!(
+                "nothing heard for {} s, not even an answer to our pings",
+                silent.as_secs()
+            ));
+        }
+        let cadence = interval / PINGS_WHILE_SILENT;
+        if silent >= interval
+            && self
+                .last_ping
+                .is_none_or(|p| now.saturating_duration_since(p) >= cadence)
+        {
+            let pid = self.next_id("uwpx-ping");
+            self.out
+                .push_str(&reply::ping(&pid, &self.id.own, &self.id.server));
+            self.last_ping = Some(now);
         }
         Ok(())
     }
@@ -295,14 +323,15 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// An IQ result or error for us: our ping, a PEP step, or (with several instances
-    /// on one component) another instance's request, which is ignored quietly.
+    /// An IQ result or error for us: a ping's answer (ours or, with several instances
+    /// on one component, another's: both only prove the stream alive, which
+    /// [`Self::on_stanza`] noted), a PEP step, or another instance's request, which is
+    /// ignored quietly: never answered, logged at debug only.
     fn on_response(&mut self, rid: &str, error: Option<String>) {
-        if self.ping_sent.as_ref().is_some_and(|(p, _)| p == rid) {
-            self.ping_sent = None;
-            return;
-        }
         let Some(step) = self.pep_steps.remove(rid) else {
+            if !rid.starts_with("uwpx-ping-") {
+                log::debug!("xmpp: ignoring the answer to {rid}, a request we did not send");
+            }
             return;
         };
         match step {

@@ -443,6 +443,11 @@ impl RealServer {
 
     /// bob sends `user` one chat message.
     pub fn message(&self, user: &str) {
+        self.messages(user, 1);
+    }
+
+    /// bob sends `user` `count` chat messages in one session.
+    pub fn messages(&self, user: &str, count: u32) {
         self.python(
             "sender.py",
             &[
@@ -452,6 +457,8 @@ impl RealServer {
                 "bobpw",
                 "--to",
                 &format!("{user}@localhost"),
+                "--count",
+                &count.to_string(),
             ],
         );
     }

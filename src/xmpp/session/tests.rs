@@ -95,29 +95,99 @@ fn waiting(s: &mut Session<'_>, ticket: u64, id: &str, now: Instant) {
     s.deadlines.push_back((now + s.timing.deadline, ticket));
 }
 
+fn pings(out: &str) -> usize {
+    out.matches("<ping xmlns='urn:xmpp:ping'/>").count()
+}
+
+fn stanza(xml: &str) -> Element {
+    xml.parse().unwrap()
+}
+
+/// Another instance's ping answered by the server, routed to us (ejabberd spreads
+/// stanzas for one component JID over all its connections).
+fn their_ping_answer(n: u32) -> Element {
+    stanza(&format!(
+        "<iq xmlns='{NS_COMPONENT}' type='result' id='uwpx-ping-{n}' from='localhost' to='push.localhost'/>"
+    ))
+}
+
 #[test]
-fn a_ping_goes_out_after_the_interval_and_silence_gives_the_stream_up() {
+fn alone_a_silent_server_is_pinged_more_often_then_given_up_after_three_intervals() {
     let mut r = rig();
     let t0 = Instant::now();
     let mut s = r.session(t0);
     s.tick(t0).unwrap();
-    assert!(!s.out.contains("urn:xmpp:ping"), "{}", s.out);
+    s.tick(t0 + 59 * SEC).unwrap();
+    assert_eq!(pings(&s.out), 0, "{}", s.out);
     s.tick(t0 + 60 * SEC).unwrap();
-    assert!(s.out.contains("<ping xmlns='urn:xmpp:ping'/>"), "{}", s.out);
-    let pid = s.ping_sent.clone().unwrap().0;
+    assert_eq!(pings(&s.out), 1, "{}", s.out);
+    // While nothing answers: a ping every interval / 10 (6 s here).
+    s.tick(t0 + 65 * SEC).unwrap();
+    assert_eq!(pings(&s.out), 1);
+    s.tick(t0 + 66 * SEC).unwrap();
+    assert_eq!(pings(&s.out), 2);
+    let mut t = 66;
+    while t < 179 {
+        t += 1;
+        s.tick(t0 + t * SEC).unwrap();
+    }
+    assert_eq!(pings(&s.out), 20, "{}", s.out);
+    // Three intervals of silence: the stream is given up.
+    let end = s.tick(t0 + 180 * SEC).unwrap_err();
+    assert!(end.contains("nothing heard for 180 s"), "{end}");
+}
+
+#[test]
+fn our_answered_ping_resets_the_silence() {
+    let mut r = rig();
+    let t0 = Instant::now();
+    let mut s = r.session(t0);
+    s.tick(t0 + 60 * SEC).unwrap();
+    assert_eq!(pings(&s.out), 1);
     s.out.clear();
-    // Answered in time: the next one comes an interval later.
-    s.on_response(&pid, None);
-    s.tick(t0 + 89 * SEC).unwrap();
-    assert!(s.out.is_empty());
+    s.on_stanza(&their_ping_answer(1), t0 + 61 * SEC);
+    assert!(s.out.is_empty(), "an answer is not answered: {}", s.out);
+    // The next ping an interval after the answer, not after the ping.
     s.tick(t0 + 120 * SEC).unwrap();
-    assert!(s.out.contains("urn:xmpp:ping"));
-    // Not answered: the timeout is min(interval, 30 s).
-    s.tick(t0 + 150 * SEC).unwrap();
-    assert_eq!(
-        s.tick(t0 + 150 * SEC + TIMER_STEP + Duration::from_millis(1)),
-        Err("no answer to our ping".to_owned())
-    );
+    assert_eq!(pings(&s.out), 0);
+    s.tick(t0 + 121 * SEC).unwrap();
+    assert_eq!(pings(&s.out), 1);
+}
+
+#[test]
+fn with_several_instances_any_inbound_stanza_keeps_the_stream_alive() {
+    // Our pings' answers all go to other instances; we see their answers and the
+    // users' servers' stanzas instead. The stream stays up for as long as that goes on.
+    let mut r = rig();
+    let t0 = Instant::now();
+    let mut s = r.session(t0);
+    let heard: [(u32, Element); 3] = [
+        (70, their_ping_answer(7)),
+        (
+            150,
+            stanza(&format!(
+                "<iq xmlns='{NS_COMPONENT}' type='get' id='d1' from='localhost' to='push.localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+            )),
+        ),
+        (
+            200,
+            stanza(&format!(
+                "<message xmlns='{NS_COMPONENT}' from='localhost' to='push.localhost'/>"
+            )),
+        ),
+    ];
+    let mut next = heard.iter().peekable();
+    for t in 0..380u32 {
+        if let Some((_, e)) = next.next_if(|(at, _)| *at == t) {
+            s.on_stanza(e, t0 + t * SEC);
+        }
+        assert_eq!(s.tick(t0 + t * SEC), Ok(()), "given up at {t} s");
+    }
+    // ... and after the last stanza (t = 200), three silent intervals end it.
+    assert!(s.tick(t0 + 380 * SEC).is_err());
+    // Pings kept going out while waiting, each with a fresh id.
+    assert!(pings(&s.out) >= 20, "{}", s.out);
+    assert!(s.out.contains("id='uwpx-ping-1'") && s.out.contains("id='uwpx-ping-2'"));
 }
 
 #[test]
@@ -192,7 +262,17 @@ fn replies_to_requests_we_did_not_send_are_ignored_quietly() {
     let mut r = rig();
     let t0 = Instant::now();
     let mut s = r.session(t0);
-    s.on_response("uwpx-ping-99", None);
-    s.on_response("pep-7", Some("item-not-found".into()));
-    assert!(s.out.is_empty());
+    // As they come over the wire: another instance's ping answer, a PEP error, and a
+    // result for an id we never used. None is answered, none changes anything.
+    for xml in [
+        "<iq type='result' id='uwpx-ping-99' from='localhost' to='push.localhost'/>",
+        "<iq type='error' id='pep-7' from='localhost' to='push.localhost'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>",
+        "<iq type='result' id='someone-else-3' from='localhost' to='push.localhost'><query xmlns='jabber:iq:version'/></iq>",
+    ] {
+        let xml = xml.replace("<iq ", &format!("<iq xmlns='{NS_COMPONENT}' "));
+        s.on_stanza(&stanza(&xml), t0 + SEC);
+    }
+    assert!(s.out.is_empty(), "{}", s.out);
+    assert!(s.pending.is_empty() && s.pep_steps.is_empty());
+    assert_eq!(s.tick(t0 + SEC), Ok(()));
 }
