@@ -29,10 +29,11 @@ use xmpp_parsers::sasl as xsasl;
 use xmpp_parsers::starttls;
 use xmpp_parsers::stream_features::StreamFeatures;
 
+use super::XmppError;
 use super::reader::{StanzaReader, StreamEvent};
 use super::reply::{error_condition, esc};
 use super::srv::{self, Security, Target};
-use super::{XmppError, login_event};
+use super::stream::login_event;
 use crate::config::ClientConfig;
 
 /// The client stream's namespace.

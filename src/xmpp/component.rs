@@ -8,9 +8,10 @@ use std::net::TcpStream;
 
 use sha1::{Digest, Sha1};
 
+use super::XmppError;
 use super::reader::{StanzaReader, StreamEvent};
 use super::reply::{error_condition, esc};
-use super::{XmppError, login_event};
+use super::stream::login_event;
 
 /// The component stream's namespace.
 pub const NS_COMPONENT: &str = "jabber:component:accept";
