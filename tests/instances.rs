@@ -286,3 +286,40 @@ fn client_mode_logs_in_on_one_instance_and_a_standby_takes_over_within_10_s() {
         "said once"
     );
 }
+
+#[test]
+fn the_expiry_sweep_runs_on_one_instance_at_a_time() {
+    let Some(admin) = pg_admin() else { return };
+    let url = fresh_pg_database(&admin);
+    let config = json!({"db": {"url": url}});
+    let mut first = Server::start(Setup {
+        extra: config.clone(),
+        ..Setup::default()
+    });
+    let c = first.client();
+    for d in ["ee01", "ee02"] {
+        assert_eq!(c.send_json(&set_channel(2, d, &channel(1)))["status"], 1);
+    }
+    first.stop();
+    first
+        .db()
+        .exec("UPDATE devices SET last_seen_at = last_seen_at - 100 * 86400");
+    // Another instance is sweeping: it holds the sweep's advisory lock.
+    let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&0x7577_7078_6578_7069_i64])
+        .unwrap();
+    let second = Server::start(Setup {
+        extra: config.clone(),
+        ..Setup::default()
+    });
+    assert!(second.log_shows("expiry: another instance is sweeping"));
+    assert_eq!(second.dump().len(), 2, "left to the instance that sweeps");
+    drop(second);
+    drop(holder);
+    let third = Server::start(Setup {
+        extra: config,
+        ..Setup::default()
+    });
+    assert!(third.log_shows("expiry: removed 2 devices"));
+}

@@ -487,11 +487,22 @@ impl Dns {
             Path::new("/usr/sbin/dnsmasq").exists(),
             "dnsmasq is not installed: run scripts/e2e/setup.sh"
         );
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // A port free for UDP may be taken for TCP (by a test running beside this one):
+        // dnsmasq then exits at once, and another port is tried.
+        for _ in 0..10 {
+            let port = UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            if let Some(dns) = Self::spawn(records, port) {
+                return dns;
+            }
+        }
+        panic!("dnsmasq did not start");
+    }
+
+    fn spawn(records: &[SrvRecord], port: u16) -> Option<Self> {
         let mut cmd = Command::new("/usr/sbin/dnsmasq");
         cmd.args([
             "--keep-in-foreground",
@@ -510,7 +521,7 @@ impl Dns {
         for (name, target, port, priority) in records {
             cmd.arg(format!("--srv-host={name},{target},{port},{priority},5"));
         }
-        let child = cmd
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -518,13 +529,17 @@ impl Dns {
             .unwrap();
         let end = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < end, "dnsmasq did not start");
+            if child.try_wait().ok().flatten().is_some() || Instant::now() > end {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self {
+        Some(Self {
             addr: format!("127.0.0.1:{port}"),
             child,
-        }
+        })
     }
 }
 
