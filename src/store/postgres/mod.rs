@@ -8,10 +8,11 @@
 //! after its COMMIT: PostgreSQL's own group commit batches the WAL flushes of
 //! concurrent writers, so no batching of ours sits on top.
 //!
-//! Concurrent registrations for one device serialise on its row: `set_accounts` locks
-//! the device row first (its `UPDATE`), then reads and changes the accounts, so two of
-//! them never both create the same account or lose each other's change, and no two
-//! transactions take row locks in opposite orders.
+//! Concurrent registrations for one device serialise on its row: `set_accounts` (one
+//! call of a server-side function, one round trip) locks the device row first (its
+//! `UPDATE`), then changes and reads the accounts, so two of them never both create the
+//! same account or lose each other's change, and no two transactions take row locks in
+//! opposite orders.
 //!
 //! Failures: a connection that breaks (the server restarted) is replaced, and a call
 //! that failed on it is tried once more on a fresh one (every write here is
@@ -648,6 +649,12 @@ fn lease_key(name: &str) -> i64 {
     hash as i64
 }
 
+/// `set_accounts` in one round trip: `uwpx_set_accounts` (schema version 5) locks the
+/// device row, deletes the accounts not asked for, inserts the new ones with the node
+/// and secret drawn here, and returns the device's accounts, all in the one implicit
+/// transaction of its statement. A node drawn here and stored means "created". A node
+/// collision (2^-128 odds; the column is UNIQUE) fails the statement, and it is tried
+/// again with fresh draws.
 fn replace_accounts(
     c: &mut PgConn,
     device: &DeviceId,
@@ -656,71 +663,63 @@ fn replace_accounts(
     accounts: &[AccountSpec],
     now: i64,
 ) -> Result<Option<Vec<AccountRecord>>, StoreError> {
-    let lock = c.statement(
-        "UPDATE devices SET version = $2, account_form = coalesce($3, account_form),
-           updated_at = $4, last_seen_at = $4
-         WHERE device_id = $1",
+    let s = c.statement(
+        "SELECT account_key, node, secret FROM uwpx_set_accounts($1, $2, $3, $4, $5, $6, $7, $8)",
     )?;
-    let existing =
-        c.statement("SELECT account_key, node, secret FROM accounts WHERE device_id = $1")?;
-    let insert = c.statement(
-        "INSERT INTO accounts (device_id, account_key, domain, node, secret, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (node) DO NOTHING",
-    )?;
-    let delete = c.statement("DELETE FROM accounts WHERE device_id = $1 AND account_key = $2")?;
-    let mut tx = c.client.transaction()?;
     let version = i16::from(version.number());
     let form = form.map(AccountForm::json_key);
-    if tx.execute(&lock, &[&device.as_str(), &version, &form, &now])? == 0 {
-        return Ok(None);
-    }
-    let mut have: HashMap<String, (String, String)> = tx
-        .query(&existing, &[&device.as_str()])?
-        .iter()
-        .map(|r| (r.get(0), (r.get(1), r.get(2))))
-        .collect();
-    let mut out = Vec::with_capacity(accounts.len());
-    for spec in accounts {
-        let record = match have.remove(spec.key.as_str()) {
-            Some((node, secret)) => AccountRecord {
-                key: spec.key.clone(),
-                node: Node::from_stored(node),
-                secret: Secret::from_stored(secret),
-                created: false,
-            },
-            None => {
-                let (node, secret) = loop {
-                    // A node collision (2^-128 odds, but the column is UNIQUE) draws
-                    // again instead of failing the registration.
-                    let node = Node::generate().map_err(StoreError::Random)?;
-                    let secret = Secret::generate().map_err(StoreError::Random)?;
-                    let params: [&(dyn postgres::types::ToSql + Sync); 6] = [
-                        &device.as_str(),
-                        &spec.key.as_str(),
-                        &spec.domain,
-                        &node.as_str(),
-                        &secret.expose(),
-                        &now,
-                    ];
-                    if tx.execute(&insert, &params)? == 1 {
-                        break (node, secret);
-                    }
-                };
-                AccountRecord {
-                    key: spec.key.clone(),
-                    node,
-                    secret,
-                    created: true,
-                }
+    let keys: Vec<&str> = accounts.iter().map(|a| a.key.as_str()).collect();
+    let domains: Vec<Option<&str>> = accounts.iter().map(|a| a.domain.as_deref()).collect();
+    let mut attempt = 0;
+    loop {
+        let drawn = accounts
+            .iter()
+            .map(|_| Ok((Node::generate()?, Secret::generate()?)))
+            .collect::<Result<Vec<_>, getrandom::Error>>()
+            .map_err(StoreError::Random)?;
+        let nodes: Vec<&str> = drawn.iter().map(|(n, _)| n.as_str()).collect();
+        let secrets: Vec<&str> = drawn.iter().map(|(_, s)| s.expose()).collect();
+        let params: [&(dyn postgres::types::ToSql + Sync); 8] = [
+            &device.as_str(),
+            &version,
+            &form,
+            &now,
+            &keys,
+            &domains,
+            &nodes,
+            &secrets,
+        ];
+        let rows = match c.client.query(&s, &params) {
+            Err(e) if attempt < 3 && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                attempt += 1;
+                continue;
             }
+            other => other?,
         };
-        out.push(record);
+        let mut stored: HashMap<String, (String, String)> = HashMap::new();
+        for r in &rows {
+            let Some(key) = r.get::<_, Option<String>>(0) else {
+                return Ok(None); // the device is unknown: nothing changed
+            };
+            stored.insert(key, (r.get(1), r.get(2)));
+        }
+        return accounts
+            .iter()
+            .zip(drawn)
+            .map(|(spec, (candidate, _))| {
+                let (node, secret) = stored.remove(spec.key.as_str()).ok_or_else(|| {
+                    StoreError::Internal("an account asked for was not stored".into())
+                })?;
+                Ok(AccountRecord {
+                    key: spec.key.clone(),
+                    created: node == candidate.as_str(),
+                    node: Node::from_stored(node),
+                    secret: Secret::from_stored(secret),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some);
     }
-    for key in have.keys() {
-        tx.execute(&delete, &[&device.as_str(), &key.as_str()])?;
-    }
-    tx.commit()?;
-    Ok(Some(out))
 }
 
 /// The stored protocol version (the schema only allows 1 and 2).

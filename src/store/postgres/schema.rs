@@ -62,6 +62,29 @@ const MIGRATIONS: &[&str] = &[
         summary  TEXT,
         decision SMALLINT NOT NULL
     );",
+    // 4 -> 5: set_accounts in one round trip (see mod.rs `replace_accounts`). Each
+    // statement inside reads what is committed once the device row is locked.
+    "CREATE FUNCTION uwpx_set_accounts(p_device TEXT, p_version SMALLINT, p_form TEXT,
+        p_now BIGINT, p_keys TEXT[], p_domains TEXT[], p_nodes TEXT[], p_secrets TEXT[])
+    RETURNS TABLE (account_key TEXT, node TEXT, secret TEXT) LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE devices SET version = p_version,
+            account_form = coalesce(p_form, devices.account_form),
+            updated_at = p_now, last_seen_at = p_now
+        WHERE device_id = p_device;
+        IF NOT FOUND THEN
+            RETURN QUERY SELECT NULL::TEXT, NULL::TEXT, NULL::TEXT;
+            RETURN;
+        END IF;
+        DELETE FROM accounts a WHERE a.device_id = p_device
+            AND NOT (a.account_key = ANY (p_keys));
+        INSERT INTO accounts (device_id, account_key, domain, node, secret, created_at)
+            SELECT p_device, k, d, n, s, p_now
+            FROM unnest(p_keys, p_domains, p_nodes, p_secrets) AS x(k, d, n, s)
+            ON CONFLICT ON CONSTRAINT accounts_pkey DO NOTHING;
+        RETURN QUERY SELECT a.account_key, a.node, a.secret FROM accounts a
+            WHERE a.device_id = p_device;
+    END $$;",
 ];
 
 /// The schema version this binary writes.
