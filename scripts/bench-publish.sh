@@ -16,9 +16,8 @@ for a in "$@"; do
   esac
 done
 if [ "$pg" = 1 ]; then
-  bash scripts/pg.sh install
-  PGDIR=$(mktemp -d /tmp/uwpx-bench-pg.XXXXXX)
-  trap 'bash scripts/pg.sh destroy "$PGDIR" >/dev/null 2>&1 || true' EXIT
-  args+=(--pg-url "$(bash scripts/pg.sh start "$PGDIR")")
+  source scripts/bench/throwaway-pg.sh
+  throwaway_pg
+  args+=(--pg-url "$PG_URL")
 fi
 cargo bench --quiet --bench publish -- "${args[@]}"

@@ -57,13 +57,6 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-fn pragma(sync: Synchronous) -> &'static str {
-    match sync {
-        Synchronous::Full => "FULL",
-        Synchronous::Normal => "NORMAL",
-    }
-}
-
 /// The SQLite database.
 pub struct Sqlite {
     /// Where the file is (`:memory:` for tests), for the log.
@@ -119,7 +112,7 @@ impl Sqlite {
         if mode != "wal" && mode != "memory" {
             log::warn!("store: journal_mode is {mode}, not wal");
         }
-        conn.pragma_update(None, "synchronous", pragma(sync))?;
+        conn.pragma_update(None, "synchronous", sync.pragma())?;
         conn.pragma_update(None, "foreign_keys", true)?;
         schema::migrate(&mut conn)?;
         conn.set_prepared_statement_cache_capacity(32);
