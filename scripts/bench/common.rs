@@ -110,3 +110,67 @@ pub fn spawn_server(config: &Path) -> Child {
     }
     child
 }
+
+/// The CPU of one process, whole and per live thread, at one moment (see
+/// [`ThreadSample::report`]).
+pub struct ThreadSample {
+    total: f64,
+    /// Thread id → (name, CPU seconds).
+    threads: HashMap<u32, (String, f64)>,
+}
+
+impl ThreadSample {
+    /// Reads `/proc/PID/stat` and every `/proc/PID/task/TID/{comm,stat}`.
+    pub fn take(pid: u32) -> Self {
+        let mut threads = HashMap::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                    continue;
+                };
+                let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+                let cpu = stat_cpu(&t.path().join("stat").to_string_lossy());
+                threads.insert(tid, (name.trim().to_owned(), cpu));
+            }
+        }
+        Self {
+            total: process_cpu(pid),
+            threads,
+        }
+    }
+
+    /// CPU seconds between `self` and a later sample, by thread name with its number
+    /// folded (`wns-worker-3` → `wns-worker-*`), largest first. The process total counts
+    /// threads that ended in between (the kernel adds a dead thread's time to its
+    /// process); what the live threads do not account for is reported as
+    /// "(threads that ended)".
+    pub fn report(&self, later: &ThreadSample) -> Vec<(String, f64)> {
+        let mut groups: HashMap<String, f64> = HashMap::new();
+        let mut live = 0.0;
+        for (tid, (name, cpu)) in &later.threads {
+            let before = self.threads.get(tid).map_or(0.0, |(_, c)| *c);
+            let d = cpu - before;
+            live += d;
+            let folded = name.trim_end_matches(|c: char| c.is_ascii_digit());
+            let key = if folded.len() < name.len() {
+                format!("{folded}*")
+            } else {
+                name.clone()
+            };
+            *groups.entry(key).or_default() += d;
+        }
+        let ended = (later.total - self.total) - live;
+        let mut out: Vec<(String, f64)> = groups.into_iter().filter(|(_, c)| *c > 0.0).collect();
+        if ended > 0.005 {
+            out.push(("(threads that ended)".into(), ended));
+        }
+        out.sort_by(|a, b| b.1.total_cmp(&a.1));
+        out
+    }
+}
+
+/// The median of some values (sorted here).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}

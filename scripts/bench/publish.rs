@@ -7,7 +7,10 @@
 //!
 //! Run: `cargo bench --bench publish` (or `scripts/bench-publish.sh`). Options after
 //! `--`: `--seconds N` (default 5), `--runs N` (default 3, median), `--devices N`
-//! (default 100000), `--rate R` (open-loop row, default 2000/s), `--window W`
+//! (default 100000), `--rate R,R…` (open-loop rows, default 5000,20 per second),
+//! `--against fake|nginx` (the WNS endpoint: the project's fake, default, or nginx,
+//! which `scripts/bench-publish.sh --against nginx` installs and which is then also
+//! driven by wrk for L1, the outbound leg's limit), `--window W`
 //! (closed-loop IQs outstanding, default 256), `--workers K` (wns.workers, default 4),
 //! `--pg-url URL` (PostgreSQL instead of SQLite: a fresh database is made on the server
 //! URL names; `scripts/bench-publish.sh --postgres` starts a throw-away one with
@@ -18,7 +21,9 @@
 //! does.
 //!
 //! "server CPU/push" is the servers' CPU time (all processes, all their threads) per
-//! reply; "per instance" is each process's CPU time per reply it sent.
+//! reply; "per instance" is each process's CPU time per reply it sent. Under each row:
+//! the load generator's and nginx's CPU per push, and the first server's by thread,
+//! with the threads that ended during the run counted too.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -42,16 +47,20 @@ const SECRET: &str = "bench-component-secret";
 
 #[path = "common.rs"]
 mod common;
+#[path = "nginx.rs"]
+mod nginx;
 
 struct Opts {
     seconds: u64,
     runs: usize,
     devices: usize,
-    rate: f64,
+    rates: Vec<usize>,
     window: usize,
     workers: usize,
     instances: usize,
     pg_url: Option<String>,
+    /// `fake` (the project's fake WNS) or `nginx`.
+    against: String,
 }
 
 fn opts() -> Opts {
@@ -64,6 +73,7 @@ fn opts() -> Opts {
         "workers",
         "instances",
         "pg-url",
+        "against",
     ]);
     Opts {
         instances: a.get("instances", 1),
@@ -71,7 +81,8 @@ fn opts() -> Opts {
         seconds: a.get("seconds", 5),
         runs: a.get("runs", 3),
         devices: a.get("devices", 100_000),
-        rate: a.get("rate", 2000.0),
+        rates: a.list("rate", &[5000, 20]),
+        against: a.get("against", "fake".to_owned()),
         window: a.get("window", 256),
         workers: a.get("workers", 4),
     }
@@ -200,6 +211,43 @@ struct Measurement {
     /// CPU µs per reply of each instance.
     per_instance: Vec<f64>,
     errors: u64,
+    /// CPU µs per reply of the WNS endpoint (nginx, or the fake: then it is in
+    /// `loadgen_us`, which is this process).
+    wns_us: f64,
+    /// CPU µs per reply of the load generator (this process).
+    loadgen_us: f64,
+    /// The first instance's CPU µs per reply by thread.
+    threads: Vec<(String, f64)>,
+}
+
+/// Where the server's POSTs go.
+enum Wns {
+    Fake(fake_wns::FakeWns),
+    Nginx(nginx::Nginx),
+}
+
+impl Wns {
+    fn channel(&self, i: usize) -> String {
+        match self {
+            Self::Fake(f) => f.channel_uri(&format!("c{i}")),
+            Self::Nginx(n) => n.url(&format!("/?token=c{i}")),
+        }
+    }
+
+    fn token_url(&self) -> String {
+        match self {
+            Self::Fake(f) => f.token_url(),
+            Self::Nginx(n) => n.url("/accesstoken.srf"),
+        }
+    }
+
+    /// CPU seconds of the endpoint when it is a process of its own.
+    fn cpu(&self) -> f64 {
+        match self {
+            Self::Fake(_) => 0.0,
+            Self::Nginx(n) => n.cpu(),
+        }
+    }
 }
 
 /// One instance: its process and its component connection.
@@ -220,7 +268,13 @@ struct Seen {
 /// Sends publishes (closed loop with `window` outstanding, or open loop at `rate`),
 /// each over one of the instances' connections picked at random, and times each until
 /// its reply.
-fn measure(instances: &mut [Instance], o: &Opts, rate: Option<f64>, seq: &mut u64) -> Measurement {
+fn measure(
+    instances: &mut [Instance],
+    o: &Opts,
+    rate: Option<f64>,
+    seq: &mut u64,
+    wns: &Wns,
+) -> Measurement {
     let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let outstanding = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -288,6 +342,8 @@ fn measure(instances: &mut [Instance], o: &Opts, rate: Option<f64>, seq: &mut u6
         .iter()
         .map(|i| common::process_cpu(i.pid))
         .collect();
+    let threads0 = common::ThreadSample::take(instances[0].pid);
+    let (wns0, loadgen0) = (wns.cpu(), common::process_cpu(std::process::id()));
     let writing_done = AtomicBool::new(false);
     let seen: Vec<Seen> = std::thread::scope(|scope| {
         let readers: Vec<_> = instances
@@ -345,6 +401,8 @@ fn measure(instances: &mut [Instance], o: &Opts, rate: Option<f64>, seq: &mut u6
     stop.store(true, Ordering::Relaxed);
     *seq = writer.join().unwrap();
     let elapsed = o.seconds as f64;
+    let threads1 = common::ThreadSample::take(instances[0].pid);
+    let (wns1, loadgen1) = (wns.cpu(), common::process_cpu(std::process::id()));
     let cpu: Vec<f64> = instances
         .iter()
         .zip(&cpu0)
@@ -358,7 +416,16 @@ fn measure(instances: &mut [Instance], o: &Opts, rate: Option<f64>, seq: &mut u6
     let mut lat: Vec<Duration> = seen.iter().flat_map(|s| s.lat.iter().copied()).collect();
     lat.sort();
     let pct = |p| common::percentile(&lat, p);
+    let replies = lat.len().max(1) as f64;
+    let first = seen[0].lat.len().max(1) as f64;
     Measurement {
+        wns_us: (wns1 - wns0) * 1e6 / replies,
+        loadgen_us: (loadgen1 - loadgen0) * 1e6 / replies,
+        threads: threads0
+            .report(&threads1)
+            .into_iter()
+            .map(|(n, c)| (n, c * 1e6 / first))
+            .collect(),
         rate: seen.iter().map(|s| s.counted).sum::<u64>() as f64 / elapsed,
         p50: pct(0.5),
         p99: pct(0.99),
@@ -408,8 +475,12 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let c = cert::TestCert::new();
     std::fs::write(dir.join("ca.pem"), &c.cert_pem).unwrap();
-    let fake = fake_wns::FakeWns::start(&c.cert_pem, &c.key_pem, 0, false);
-    let channel = |i: usize| fake.channel_uri(&format!("c{i}"));
+    let wns = match o.against.as_str() {
+        "fake" => Wns::Fake(fake_wns::FakeWns::start(&c.cert_pem, &c.key_pem, 0, false)),
+        "nginx" => Wns::Nginx(nginx::Nginx::start(&dir, &c.cert_pem, &c.key_pem)),
+        other => panic!("--against {other}: fake or nginx"),
+    };
+    let channel = |i: usize| wns.channel(i);
     let pg_url = o.pg_url.as_deref().map(fresh_pg_database);
     let t = Instant::now();
     if pg_url.is_none() {
@@ -423,7 +494,7 @@ fn main() {
     };
     let config = serde_json::json!({
         "wns": {"packet_id": fake_wns::CLIENT_ID, "client_secret": fake_wns::CLIENT_SECRET,
-                "token_url": fake.token_url(), "ca_file": dir.join("ca.pem"), "channel_hosts": ["localhost"],
+                "token_url": wns.token_url(), "ca_file": dir.join("ca.pem"), "channel_hosts": ["localhost"],
                 "workers": o.workers, "queue_capacity": 100000},
         "xmpp": {"bare_jid": "push@localhost",
                  "component": {"jid": JID, "secret": SECRET, "host": "127.0.0.1", "port": component.local_addr().unwrap().port()}},
@@ -470,6 +541,7 @@ fn main() {
         },
         None,
         &mut seq,
+        &wns,
     );
     println!(
         "publish → WNS → reply through the real binary, {} instance(s) on {}, {} devices, {} WNS workers each, {} s per run, median of {} runs",
@@ -488,9 +560,11 @@ fn main() {
         "{:>14} {:>10} {:>10} {:>10} {:>16} {:>7}   per instance CPU/push",
         "load", "pushes/s", "p50 ms", "p99 ms", "server CPU/push", "errors"
     );
-    for rate in [None, Some(o.rate)] {
+    let mut p1 = 0.0;
+    let rates = o.rates.iter().map(|&r| Some(r as f64));
+    for rate in std::iter::once(None).chain(rates) {
         let mut runs: Vec<Measurement> = (0..o.runs)
-            .map(|_| measure(&mut instances, &o, rate, &mut seq))
+            .map(|_| measure(&mut instances, &o, rate, &mut seq, &wns))
             .collect();
         runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
         let m = &runs[runs.len() / 2];
@@ -512,12 +586,57 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        let endpoint = match wns {
+            Wns::Fake(_) => "the fake WNS is in the load generator".to_owned(),
+            Wns::Nginx(_) => format!("nginx {:.1} µs", m.wns_us),
+        };
+        println!(
+            "{:>14} CPU per push: load generator {:.1} µs, {endpoint}; server by thread: {}",
+            "",
+            m.loadgen_us,
+            m.threads
+                .iter()
+                .map(|(n, c)| format!("{n} {c:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if rate.is_none() {
+            p1 = m.rate;
+        }
     }
-    println!(
-        "fake WNS: {} POSTs, {} connections",
-        fake.notifies(),
-        fake.connections()
-    );
+    match &wns {
+        Wns::Fake(fake) => println!(
+            "fake WNS: {} POSTs, {} connections",
+            fake.notifies(),
+            fake.connections()
+        ),
+        Wns::Nginx(n) => {
+            // L1: the same nginx, the same request shape, driven by wrk.
+            let body = uwpx_push_server::wns::payload::push(
+                uwpx_push_server::types::ClientGeneration::V2,
+                &format!("{:064x}", 7),
+                &Default::default(),
+            );
+            let l1: Vec<(f64, f64, f64)> =
+                (0..o.runs).map(|_| n.wrk(&body, 64, o.seconds)).collect();
+            let mut by_rate = l1.clone();
+            by_rate.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (rate, wrk_cpu, nginx_cpu) = by_rate[by_rate.len() / 2];
+            let total = rate * o.seconds as f64;
+            println!(
+                "{:>14} {:>10.0}   L1: wrk -t2 -c64 POSTs to the same nginx; CPU per request: nginx {:.1} µs, wrk {:.1} µs   (runs: {})",
+                "L1 nginx",
+                rate,
+                nginx_cpu * 1e6 / total,
+                wrk_cpu * 1e6 / total,
+                l1.iter()
+                    .map(|r| format!("{:.0}", r.0))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            println!("P1 / L1 = {:.1} %", 100.0 * p1 / rate);
+        }
+    }
     for server in &mut servers {
         let _ = Command::new("kill")
             .arg("-TERM")
