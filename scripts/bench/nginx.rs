@@ -137,6 +137,8 @@ http {{
         }
         drop(lua);
         let nginx0 = self.cpu();
+        // Reaped by wait4 below, which also gives its CPU time.
+        #[allow(clippy::zombie_processes)]
         let child = Command::new("wrk")
             .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s")])
             .arg("-s")
