@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::net::Waiter;
 use crate::ops::http::{OpsHttp, Sources};
 use crate::push::effects::Effects;
 use crate::push::{DispatchSettings, Dispatcher};
@@ -136,10 +137,18 @@ impl App {
             .store
             .track_removed_nodes(client_mode)
             .map_err(StartError::Store)?;
-        let pep = client_mode.then(|| Pep::new(pep_tx, status.clone(), Duration::from_secs(10)));
+        let waiter = Waiter::new().map_err(StartError::Thread)?;
+        let pep = client_mode.then(|| {
+            Pep::new(
+                pep_tx,
+                waiter.wake(),
+                status.clone(),
+                Duration::from_secs(10),
+            )
+        });
         let xmpp = match mode {
             None => None,
-            Some(mode) => Some(parts.start_xmpp(mode, pep_rx, status)?),
+            Some(mode) => Some(parts.start_xmpp(mode, waiter, pep_rx, status)?),
         };
         let expiry = Some(
             crate::ops::expiry::start(
@@ -280,6 +289,7 @@ impl Parts<'_> {
     fn start_xmpp(
         &self,
         mode: Mode,
+        waiter: Waiter,
         peps: crossbeam_channel::Receiver<crate::xmpp::pep::PepRequest>,
         status: Arc<LinkStatus>,
     ) -> Result<XmppLink, StartError> {
@@ -293,6 +303,7 @@ impl Parts<'_> {
                 deadline: self.config.wns.deadline,
                 min_interval: self.config.push.min_interval,
                 require_secret: matches!(mode, Mode::Component(_)),
+                wake: waiter.wake(),
             },
             tx,
         );
@@ -305,6 +316,7 @@ impl Parts<'_> {
         };
         XmppLink::start(
             settings,
+            waiter,
             dispatcher,
             rx,
             peps,

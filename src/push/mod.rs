@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::clock::Clock;
+use crate::net::Wake;
 use crate::store::{NodeTarget, SharedAdmit, Store, StoreError};
 use crate::types::{ClientGeneration, Node, Summary, jid_domain};
 use crate::wns::{Finished, Job, Outcome, WnsPool, payload};
@@ -117,8 +118,22 @@ pub struct Dispatcher {
     deadline: Duration,
     require_secret: bool,
     windows: Windows,
-    outcomes: Sender<Completed>,
+    outcomes: Arc<Return>,
     next_ticket: u64,
+}
+
+/// The way back to the XMPP thread: its outcome channel, and the wake that gets it out
+/// of its sleep once the outcome is in the channel.
+struct Return {
+    tx: Sender<Completed>,
+    wake: Arc<Wake>,
+}
+
+impl Return {
+    fn send(&self, done: Completed) {
+        let _ = self.tx.send(done);
+        self.wake.wake();
+    }
 }
 
 /// What a [`Dispatcher`] needs besides its outcome channel.
@@ -138,6 +153,8 @@ pub struct DispatchSettings {
     /// True in component mode (the publish-options carry the secret); false in client
     /// mode (PEP forwards none; the node name is the capability).
     pub require_secret: bool,
+    /// Called after each outcome is sent, to wake the XMPP thread.
+    pub wake: Arc<Wake>,
 }
 
 impl Dispatcher {
@@ -159,7 +176,10 @@ impl Dispatcher {
             } else {
                 Windows::Local(Coalescer::new(s.min_interval))
             },
-            outcomes,
+            outcomes: Arc::new(Return {
+                tx: outcomes,
+                wake: s.wake,
+            }),
             next_ticket: 0,
         }
     }
@@ -263,12 +283,10 @@ impl Dispatcher {
             Box::new(move |f: Finished| {
                 effects.apply(&f, touch);
                 match ticket {
-                    Some(ticket) => {
-                        let _ = outcomes.send(Completed {
-                            ticket,
-                            outcome: f.outcome,
-                        });
-                    }
+                    Some(ticket) => outcomes.send(Completed {
+                        ticket,
+                        outcome: f.outcome,
+                    }),
                     None => log::debug!(
                         "push: trailing push to device {}: {}",
                         f.device.short(),

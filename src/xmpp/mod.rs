@@ -11,9 +11,11 @@
 //!   how a broken stream is explained; `reconnect`: when to try again.
 //!
 //! Threads: `xmpp-io` owns the socket. This module is its I/O loop: connect, log in,
-//! then read with a short timeout (1 ms while replies are outstanding, up to 200 ms
-//! when idle), hand each stanza and the current time to the session, and write what
-//! the session queued. It never waits on WNS. It reconnects forever with exponential
+//! then read until the socket would block, hand each stanza and the current time to
+//! the session, answer what WNS finished, write what the session queued, and sleep in
+//! [`Waiter::wait`] (epoll) until the socket has input, a WNS worker or registration
+//! thread calls [`net::Wake`], or the session's next timer is due. No polling interval:
+//! a reply leaves as soon as its outcome arrives. It never waits on WNS. It reconnects forever with exponential
 //! backoff (1 s to 60 s, with jitter, sleeping on the shutdown signal) and logs every
 //! state change. One failure is not a failure: a `<conflict/>` stream error means that
 //! another instance holds the component (Prosody keeps one connection per component),
@@ -41,7 +43,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::config::{ClientConfig, ComponentConfig};
-use crate::net::Socket;
+use crate::net::{self, Socket, Waiter};
 use crate::push::{Completed, Dispatcher};
 use crate::shutdown::{Shutdown, join_logged};
 use crate::store::Store;
@@ -134,9 +136,11 @@ pub struct XmppLink {
 }
 
 impl XmppLink {
-    /// Starts the `xmpp-io` thread. `peps` carries client mode's node requests.
+    /// Starts the `xmpp-io` thread. `peps` carries client mode's node requests;
+    /// whoever sends on `outcomes` or `peps` calls the `waiter`'s [`net::Wake`] after.
     pub fn start(
         settings: LinkSettings,
+        waiter: Waiter,
         dispatcher: Dispatcher,
         outcomes: Receiver<Completed>,
         peps: Receiver<PepRequest>,
@@ -154,6 +158,7 @@ impl XmppLink {
                     peps: &peps,
                     shutdown: &shutdown,
                     lease: LoginLease::default(),
+                    waiter,
                 };
                 io.run(&st)
             })?;
@@ -172,6 +177,11 @@ impl XmppLink {
     }
 }
 
+/// Stanzas handled per read batch before outcomes and timers get their turn.
+const READ_BATCH: usize = 64;
+/// How long a write may block when the server does not take our bytes.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How a session ended.
 enum End {
     Shutdown,
@@ -189,6 +199,8 @@ struct Io<'a> {
     shutdown: &'a Shutdown,
     /// Client mode: the lease that makes this the one instance logged in.
     lease: LoginLease,
+    /// Sleeps until the socket, a finished push or a PEP request needs the thread.
+    waiter: Waiter,
 }
 
 /// Who we are on the current stream.
@@ -321,15 +333,41 @@ impl Io<'_> {
         for stanza in held {
             session.on_stanza(&stanza, Instant::now());
         }
-        let mut current_wait = Duration::ZERO;
-        let mut next_lease_check = Instant::now() + LEASE_STEP;
-        loop {
-            let wait = session.read_wait(Instant::now());
-            if wait != current_wait {
-                if reader.get_ref().tcp().set_read_timeout(Some(wait)).is_err() {
-                    return End::Lost("cannot set the read timeout".into());
-                }
-                current_wait = wait;
+        let tcp = reader.get_ref().tcp();
+        if let Err(e) = self.waiter.watch(tcp) {
+            return End::Lost(format!("cannot watch the socket: {e}"));
+        }
+        let end = pump(
+            &mut self.waiter,
+            &mut self.lease,
+            self.shutdown,
+            &mut session,
+            reader,
+        );
+        self.waiter.unwatch(reader.get_ref().tcp());
+        end
+    }
+}
+
+/// The session's loop: read until the socket would block, answer what WNS has
+/// finished, run the timers, write, then sleep until the socket, a [`net::Wake`] or the
+/// next timer needs the thread.
+fn pump<S: Socket>(
+    waiter: &mut Waiter,
+    lease: &mut LoginLease,
+    shutdown: &Shutdown,
+    session: &mut Session,
+    reader: &mut StanzaReader<S>,
+) -> End {
+    let mut next_lease_check = Instant::now() + LEASE_STEP;
+    // Whether the socket may have input (edge-triggered: until a read would block).
+    let mut readable = true;
+    loop {
+        let mut idle = !readable;
+        // A bounded batch, so replies keep flowing under a flood of publishes.
+        for _ in 0..READ_BATCH {
+            if idle {
+                break;
             }
             match reader.next_event() {
                 Ok(StreamEvent::Stanza(e)) if is_stream_error(&e) => {
@@ -342,38 +380,48 @@ impl Io<'_> {
                     log::trace!("xmpp: <- {}", reply::redact_secrets(&String::from(&stanza)));
                     session.on_stanza(&stanza, Instant::now());
                 }
-                Err(ReadError::Idle) => {}
+                Err(ReadError::Idle) => {
+                    idle = true;
+                    break;
+                }
                 Ok(event) => return End::Lost(stream_ended(event)),
                 Err(e) => return End::Lost(read_failed(reader, e)),
             }
-            let now = Instant::now();
-            session.drain_outcomes();
-            session.drain_peps();
-            if let Err(why) = session.tick(now) {
-                return End::Lost(why);
+        }
+        let now = Instant::now();
+        session.drain_outcomes();
+        session.drain_peps();
+        if let Err(why) = session.tick(now) {
+            return End::Lost(why);
+        }
+        if now >= next_lease_check {
+            next_lease_check = now + LEASE_STEP;
+            if lease.is_lost() {
+                return End::Lost("lost the client-mode lease (database connection)".into());
             }
-            if now >= next_lease_check {
-                next_lease_check = now + LEASE_STEP;
-                if self.lease.is_lost() {
-                    return End::Lost("lost the client-mode lease (database connection)".into());
-                }
+        }
+        if shutdown.is_triggered() {
+            session.begin_shutdown(now);
+        }
+        if session.is_drained(now) {
+            session.finish_shutdown();
+            let _ = net::write_all(reader.get_mut(), session.out.as_bytes(), WRITE_TIMEOUT);
+            return End::Shutdown;
+        }
+        if !session.out.is_empty() {
+            log::trace!("xmpp: -> {}", session.out);
+            if let Err(e) = net::write_all(reader.get_mut(), session.out.as_bytes(), WRITE_TIMEOUT)
+            {
+                return End::Lost(format!("write failed: {e}"));
             }
-            if self.shutdown.is_triggered() {
-                session.begin_shutdown(now);
-            }
-            if session.is_drained(now) {
-                session.finish_shutdown();
-                let _ = reader.get_mut().write_all(session.out.as_bytes());
-                let _ = reader.get_mut().flush();
-                return End::Shutdown;
-            }
-            if !session.out.is_empty() {
-                log::trace!("xmpp: -> {}", session.out);
-                if let Err(e) = reader.get_mut().write_all(session.out.as_bytes()) {
-                    return End::Lost(format!("write failed: {e}"));
-                }
-                session.out.clear();
-            }
+            session.out.clear();
+        }
+        if idle {
+            let wait = session.next_wake(Instant::now());
+            readable = match waiter.wait(wait, || session.has_work()) {
+                Ok(r) => r,
+                Err(e) => return End::Lost(format!("cannot wait for the socket: {e}")),
+            };
         }
     }
 }

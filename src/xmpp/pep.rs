@@ -31,7 +31,7 @@ use super::publish::{self, Inbound};
 use super::reader::{ReadError, StanzaReader, StreamEvent};
 use super::reply::error_condition;
 use super::{LinkStatus, XmppError};
-use crate::net::Socket;
+use crate::net::{Socket, Wake};
 use crate::store::Store;
 use crate::types::Node;
 
@@ -47,15 +47,23 @@ pub struct PepRequest {
 #[derive(Clone)]
 pub struct Pep {
     tx: Sender<PepRequest>,
+    /// Wakes the I/O thread once a request is in its queue.
+    wake: Arc<Wake>,
     status: Arc<LinkStatus>,
     timeout: Duration,
 }
 
 impl Pep {
     /// A handle sending to the I/O thread's queue.
-    pub fn new(tx: Sender<PepRequest>, status: Arc<LinkStatus>, timeout: Duration) -> Self {
+    pub fn new(
+        tx: Sender<PepRequest>,
+        wake: Arc<Wake>,
+        status: Arc<LinkStatus>,
+        timeout: Duration,
+    ) -> Self {
         Self {
             tx,
+            wake,
             status,
             timeout,
         }
@@ -96,6 +104,7 @@ impl Pep {
                     .map_err(|_| "the XMPP link is gone".to_owned())
             })
             .collect();
+        self.wake.wake();
         let deadline = std::time::Instant::now() + self.timeout;
         waiting
             .into_iter()

@@ -29,10 +29,8 @@ use crate::wns::Outcome;
 const TIMER_STEP: Duration = Duration::from_millis(2);
 /// How often the removed-node list is looked at.
 const REMOVED_STEP: Duration = Duration::from_secs(2);
-/// The longest read timeout: how late an idle session notices shutdown.
+/// The longest sleep: how late an idle session notices shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
-/// The read timeout while answers are outstanding.
-const BUSY_WAIT: Duration = Duration::from_millis(1);
 /// How many ping intervals of silence give the stream up. Several, because with several
 /// instances on one component JID (ejabberd) the answer to our ping may go to another
 /// instance: silence, not a missing answer, is the sign of a dead stream.
@@ -128,17 +126,23 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// How long the next read may block: short while answers are outstanding, up to
-    /// the next coalesced push otherwise.
-    pub fn read_wait(&self, now: Instant) -> Duration {
-        let mut wait = IDLE_WAIT;
-        if !self.pending.is_empty() || !self.pep_steps.is_empty() {
-            wait = BUSY_WAIT;
+    /// How long the I/O thread may sleep when nothing arrives: until the first IQ
+    /// deadline or coalesced push is due (not before the timers may run again), at
+    /// most [`IDLE_WAIT`]. Finished pushes and PEP requests wake it early.
+    pub fn next_wake(&self, now: Instant) -> Duration {
+        let mut due = now + IDLE_WAIT;
+        if let Some((deadline, _)) = self.deadlines.front() {
+            due = due.min(*deadline);
         }
-        if let Some(due) = self.dispatcher.next_due() {
-            wait = wait.min(due.saturating_duration_since(now).max(BUSY_WAIT));
+        if let Some(d) = self.dispatcher.next_due() {
+            due = due.min(d);
         }
-        wait
+        due.max(self.next_timers).saturating_duration_since(now)
+    }
+
+    /// Whether finished pushes or PEP requests wait in the channels.
+    pub fn has_work(&self) -> bool {
+        !self.outcomes.is_empty() || !self.peps.is_empty()
     }
 
     /// Handles one inbound stanza.
