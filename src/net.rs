@@ -221,7 +221,11 @@ mod tests {
         w.wake().wake();
         let t = Instant::now();
         assert!(!w.wait(Duration::from_millis(30), || false).unwrap());
-        assert!(t.elapsed() >= Duration::from_millis(29), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(29),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
@@ -244,7 +248,8 @@ mod tests {
         assert_eq!(ours.read(&mut buf).unwrap(), 5);
         let _theirs = writer.join().unwrap();
         w.unwatch(&ours);
-        ours.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        ours.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
         // Blocking again: a read waits (and times out) instead of failing at once.
         let err = ours.read(&mut buf).unwrap_err();
         assert!(matches!(

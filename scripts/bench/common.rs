@@ -129,7 +129,14 @@ impl ThreadSample {
                     continue;
                 };
                 let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-                let cpu = stat_cpu(&t.path().join("stat").to_string_lossy());
+                // schedstat's first field: nanoseconds on a CPU (stat counts 10 ms ticks).
+                let cpu = std::fs::read_to_string(t.path().join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+                    .map_or_else(
+                        || stat_cpu(&t.path().join("stat").to_string_lossy()),
+                        |ns| ns / 1e9,
+                    );
                 threads.insert(tid, (name.trim().to_owned(), cpu));
             }
         }
@@ -159,9 +166,10 @@ impl ThreadSample {
             };
             *groups.entry(key).or_default() += d;
         }
+        // The totals count 10 ms ticks: only a difference above their noise is news.
         let ended = (later.total - self.total) - live;
         let mut out: Vec<(String, f64)> = groups.into_iter().filter(|(_, c)| *c > 0.0).collect();
-        if ended > 0.005 {
+        if ended > 0.03 {
             out.push(("(threads that ended)".into(), ended));
         }
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
