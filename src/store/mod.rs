@@ -443,6 +443,13 @@ impl Store {
         backend!(self.ping())
     }
 
+    /// Up to `limit` stored channel URIs (SQLite: the newest devices; PostgreSQL: any),
+    /// read without a scan: at start, their hosts get WNS connections before the first
+    /// push needs one.
+    pub fn sample_channels(&self, limit: usize) -> Result<Vec<ChannelUri>, StoreError> {
+        backend!(self.sample_channels(limit))
+    }
+
     /// Unix seconds of the least and most recently seen devices (`stats`).
     pub fn seen_range(&self) -> Result<Option<(i64, i64)>, StoreError> {
         backend!(self.seen_range())

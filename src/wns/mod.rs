@@ -414,9 +414,12 @@ fn process(shared: &Shared, mut job: Job) {
         Answer::Transport(_) => None,
     });
     let verdict = classify(&answer);
+    // The diagnostic headers go into the log lines of failures only.
     let diag = match &answer {
-        Answer::Http { diagnostics, .. } => diagnostics.to_string(),
-        Answer::Transport(_) => String::new(),
+        Answer::Http { diagnostics, .. } if !matches!(verdict, Verdict::Delivered { .. }) => {
+            diagnostics.to_string()
+        }
+        _ => String::new(),
     };
     on_verdict(shared, job, verdict, token.generation, &diag);
 }

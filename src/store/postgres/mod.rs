@@ -585,6 +585,20 @@ impl Postgres {
         })
     }
 
+    /// Up to `limit` stored channel URIs, whichever come first (no scan, no order).
+    pub fn sample_channels(&self, limit: usize) -> Result<Vec<ChannelUri>, StoreError> {
+        self.with(|c| {
+            let rows = c.client.query(
+                "SELECT channel_uri FROM devices LIMIT $1",
+                &[&(limit as i64)],
+            )?;
+            Ok(rows
+                .iter()
+                .map(|r| ChannelUri::from_stored(r.get(0)))
+                .collect())
+        })
+    }
+
     /// Unix seconds of the least and most recently seen devices.
     pub fn seen_range(&self) -> Result<Option<(i64, i64)>, StoreError> {
         self.with(|c| {

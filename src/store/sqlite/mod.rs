@@ -407,6 +407,17 @@ impl Sqlite {
         Ok(())
     }
 
+    /// Up to `limit` channel URIs of the newest devices (the end of the rowid tree).
+    pub fn sample_channels(&self, limit: usize) -> Result<Vec<ChannelUri>, StoreError> {
+        let conn = self.reader();
+        let mut stmt =
+            conn.prepare("SELECT channel_uri FROM devices ORDER BY rowid DESC LIMIT ?1")?;
+        let rows = stmt
+            .query_map([limit as i64], |r| Ok(ChannelUri::from_stored(r.get(0)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Unix seconds of the least and most recently seen devices (`stats`).
     pub fn seen_range(&self) -> Result<Option<(i64, i64)>, StoreError> {
         let conn = self.reader();
