@@ -1,0 +1,81 @@
+//! The XMPP thread's work per publish, part by part, without sockets: reading the
+//! stanza (rxml + minidom tree), classifying it, looking its node up in SQLite, and
+//! formatting the reply. For finding where the thread's CPU per push goes
+//! (`scripts/bench-publish.sh` gives the whole).
+//!
+//! Run: `cargo bench --bench stanza` (options after `--`: `--count N`, default 100000).
+
+use std::io::Cursor;
+use std::time::Instant;
+
+use uwpx_push_server::xmpp::publish::{Inbound, classify};
+use uwpx_push_server::xmpp::reader::{StanzaReader, StreamEvent};
+use uwpx_push_server::xmpp::reply;
+
+#[path = "common.rs"]
+mod common;
+
+const NS: &str = "jabber:component:accept";
+
+fn publish(id: usize) -> String {
+    format!(
+        "<iq id='{id}' to='push.localhost' from='localhost' type='set'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{id:032x}'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='form'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:push:summary</value></field><field var='message-count' type='text-single'><value>1</value></field><field var='pending-subscription-count' type='text-single'/><field var='last-message-sender' type='jid-single'/><field var='last-message-body' type='text-single'><value>New Message!</value></field></x></notification></item></publish><publish-options><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>s{id:040}</value></field></x></publish-options></pubsub></iq>"
+    )
+}
+
+fn main() {
+    let a = common::Args::parse(&["count"]);
+    let n: usize = a.get("count", 100_000);
+    let mut stream = String::from(
+        "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='x' from='push.localhost'>",
+    );
+    for i in 0..n {
+        stream.push_str(&publish(i));
+    }
+    let bytes = stream.len();
+    // Each part timed on its own, one publish at a time as the XMPP thread does.
+    let mut reader = StanzaReader::new(Cursor::new(stream.into_bytes()));
+    let (mut read, mut classified, mut dropped, mut replied) = Default::default();
+    let mut out = String::new();
+    let mut count = 0;
+    loop {
+        let t0 = Instant::now();
+        let stanza = match reader.next_event() {
+            Ok(StreamEvent::Stanza(e)) => e,
+            Ok(StreamEvent::Open(_)) => continue,
+            _ => break,
+        };
+        let t1 = Instant::now();
+        let header = match classify(&stanza, NS) {
+            Inbound::Publish(h, p) => {
+                std::hint::black_box(&p);
+                h
+            }
+            other => panic!("{other:?}"),
+        };
+        let t2 = Instant::now();
+        drop(stanza);
+        let t3 = Instant::now();
+        out.push_str(&reply::iq_reply(&header, reply::Reply::Result));
+        if out.len() > 1 << 16 {
+            out.clear();
+        }
+        let t4 = Instant::now();
+        read += t1 - t0;
+        classified += t2 - t1;
+        dropped += t3 - t2;
+        replied += t4 - t3;
+        count += 1;
+    }
+    assert_eq!(count, n);
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n as f64;
+    println!(
+        "{n} publishes of {} bytes: read {:.2} µs ({:.0} MB/s), classify {:.2} µs, drop the tree {:.2} µs, reply {:.2} µs per publish",
+        bytes / n,
+        per(read),
+        bytes as f64 / read.as_secs_f64() / 1e6,
+        per(classified),
+        per(dropped),
+        per(replied)
+    );
+}
