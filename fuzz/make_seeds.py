@@ -9,7 +9,11 @@ Sources, byte-exact:
   in xep0357-wns.md part C §4, inside stream headers of the usual shape (the captures
   do not include the headers themselves);
 - config_loader: configuration.json.example and variants (client mode, the seed's
-  alias spellings, TLS with the scratch certificate, minimal).
+  alias spellings, TLS with the scratch certificate, minimal);
+- wns_response: answers as nginx 1.22 sent them to the notify client (tests/nginx.rs:
+  200 with WNS headers, 410 with its HTML page, a chunked body), as the fake WNS sends
+  them, and the framings the parser must handle (interim 100, chunk extensions and
+  trailers, a body to EOF, HTTP/1.0, Connection: close).
 
 Each input starts with the mode byte the target reads (see fuzz_targets/*.rs).
 Run from anywhere: python3 fuzz/make_seeds.py
@@ -163,7 +167,7 @@ def configs():
 
     # Component mode only, plain TCP (what the README's demo runs).
     comp = json.loads(json.dumps(example))
-    del comp["xmpp"]["password"]
+    comp["xmpp"].pop("password", None)
     del comp["tcp"]["tls"]
     seeds["component_plain_tcp"] = json.dumps(comp, indent=2).encode()
 
@@ -190,6 +194,51 @@ def configs():
     return seeds
 
 
+NGINX_200 = (
+    "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 07:20:34 GMT\r\n"
+    "Content-Type: text/plain\r\nContent-Length: 0\r\nConnection: keep-alive\r\n"
+    "X-WNS-NotificationStatus: received\r\nX-WNS-DeviceConnectionStatus: connected\r\n"
+    "X-WNS-Msg-ID: 1A2B3C4D5E6F7081\r\n\r\n"
+)
+NGINX_410_BODY = (
+    "<html>\r\n<head><title>410 Gone</title></head>\r\n<body>\r\n"
+    "<center><h1>410 Gone</h1></center>\r\n<hr><center>nginx/1.22.1</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+NGINX_410 = (
+    "HTTP/1.1 410 Gone\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 07:20:34 GMT\r\n"
+    f"Content-Type: text/html\r\nContent-Length: {len(NGINX_410_BODY)}\r\n"
+    "Connection: keep-alive\r\nX-WNS-Error-Description: The channel expired.\r\n\r\n"
+    + NGINX_410_BODY
+)
+NGINX_CHUNKED = (
+    "HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 30 Nov 2026 07:20:34 GMT\r\n"
+    "Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+    "19\r\na chunked body from nginx\r\n0\r\n\r\n"
+)
+FAKE_WNS_406 = (
+    "HTTP/1.1 406 Not Acceptable\r\nContent-Length: 0\r\nRetry-After: 7\r\n"
+    "X-WNS-Debug-Trace: DB5SCH101\r\nMS-CV: fake.3\r\n\r\n"
+)
+
+
+def responses():
+    # Mode byte: 0 = one read, n = n bytes per read.
+    return {
+        "nginx_200": b"\x00" + NGINX_200.encode(),
+        "nginx_410_in_7_byte_reads": b"\x07" + NGINX_410.encode(),
+        "nginx_chunked": b"\x00" + NGINX_CHUNKED.encode(),
+        "fake_wns_406_bytewise": b"\x01" + FAKE_WNS_406.encode(),
+        "continue_then_chunked_with_extensions_and_trailers": b"\x03" + (
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 503 Service Unavailable\r\n"
+            "Transfer-Encoding: chunked\r\nX-WNS-Status: dropped\r\n\r\n"
+            "5;ext=1\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n"
+        ).encode(),
+        "http10_to_eof": b"\x00" + b"HTTP/1.0 410 Gone\r\nX-WNS-Error-Description: Domain Blocked\r\n\r\nDomain Blocked",
+        "close_with_extra_bytes": b"\x00" + b"HTTP/1.1 200 OK\nConnection: close\nContent-Length: 2\n\nokHTTP/1.1",
+    }
+
+
 def write(target, seeds):
     d = FUZZ / "corpus" / target
     d.mkdir(parents=True, exist_ok=True)
@@ -205,3 +254,4 @@ if __name__ == "__main__":
     write("registration_codec", registration())
     write("stanza_reader", stanzas())
     write("config_loader", configs())
+    write("wns_response", responses())

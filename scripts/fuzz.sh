@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing (cargo-fuzz, libFuzzer) of the code that parses bytes from
 # outside: the registration codec, the XMPP stanza reader with publish classification,
-# and the configuration loader. Targets and seed corpora are in fuzz/.
+# the configuration loader, and the WNS notify client's HTTP response parser. Targets
+# and seed corpora are in fuzz/.
 #
-#   scripts/fuzz.sh [SECONDS] [TARGET...]     default: 60 s each, all three targets
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     default: 60 s each, all four targets
 #
 # Fails if a target finds a crash: a panic, a sanitizer report, a timeout (10 s for one
 # input) or more than 2 GB of memory. The input is then in fuzz/artifacts/TARGET/;
@@ -21,7 +22,7 @@ seconds=${1:-60}
 shift || true
 targets=("$@")
 if [[ ${#targets[@]} -eq 0 ]]; then
-  targets=(registration_codec stanza_reader config_loader)
+  targets=(registration_codec stanza_reader config_loader wns_response)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

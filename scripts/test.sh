@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== e2e setup (Prosody, ejabberd, slixmpp venv) and PostgreSQL"
+echo "== e2e setup (Prosody, ejabberd, dnsmasq, nginx-light, slixmpp venv) and PostgreSQL"
 bash scripts/e2e/setup.sh
 bash scripts/pg.sh install
 if command -v rustup >/dev/null 2>&1; then

@@ -38,9 +38,11 @@
 //!       │              └─ reg-reject (≤ 64, answer "busy" over the cap, then close)
 //!       ├─ xmpp-io         (owns the XMPP socket; reads with a short timeout, drains
 //!       │                   WNS outcomes in between, pings, reconnects with backoff)
-//!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST; shared ureq Agent;
-//!       │                   retries wait in a shared heap, no timer thread; apply the
-//!       │                   outcome's store side effects through push::effects)
+//!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST over a shared
+//!       │                   keep-alive TLS pool; retries wait in a shared heap, no
+//!       │                   timer thread; apply the outcome's store side effects
+//!       │                   through push::effects; a DNS cache miss runs on a
+//!       │                   short-lived wns-resolve thread, not joined)
 //!       ├─ ops-expiry      (hourly sweep of devices unseen for db.device_ttl_days)
 //!       ├─ ops-http        (optional: /health, /metrics)
 //!       └─ signals         (SIGINT/SIGTERM → main stops the app; SIGHUP → reopen log.file)

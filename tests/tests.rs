@@ -13,6 +13,9 @@ mod hostile;
 /// WNS delivery against the fake WNS: outcomes, tokens, payloads, guards.
 mod wns;
 
+/// The WNS notify client against real nginx (TLS, keep-alive, chunked, 410).
+mod nginx;
+
 /// Component mode against a stand-in XMPP server: publish → WNS → IQ reply.
 mod component;
 

@@ -1,5 +1,5 @@
 //! WNS pipeline benchmark: push jobs go through the real `WnsPool` (token cache, shared
-//! ureq agent with keep-alive over TLS, classification, last-seen batching) into the
+//! keep-alive TLS notify client, classification, last-seen batching) into the
 //! project's fake WNS on loopback, which answers 200.
 //!
 //! Run: `cargo bench --bench wns` (or `scripts/bench-wns.sh`). Options after `--`:
@@ -169,7 +169,7 @@ fn main() {
         )
         .unwrap();
         let store = Arc::new(Store::open(&config.db).unwrap());
-        let client = Arc::new(WnsClient::new(&config.wns, &parse_certs(&cert.cert_pem)));
+        let client = Arc::new(WnsClient::new(&config.wns, &parse_certs(&cert.cert_pem)).unwrap());
         let fetcher = client.clone();
         let vault: Arc<dyn TokenVault> = Arc::new(StoreVault(store.clone()));
         let tokens = Arc::new(TokenCache::new(

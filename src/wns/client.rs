@@ -1,6 +1,7 @@
-//! HTTP to WNS: the token request and the notify POST over one shared ureq `Agent`
-//! (keep-alive pool, native-tls), and [`classify`], the one place that turns an HTTP
-//! answer into a [`Verdict`].
+//! HTTP to WNS: the token request over a ureq `Agent` (rare: once a day or after a 401),
+//! the notify POST over the project's own keep-alive TLS client ([`super::http`], built
+//! for that one request shape), and [`classify`], the one place that turns an HTTP
+//! answer into a [`Verdict`]. Both share one DNS cache ([`CachingResolver`]).
 //!
 //! | HTTP answer                         | verdict                        |
 //! |-------------------------------------|--------------------------------|
@@ -16,18 +17,20 @@
 //!
 //! Redirects are never followed: the bearer token must only go to an allowed WNS host.
 //!
-//! Threads: `wns-worker-*`. No locks of its own (ureq's pool lock is brief).
+//! Threads: `wns-worker-*`. No locks of its own (the pools' and the DNS cache's locks are
+//! brief).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
 
 use ureq::Agent;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
-use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
+pub use super::http::CachingResolver;
+use super::http::{Https, PoolLimits};
 use super::token::{Fresh, TokenError};
 use crate::config::WnsConfig;
 use crate::types::ChannelUri;
@@ -169,21 +172,24 @@ pub struct SendHeaders {
 
 /// The HTTP side of WNS.
 pub struct WnsClient {
+    /// The token request only.
     agent: Agent,
+    /// The notify POST.
+    https: Https,
+    resolver: Arc<CachingResolver>,
     token_url: String,
     client_id: String,
     client_secret: String,
-    headers: SendHeaders,
-    timeout: Duration,
 }
 
-/// Longest response body read (WNS bodies are tiny; the fake's too).
-const BODY_LIMIT: u64 = 16 * 1024;
+/// Longest token response body read.
+const BODY_LIMIT: u64 = super::http::response::BODY_LIMIT as u64;
 
 impl WnsClient {
-    /// Builds the shared agent. `extra_roots` are PEM certificates trusted in addition
-    /// to the system's (for tests and private CAs).
-    pub fn new(cfg: &WnsConfig, extra_roots: &[Certificate<'static>]) -> Self {
+    /// Builds the token request's agent and the notify client, sharing one DNS cache.
+    /// `extra_roots` are PEM certificates trusted in addition to the system's (for tests
+    /// and private CAs). Fails only if native-tls cannot set up TLS or refuses a root.
+    pub fn new(cfg: &WnsConfig, extra_roots: &[Certificate<'static>]) -> std::io::Result<Self> {
         let roots = if extra_roots.is_empty() {
             RootCerts::PlatformVerifier
         } else {
@@ -195,38 +201,55 @@ impl WnsClient {
             .provider(TlsProvider::NativeTls)
             .root_certs(roots)
             .build();
+        let limits = PoolLimits {
+            per_host: cfg.workers * 2 + 4,
+            total: cfg.workers * 4 + 16,
+        };
         let config = Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
             .max_redirects(0)
             .max_redirects_will_error(false)
             .timeout_global(Some(cfg.timeout))
-            .max_idle_connections(cfg.workers * 4 + 16)
-            .max_idle_connections_per_host(cfg.workers * 2 + 4)
+            .max_idle_connections(limits.total)
+            .max_idle_connections_per_host(limits.per_host)
             .user_agent(concat!("uwpx-push-server/", env!("CARGO_PKG_VERSION")))
             .build();
+        let resolver = Arc::new(CachingResolver::new(RESOLVE_TTL));
         let agent = Agent::with_parts(
             config,
             DefaultConnector::default(),
-            CachingResolver::new(RESOLVE_TTL),
+            SharedResolver(resolver.clone()),
         );
+        // native-tls trusts the system store by default; the extra roots add to it.
+        let mut tls = native_tls::TlsConnector::builder();
+        for root in extra_roots {
+            let cert = native_tls::Certificate::from_der(root.der())
+                .map_err(|e| std::io::Error::other(format!("an extra root certificate: {e}")))?;
+            tls.add_root_certificate(cert);
+        }
+        let tls = tls
+            .build()
+            .map_err(|e| std::io::Error::other(format!("TLS set-up for WNS: {e}")))?;
+        let headers = SendHeaders {
+            cache_policy: cfg.cache_policy.clone(),
+            ttl_s: cfg.ttl_s,
+            priority: cfg.priority,
+        };
+        let https = Https::new(tls, resolver.clone(), cfg.timeout, headers.lines(), limits);
         let (client_id, client_secret) = cfg
             .credentials
             .as_ref()
             .map(|c| (c.packet_id.clone(), c.client_secret.expose().to_owned()))
             .unwrap_or_default();
-        Self {
+        Ok(Self {
             agent,
+            https,
+            resolver,
             token_url: cfg.token_url.clone(),
             client_id,
             client_secret,
-            headers: SendHeaders {
-                cache_policy: cfg.cache_policy.clone(),
-                ttl_s: cfg.ttl_s,
-                priority: cfg.priority,
-            },
-            timeout: cfg.timeout,
-        }
+        })
     }
 
     /// Requests a new access token (form POST, client-credentials grant).
@@ -248,7 +271,7 @@ impl WnsClient {
     }
 
     /// POSTs one raw notification. `timeout` caps this request (the job's remaining
-    /// time); the agent's `wns.timeout_ms` caps it too.
+    /// time); `wns.timeout_ms` caps it too.
     pub fn post(
         &self,
         uri: &ChannelUri,
@@ -256,56 +279,48 @@ impl WnsClient {
         bearer: &str,
         timeout: Duration,
     ) -> Answer {
-        let mut req = self
-            .agent
-            .post(uri.as_str())
-            .header("X-WNS-Type", "wns/raw")
-            .header("Authorization", bearer)
-            .header("X-WNS-RequestForStatus", "true")
-            .content_type("application/octet-stream");
-        if let Some(p) = &self.headers.cache_policy {
-            req = req.header("X-WNS-Cache-Policy", p.as_str());
+        self.https.post(uri, payload, bearer, timeout)
+    }
+
+    /// Opens up to `connections` TLS connections to `uri`'s host and keeps them idle
+    /// for the next pushes there (at most the per-host cap); returns how many it opened.
+    /// Failures are logged at debug. Sends nothing: call it for allowed hosts only all
+    /// the same.
+    pub fn preconnect(&self, uri: &ChannelUri, connections: usize) -> usize {
+        self.https.preconnect(uri, connections)
+    }
+
+    /// Idle notify connections in the pool (tests, metrics).
+    pub fn idle_connections(&self) -> usize {
+        self.https.idle()
+    }
+
+    /// Notify connections opened so far (tests, metrics).
+    pub fn connections_opened(&self) -> u64 {
+        self.https.opened()
+    }
+
+    /// The DNS cache shared by the token request and the notify client.
+    pub fn resolver(&self) -> &CachingResolver {
+        &self.resolver
+    }
+}
+
+impl SendHeaders {
+    /// The header lines for the set values, each ending in CRLF.
+    pub fn lines(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        if let Some(p) = &self.cache_policy {
+            let _ = write!(out, "X-WNS-Cache-Policy: {p}\r\n");
         }
-        if let Some(ttl) = self.headers.ttl_s {
-            req = req.header("X-WNS-TTL", ttl.to_string());
+        if let Some(ttl) = self.ttl_s {
+            let _ = write!(out, "X-WNS-TTL: {ttl}\r\n");
         }
-        if let Some(p) = self.headers.priority {
-            req = req.header("X-WNS-PRIORITY", p.to_string());
+        if let Some(p) = self.priority {
+            let _ = write!(out, "X-WNS-PRIORITY: {p}\r\n");
         }
-        let result = req
-            .config()
-            .timeout_global(Some(timeout.min(self.timeout)))
-            .build()
-            .send(payload);
-        match result {
-            Ok(mut resp) => {
-                let h = resp.headers();
-                let get = |name: &str| {
-                    h.get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(|s| s.chars().take(256).collect::<String>())
-                };
-                let diagnostics = Diagnostics {
-                    msg_id: get("X-WNS-Msg-ID"),
-                    debug_trace: get("X-WNS-Debug-Trace"),
-                    error_description: get("X-WNS-Error-Description"),
-                    ms_cv: get("MS-CV"),
-                    notification_status: get("X-WNS-NotificationStatus")
-                        .or_else(|| get("X-WNS-Status")),
-                    device_status: get("X-WNS-DeviceConnectionStatus"),
-                    retry_after: get("Retry-After").and_then(|v| v.trim().parse().ok()),
-                };
-                let status = resp.status().as_u16();
-                // Read the body to the end so the connection goes back to the pool.
-                let body = read_body(&mut resp).unwrap_or_default();
-                Answer::Http {
-                    status,
-                    diagnostics,
-                    body: body.chars().take(512).collect(),
-                }
-            }
-            Err(e) => Answer::Transport(e.to_string()),
-        }
+        out
     }
 }
 
@@ -393,65 +408,44 @@ pub fn parse_certs(pem: &[u8]) -> Vec<Certificate<'static>> {
 /// How long a resolved WNS host is reused: short, so a moved host is followed soon.
 pub const RESOLVE_TTL: Duration = Duration::from_secs(30);
 
-/// Name resolution with a short-lived cache. ureq resolves the host of every request
-/// before it looks in its connection pool, and with a timeout set its default resolver
-/// does so in a freshly spawned thread: a thread and a lookup per push (issue 13). Here
-/// a host is looked up at most once per [`RESOLVE_TTL`]; a miss goes to ureq's own
-/// resolver, timeout and all.
+/// The shared [`CachingResolver`] as ureq's resolver: ureq resolves the host of every
+/// request before it looks in its connection pool, and with a timeout set its default
+/// resolver does so in a freshly spawned thread: a thread and a lookup per request
+/// (issue 13). Through the cache a host is looked up at most once per [`RESOLVE_TTL`].
 #[derive(Debug)]
-pub struct CachingResolver {
-    ttl: Duration,
-    inner: DefaultResolver,
-    cache: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
-    lookups: AtomicU64,
-}
+struct SharedResolver(Arc<CachingResolver>);
 
-impl CachingResolver {
-    /// A resolver that keeps each answer for `ttl`.
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            inner: DefaultResolver::default(),
-            cache: Mutex::new(HashMap::new()),
-            lookups: AtomicU64::new(0),
-        }
-    }
-
-    /// Lookups that went past the cache (tests, metrics).
-    pub fn lookups(&self) -> u64 {
-        self.lookups.load(Ordering::Relaxed)
-    }
-}
-
-impl Resolver for CachingResolver {
+impl Resolver for SharedResolver {
     fn resolve(
         &self,
         uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
+        _config: &ureq::config::Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let key = format!(
-            "{}://{}",
-            uri.scheme_str().unwrap_or(""),
-            uri.authority().map_or("", |a| a.as_str())
-        );
-        let now = Instant::now();
-        if let Some((at, addrs)) = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            && now.duration_since(*at) < self.ttl
-        {
-            return Ok(addrs.clone());
+        let authority = uri.authority().ok_or(ureq::Error::HostNotFound)?;
+        let port = authority
+            .port_u16()
+            .or(match uri.scheme_str() {
+                Some("https") => Some(443),
+                Some("http") => Some(80),
+                _ => None,
+            })
+            .ok_or(ureq::Error::HostNotFound)?;
+        let addrs = self
+            .0
+            .resolve(authority.host(), port, *timeout.after)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::TimedOut => ureq::Error::Timeout(timeout.reason),
+                std::io::ErrorKind::NotFound => ureq::Error::HostNotFound,
+                _ => ureq::Error::Io(e),
+            })?;
+        let mut out = self.empty();
+        for addr in addrs.iter() {
+            if out.try_push(*addr).is_err() {
+                break;
+            }
         }
-        self.lookups.fetch_add(1, Ordering::Relaxed);
-        let addrs = self.inner.resolve(uri, config, timeout)?;
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (now, addrs.clone()));
-        Ok(addrs)
+        Ok(out)
     }
 }
 
@@ -459,21 +453,30 @@ impl Resolver for CachingResolver {
 mod tests {
     use super::*;
 
+    /// The token request (through ureq) and the notify client share one cache: one
+    /// lookup per host and TTL, whatever the path, and whoever asks first.
     #[test]
     fn a_host_is_looked_up_once_per_ttl_not_once_per_push() {
         let config = ureq::config::Config::default();
         let a: ureq::http::Uri = "https://localhost:4431/?token=a".parse().unwrap();
         let b: ureq::http::Uri = "https://localhost:4431/?token=b".parse().unwrap();
         let other: ureq::http::Uri = "https://127.0.0.1:4431/".parse().unwrap();
-        let r = CachingResolver::new(RESOLVE_TTL);
+        let shared = Arc::new(CachingResolver::new(RESOLVE_TTL));
+        let r = SharedResolver(shared.clone());
         for uri in [&a, &b, &a, &other, &other] {
             let addrs = r.resolve(uri, &config, NextTimeout::default()).unwrap();
             assert!(!addrs.is_empty());
         }
-        assert_eq!(r.lookups(), 2, "one per host, whatever the path");
+        let t = Duration::from_secs(5);
+        for _ in 0..3 {
+            assert!(!shared.resolve("localhost", 4431, t).unwrap().is_empty());
+        }
+        assert_eq!(shared.lookups(), 2, "one per host, whatever the path");
+        shared.resolve("localhost", 443, t).unwrap();
+        assert_eq!(shared.lookups(), 3, "another port is another entry");
         let fresh = CachingResolver::new(Duration::ZERO);
         for _ in 0..3 {
-            fresh.resolve(&a, &config, NextTimeout::default()).unwrap();
+            fresh.resolve("localhost", 4431, t).unwrap();
         }
         assert_eq!(fresh.lookups(), 3, "an expired answer is looked up again");
     }

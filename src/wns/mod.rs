@@ -3,7 +3,9 @@
 //!
 //! - [`payload`]: the bytes per client generation.
 //! - [`token`]: the OAuth token, cached, persisted, refreshed single-flight.
-//! - [`client`]: the shared ureq agent, the POST, and the HTTP → verdict table.
+//! - [`client`]: the token request (ureq), the POST, and the HTTP → verdict table.
+//! - [`http`]: the POST's own keep-alive HTTP/1.1-over-TLS client, its connection
+//!   pool, its response parser (fuzzed) and the DNS cache both clients share.
 //!
 //! The pool applies the xep0357-wns.md part D policy to each verdict. Store side
 //! effects of an outcome (deleting a dead channel's device, moving last-seen) are not
@@ -32,6 +34,7 @@
 //! only storage this module knows.
 
 pub mod client;
+pub mod http;
 pub mod payload;
 pub mod token;
 
@@ -252,7 +255,7 @@ impl WnsPool {
             .as_ref()
             .map(|p| client::parse_certs(&p.0))
             .unwrap_or_default();
-        let client = Arc::new(WnsClient::new(cfg, &roots));
+        let client = Arc::new(WnsClient::new(cfg, &roots)?);
         let fetcher = client.clone();
         let tokens = Arc::new(TokenCache::new(
             Box::new(move || fetcher.fetch_token()),
