@@ -577,7 +577,10 @@ fn main() {
     let component = TcpListener::bind("127.0.0.1:0").unwrap();
     let db = match &pg_url {
         Some(url) => serde_json::json!({"url": url}),
-        None => serde_json::json!({"path": "bench.db"}),
+        None => match std::env::var("BENCH_MMAP_MB") {
+            Ok(mb) => serde_json::json!({"path": "bench.db", "mmap_size_mb": mb.parse::<u64>().unwrap()}),
+            Err(_) => serde_json::json!({"path": "bench.db"}),
+        },
     };
     let config = serde_json::json!({
         "wns": {"packet_id": fake_wns::CLIENT_ID, "client_secret": fake_wns::CLIENT_SECRET,
