@@ -35,6 +35,9 @@ use crate::wns::token::TokenVault;
 use crate::xmpp::pep::Pep;
 use crate::xmpp::{LinkSettings, LinkStatus, Mode, XmppLink};
 
+/// How long the start waits for WNS to be warm (token, connections) before XMPP.
+const WARM_WAIT: Duration = Duration::from_secs(2);
+
 /// The store as the WNS token's vault (the interface `wns` owns).
 pub struct StoreVault(pub Arc<Store>);
 
@@ -146,6 +149,14 @@ impl App {
                 Duration::from_secs(10),
             )
         });
+        if let Some(pool) = &parts.wns {
+            // Before the XMPP link: the first publish finds the token and a connection.
+            let sample = parts.store.sample_channels(256).unwrap_or_else(|e| {
+                log::warn!("wns: cannot read stored channels to warm up: {e}");
+                Vec::new()
+            });
+            pool.warm_up(sample, WARM_WAIT);
+        }
         let xmpp = match mode {
             None => None,
             Some(mode) => Some(parts.start_xmpp(mode, waiter, pep_rx, status)?),

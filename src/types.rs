@@ -457,9 +457,14 @@ impl ChannelUri {
     /// The host, lowercased as written (no port), for the send-time allowlist check and
     /// for logs (the path and query carry the device's channel token).
     pub fn host(&self) -> &str {
-        let rest = self.0.get(8..).unwrap_or("");
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let authority = self.authority();
         authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    }
+
+    /// `host[:port]` as written: one WNS endpoint (where connections go).
+    pub fn authority(&self) -> &str {
+        let rest = self.0.get(8..).unwrap_or("");
+        rest.split(['/', '?', '#']).next().unwrap_or("")
     }
 }
 

@@ -517,3 +517,53 @@ fn a_delivery_moves_last_seen_forward() {
     let after = server.db().int("SELECT last_seen_at FROM devices");
     assert!(after > before, "{before} -> {after}");
 }
+
+#[test]
+fn at_start_the_token_and_a_connection_per_worker_wait_for_the_first_push() {
+    let (wns, mut server) = start(json!({"wns": {"workers": 3}}));
+    let c = server.client();
+    register(&c, &wns, 2, "aa01", "warm", None);
+    // Started again with a stored channel: its host gets the connections before the
+    // XMPP link (and the registration listener) start.
+    server.restart();
+    let warm = server
+        .log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains("wns: warm in"))
+        .map(str::to_owned);
+    let warm = warm.expect("a warm-up line before the listener starts");
+    assert!(
+        warm.contains("token ready, 3 connections to 1 hosts"),
+        "{warm}"
+    );
+    let opened = wns.fake.connections();
+    let answer = server.client().send_json(&test_push(2, "aa01"));
+    assert_eq!(answer["status"], 1, "{answer}");
+    assert_eq!(wns.fake.channel_requests("warm").len(), 1);
+    // The push went over one of the connections opened at start.
+    assert_eq!(wns.fake.connections(), opened);
+}
+
+#[test]
+fn a_token_endpoint_that_never_answers_holds_the_start_up_only_briefly() {
+    // Accepts and then says nothing: the TLS handshake of the token request hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!(
+        "https://localhost:{}/accesstoken.srf",
+        silent.local_addr().unwrap().port()
+    );
+    let (wns, mut server) = start(json!({"wns": {"token_url": url, "timeout_ms": 3000}}));
+    assert!(
+        server.log_shows("wns: not warm after 2000 ms"),
+        "{}",
+        server.log_text()
+    );
+    // Started all the same: registrations are answered.
+    let answer = server
+        .client()
+        .send_json(&set_channel(2, "aa01", &wns.fake.channel_uri("c1")));
+    assert_eq!(answer["status"], 1, "{answer}");
+    assert_eq!(server.stop(), Some(0));
+    drop(silent);
+}

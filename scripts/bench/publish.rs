@@ -578,7 +578,9 @@ fn main() {
     let db = match &pg_url {
         Some(url) => serde_json::json!({"url": url}),
         None => match std::env::var("BENCH_MMAP_MB") {
-            Ok(mb) => serde_json::json!({"path": "bench.db", "mmap_size_mb": mb.parse::<u64>().unwrap()}),
+            Ok(mb) => {
+                serde_json::json!({"path": "bench.db", "mmap_size_mb": mb.parse::<u64>().unwrap()})
+            }
             Err(_) => serde_json::json!({"path": "bench.db"}),
         },
     };

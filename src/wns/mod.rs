@@ -197,12 +197,19 @@ pub struct WnsPool {
     jobs: Sender<Job>,
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    /// The `wns-warm` thread of [`WnsPool::warm_up`], joined at stop.
+    warming: Mutex<Option<JoinHandle<()>>>,
+    /// Connections opened per host at warm-up: one per worker.
+    per_host: usize,
 }
+
+/// How many distinct WNS hosts get connections at warm-up.
+const WARM_HOSTS: usize = 16;
 
 impl WnsPool {
     /// Starts `wns.workers` workers. The first one fetches (or loads) the token before
-    /// taking jobs, so the first push is not slowed by it and wrong credentials show up
-    /// in the log at start rather than at the first message.
+    /// taking jobs, so wrong credentials show up in the log at start rather than at the
+    /// first message (and [`WnsPool::warm_up`] waits for the same fetch).
     pub fn start(
         cfg: &WnsConfig,
         client: Arc<WnsClient>,
@@ -239,7 +246,66 @@ impl WnsPool {
             jobs: jobs_tx,
             shared,
             workers,
+            warming: Mutex::new(None),
+            per_host: cfg.workers,
         })
+    }
+
+    /// Gets the first push's work done before it comes: the token, and a connection
+    /// per worker to each host (up to [`WARM_HOSTS`] allowed ones) among `channels` (a
+    /// sample of the stored ones), TLS handshake included. Runs on a `wns-warm` thread;
+    /// waits for it at most `within`, so an unreachable WNS does not hold up the start.
+    /// True when everything was ready in time.
+    pub fn warm_up(&self, channels: Vec<ChannelUri>, within: Duration) -> bool {
+        let mut hosts: Vec<ChannelUri> = Vec::new();
+        for c in channels {
+            if hosts.len() < WARM_HOSTS
+                && self.shared.hosts.allows(c.host())
+                && !hosts.iter().any(|h| h.authority() == c.authority())
+            {
+                hosts.push(c);
+            }
+        }
+        let (done_tx, done_rx) = bounded::<()>(1);
+        let (shared, per_host) = (self.shared.clone(), self.per_host);
+        let started = Instant::now();
+        let spawned = thread::Builder::new()
+            .name("wns-warm".into())
+            .spawn(move || {
+                prefetch_token(&shared);
+                let opened: usize = hosts
+                    .iter()
+                    .map(|h| shared.client.preconnect(h, per_host))
+                    .sum();
+                log::info!(
+                    "wns: warm in {} ms: token {}, {opened} connections to {} hosts",
+                    started.elapsed().as_millis(),
+                    if shared.tokens.expires_at().is_some() {
+                        "ready"
+                    } else {
+                        "missing"
+                    },
+                    hosts.len()
+                );
+                let _ = done_tx.send(());
+            });
+        match spawned {
+            Ok(handle) => {
+                *self.warming.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+            }
+            Err(e) => {
+                log::warn!("wns: cannot start the warm-up thread: {e}");
+                return false;
+            }
+        }
+        let ready = done_rx.recv_timeout(within).is_ok();
+        if !ready {
+            log::warn!(
+                "wns: not warm after {} ms (token endpoint or WNS slow?); starting anyway",
+                within.as_millis()
+            );
+        }
+        ready
     }
 
     /// Builds the whole pipeline from the configuration: the shared HTTPS client (with
@@ -313,6 +379,9 @@ impl WnsPool {
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + grace);
         drop(self.jobs);
         for w in self.workers {
+            join_logged(w);
+        }
+        if let Some(w) = self.warming.into_inner().unwrap_or_else(|p| p.into_inner()) {
             join_logged(w);
         }
         for Delayed(_, job) in std::mem::take(&mut *self.shared.delayed()) {
