@@ -252,7 +252,7 @@ impl WnsPool {
     }
 
     /// Gets the first push's work done before it comes: the token, and a connection
-    /// per worker to each host (up to [`WARM_HOSTS`] allowed ones) among `channels` (a
+    /// per worker to each host (up to 16 allowed ones) among `channels` (a
     /// sample of the stored ones), TLS handshake included. Runs on a `wns-warm` thread;
     /// waits for it at most `within`, so an unreachable WNS does not hold up the start.
     /// True when everything was ready in time.
