@@ -4,9 +4,7 @@
 //! an idle kept-alive connection. Needs Debian's nginx-light (scripts/test.sh installs
 //! it); without nginx the test says so and passes.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -14,28 +12,15 @@ use uwpx_push_server::config::Config;
 use uwpx_push_server::types::{ChannelHosts, ChannelUri};
 use uwpx_push_server::wns::client::{Answer, Verdict, WnsClient, classify, parse_certs};
 
+use crate::util::nginx::{NginxProcess, binary as nginx_binary, free_port};
 use crate::util::{TempDir, TestCert};
 
 const CHUNKED_BODY: &str = "a chunked body from nginx";
 
-fn nginx_binary() -> Option<&'static str> {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// nginx in one process, stopped on drop. `port` keeps connections alive for 60 s,
 /// `short_port` for 1 s.
 struct Nginx {
-    child: Child,
+    _process: NginxProcess,
     dir: PathBuf,
     port: u16,
     short_port: u16,
@@ -92,30 +77,9 @@ http {{
 }}
 "#
         );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(binary)
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start nginx");
-        let t = Instant::now();
-        for p in [port, short_port] {
-            while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-                assert!(
-                    t.elapsed() < Duration::from_secs(10),
-                    "nginx did not start: {log}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let process = NginxProcess::start(binary, dir, &conf, &[port, short_port]);
         Self {
-            child,
+            _process: process,
             dir: dir.to_owned(),
             port,
             short_port,
@@ -142,16 +106,6 @@ http {{
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-QUIT")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
     }
 }
 

@@ -7,16 +7,15 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use super::common;
+use super::nginx_process::{self, NginxProcess};
 
 /// A running nginx, stopped on drop.
 pub struct Nginx {
-    child: Child,
+    process: NginxProcess,
     dir: PathBuf,
     /// The TLS port on 127.0.0.1.
     pub port: u16,
@@ -32,11 +31,7 @@ impl Nginx {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cert.pem"), cert_pem).unwrap();
         std::fs::write(dir.join("key.pem"), key_pem).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = nginx_process::free_port();
         let d = dir.display();
         let conf = format!(
             r#"daemon off;
@@ -70,21 +65,9 @@ http {{
 }}
 "#
         );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(nginx_binary())
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start nginx (apt-get install nginx-light)");
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "nginx did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { child, dir, port }
+        let binary = nginx_process::binary().expect("nginx (apt-get install nginx-light)");
+        let process = NginxProcess::start(binary, &dir, &conf, &[port]);
+        Self { process, dir, port }
     }
 
     /// `https://localhost:PORT` + `path`.
@@ -94,7 +77,7 @@ http {{
 
     /// CPU seconds of the master and all its workers.
     pub fn cpu(&self) -> f64 {
-        let master = self.child.id();
+        let master = self.process.pid();
         let mut total = common::process_cpu(master);
         if let Ok(procs) = std::fs::read_dir("/proc") {
             for p in procs.flatten() {
@@ -166,23 +149,5 @@ http {{
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no Requests/sec in wrk's output:\n{text}"));
         (rate, wrk_cpu, nginx)
-    }
-}
-
-fn nginx_binary() -> &'static str {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .unwrap_or("nginx")
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGQUIT: graceful stop of the master and its workers.
-        let _ = Command::new("kill")
-            .arg("-QUIT")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
     }
 }

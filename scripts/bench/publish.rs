@@ -49,6 +49,8 @@ const SECRET: &str = "bench-component-secret";
 mod common;
 #[path = "nginx.rs"]
 mod nginx;
+#[path = "../../tests/util/nginx.rs"]
+mod nginx_process;
 
 struct Opts {
     seconds: u64,

@@ -448,6 +448,8 @@ pub mod real_xmpp;
 #[path = "../fake_wns/lib.rs"]
 pub mod fake_wns;
 
+pub mod nginx;
+
 /// A fake WNS plus the configuration that points the server at it.
 pub struct WnsFixture {
     pub fake: fake_wns::FakeWns,
