@@ -117,12 +117,16 @@ pub struct ThreadSample {
     total: f64,
     /// Thread id → (name, CPU seconds).
     threads: HashMap<u32, (String, f64)>,
+    /// Thread id → context switches (voluntary and not): how often it slept or was
+    /// put aside.
+    switches: HashMap<u32, u64>,
 }
 
 impl ThreadSample {
     /// Reads `/proc/PID/stat` and every `/proc/PID/task/TID/{comm,stat}`.
     pub fn take(pid: u32) -> Self {
         let mut threads = HashMap::new();
+        let mut switches = HashMap::new();
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for t in tasks.flatten() {
                 let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
@@ -138,11 +142,19 @@ impl ThreadSample {
                         |ns| ns / 1e9,
                     );
                 threads.insert(tid, (name.trim().to_owned(), cpu));
+                let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                let n: u64 = status
+                    .lines()
+                    .filter(|l| l.contains("ctxt_switches:"))
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum();
+                switches.insert(tid, n);
             }
         }
         Self {
             total: process_cpu(pid),
             threads,
+            switches,
         }
     }
 
@@ -152,7 +164,15 @@ impl ThreadSample {
     /// process); what the live threads do not account for is reported as
     /// "(threads that ended)".
     pub fn report(&self, later: &ThreadSample) -> Vec<(String, f64)> {
-        let mut groups: HashMap<String, f64> = HashMap::new();
+        self.report_with_switches(later)
+            .into_iter()
+            .map(|(n, c, _)| (n, c))
+            .collect()
+    }
+
+    /// [`Self::report`] with each group's context switches in between.
+    pub fn report_with_switches(&self, later: &ThreadSample) -> Vec<(String, f64, u64)> {
+        let mut groups: HashMap<String, (f64, u64)> = HashMap::new();
         let mut live = 0.0;
         for (tid, (name, cpu)) in &later.threads {
             let before = self.threads.get(tid).map_or(0.0, |(_, c)| *c);
@@ -164,13 +184,21 @@ impl ThreadSample {
             } else {
                 name.clone()
             };
-            *groups.entry(key).or_default() += d;
+            let sw = later.switches.get(tid).copied().unwrap_or(0)
+                - self.switches.get(tid).copied().unwrap_or(0);
+            let g = groups.entry(key).or_default();
+            g.0 += d;
+            g.1 += sw;
         }
         // The totals count 10 ms ticks: only a difference above their noise is news.
         let ended = (later.total - self.total) - live;
-        let mut out: Vec<(String, f64)> = groups.into_iter().filter(|(_, c)| *c > 0.0).collect();
+        let mut out: Vec<(String, f64, u64)> = groups
+            .into_iter()
+            .filter(|(_, (c, _))| *c > 0.0)
+            .map(|(n, (c, s))| (n, c, s))
+            .collect();
         if ended > 0.03 {
-            out.push(("(threads that ended)".into(), ended));
+            out.push(("(threads that ended)".into(), ended, 0));
         }
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
         out

@@ -218,8 +218,8 @@ struct Measurement {
     wns_us: f64,
     /// CPU µs per reply of the load generator (this process).
     loadgen_us: f64,
-    /// The first instance's CPU µs per reply by thread.
-    threads: Vec<(String, f64)>,
+    /// The first instance's CPU µs and context switches per reply, by thread.
+    threads: Vec<(String, f64, f64)>,
 }
 
 /// Where the server's POSTs go.
@@ -486,9 +486,9 @@ fn measure(
         wns_us: (wns1 - wns0) * 1e6 / replies,
         loadgen_us: (loadgen1 - loadgen0) * 1e6 / replies,
         threads: threads0
-            .report(&threads1)
+            .report_with_switches(&threads1)
             .into_iter()
-            .map(|(n, c)| (n, c * 1e6 / first))
+            .map(|(n, c, s)| (n, c * 1e6 / first, s as f64 / first))
             .collect(),
         rate: seen.iter().map(|s| s.counted).sum::<u64>() as f64 / elapsed,
         p50: pct(0.5),
@@ -699,7 +699,7 @@ fn main() {
             m.loadgen_us,
             m.threads
                 .iter()
-                .map(|(n, c)| format!("{n} {c:.1}"))
+                .map(|(n, c, s)| format!("{n} {c:.1} µs ({s:.2} switches)"))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
