@@ -473,7 +473,15 @@ fn sighup_reopens_the_log_file_and_the_server_keeps_running() {
         .send_json(&set_channel(2, "bb", &channel(2)));
     assert_eq!(answer["status"], 1, "{answer}");
     assert!(server.log_shows("device=bb"), "{}", server.log_text());
-    let fresh = std::fs::read_to_string(&log).unwrap();
+    // The file logger writes after the stderr one that log_shows reads: wait for it.
+    let end = Instant::now() + Duration::from_secs(5);
+    let fresh = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("device=bb") || Instant::now() > end {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     let old = std::fs::read_to_string(&rotated).unwrap();
     assert!(
         fresh.contains("log: reopened") && fresh.contains("device=bb"),
