@@ -27,34 +27,6 @@ use super::postgres::Postgres;
 use super::sqlite::export::{Export, ExportError};
 use crate::config::DbConfig;
 
-/// A device row exactly as stored (the columns both schemas share).
-pub(super) struct DeviceRow {
-    pub device_id: String,
-    pub channel_uri: String,
-    pub version: i64,
-    pub account_form: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub last_seen_at: i64,
-}
-
-/// An account row exactly as stored.
-pub(super) struct AccountRow {
-    pub device_id: String,
-    pub account_key: String,
-    pub domain: Option<String>,
-    pub node: String,
-    pub secret: String,
-    pub created_at: i64,
-}
-
-/// The stored WNS token.
-pub(super) struct TokenRow {
-    pub access_token: String,
-    pub token_type: String,
-    pub expires_at: i64,
-}
-
 /// Why a migration did not happen. In every case the target is unchanged.
 #[derive(Debug)]
 pub enum MigrateError {

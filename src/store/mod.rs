@@ -20,6 +20,7 @@
 
 mod migrate;
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::fmt;

@@ -30,6 +30,7 @@ use ureq::unversioned::resolver::{ResolvedSocketAddrs, Resolver};
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 pub use super::http::CachingResolver;
+pub use super::http::response::{Answer, Diagnostics};
 use super::http::{Https, PoolLimits};
 use super::token::{Fresh, TokenError};
 use crate::config::WnsConfig;
@@ -63,62 +64,6 @@ pub enum Verdict {
     Retryable(String),
     /// 400, 405, 413 and anything unexpected: a request we should not have sent.
     OurBug(String),
-}
-
-/// The diagnostic headers WNS sends; logged on failure (Microsoft support needs them).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Diagnostics {
-    /// `X-WNS-Msg-ID`.
-    pub msg_id: Option<String>,
-    /// `X-WNS-Debug-Trace`.
-    pub debug_trace: Option<String>,
-    /// `X-WNS-Error-Description`.
-    pub error_description: Option<String>,
-    /// `MS-CV`.
-    pub ms_cv: Option<String>,
-    /// `X-WNS-NotificationStatus`, or `X-WNS-Status` where that is what came.
-    pub notification_status: Option<String>,
-    /// `X-WNS-DeviceConnectionStatus`.
-    pub device_status: Option<String>,
-    /// `Retry-After` in seconds.
-    pub retry_after: Option<u64>,
-}
-
-impl std::fmt::Display for Diagnostics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let items = [
-            ("msg-id", &self.msg_id),
-            ("debug-trace", &self.debug_trace),
-            ("error", &self.error_description),
-            ("ms-cv", &self.ms_cv),
-            ("notification-status", &self.notification_status),
-            ("device-status", &self.device_status),
-        ];
-        let mut first = true;
-        for (name, value) in items {
-            if let Some(v) = value {
-                write!(f, "{}{name}={v:?}", if first { "" } else { " " })?;
-                first = false;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The raw answer to a POST: the HTTP status and headers, or a transport failure.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// An HTTP response.
-    Http {
-        /// Status code.
-        status: u16,
-        /// Headers that matter.
-        diagnostics: Diagnostics,
-        /// The first bytes of the body, for "Domain Blocked" and logs.
-        body: String,
-    },
-    /// No HTTP response: connect, TLS, timeout, reset.
-    Transport(String),
 }
 
 /// Turns an answer into a verdict. The mapping table is in the module docs.

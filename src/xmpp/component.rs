@@ -1,5 +1,5 @@
-//! XEP-0114: open a `jabber:component:accept` stream and authenticate with the
-//! handshake (lowercase hex SHA-1 of stream id + shared secret).
+//! XEP-0114: dial the server, open a `jabber:component:accept` stream and authenticate
+//! with the handshake (lowercase hex SHA-1 of stream id + shared secret).
 //!
 //! Threads: `xmpp-io`. No locks.
 
@@ -8,10 +8,24 @@ use std::net::TcpStream;
 
 use sha1::{Digest, Sha1};
 
-use super::XmppError;
 use super::reader::{StanzaReader, StreamEvent};
-use super::reply::{error_condition, esc};
+use super::reply::{self, error_condition, esc};
 use super::stream::login_event;
+use super::{XmppError, srv};
+use crate::config::ComponentConfig;
+
+/// Dials the component port and authenticates; on a cap breach the server is told why.
+pub(super) fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
+    let mut reader = StanzaReader::new(srv::dial(&c.host, c.port)?);
+    if let Err(e) = authenticate(&mut reader, c.jid.as_str(), c.secret.expose()) {
+        if reader.violated() {
+            let stream_error = reply::stream_error("policy-violation");
+            let _ = Write::write_all(reader.get_mut(), stream_error.as_bytes());
+        }
+        return Err(e);
+    }
+    Ok(reader)
+}
 
 /// The component stream's namespace.
 pub const NS_COMPONENT: &str = "jabber:component:accept";

@@ -47,12 +47,13 @@ use crate::net::{self, Socket, Waiter};
 use crate::push::{Completed, Dispatcher};
 use crate::shutdown::{Shutdown, join_logged};
 use crate::store::Store;
+use component::connect_component;
 use lease::{LEASE_STEP, LoginLease};
 use pep::PepRequest;
 use reader::{ReadError, StanzaReader, StreamEvent};
 use reconnect::{Reconnect, STANDBY_RETRY, jitter};
 use session::{Session, Timing};
-use stream::{connect_component, is_stream_error, read_failed, stream_ended};
+use stream::{is_stream_error, read_failed, stream_ended};
 
 /// Why a connection ended or could not be made. Drives the reconnect backoff and the log;
 /// never reaches a wire.

@@ -25,9 +25,8 @@ use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::ns;
 use xmpp_parsers::pubsub::pubsub::{Configure, Create, Subscribe};
-use xmpp_parsers::pubsub::{Event, NodeName, Owner, PubSub, event, owner};
+use xmpp_parsers::pubsub::{NodeName, Owner, PubSub, owner};
 
-use super::publish::{self, Inbound};
 use super::reader::{ReadError, StanzaReader, StreamEvent};
 use super::reply::error_condition;
 use super::{LinkStatus, XmppError};
@@ -184,36 +183,6 @@ fn to_own(iq: Iq, own: &str) -> String {
         Err(_) => iq,
     };
     String::from(&Element::from(iq))
-}
-
-/// A pubsub event message, read with xmpp-parsers' `pubsub::event` (client mode: a push
-/// published to one of our PEP nodes). Anything but published items is `None`.
-pub fn event_of(message: &Element) -> Option<Inbound> {
-    let event = message.get_child("event", ns::PUBSUB_EVENT)?.clone();
-    let event::Payload::Items {
-        node, published, ..
-    } = Event::try_from(event).ok()?.payload
-    else {
-        return None;
-    };
-    let item = published.into_iter().next()?;
-    // Events for nodes that cannot be ours (other PEP data of the push account) are
-    // none of our business.
-    let node = Node::parse(&node.0).ok()?;
-    let summary = item
-        .payload
-        .as_ref()
-        .filter(|p| p.is("notification", publish::NS_PUSH))
-        .and_then(|n| n.get_child("x", publish::NS_DATA))
-        .map(publish::summary_of)
-        .unwrap_or_default();
-    Some(Inbound::Event {
-        from: message.attr("from").unwrap_or("").to_owned(),
-        node,
-        item_id: item.id.map(|i| i.0),
-        publisher: item.publisher.map(|j| j.to_string()),
-        summary,
-    })
 }
 
 /// Most stanzas [`reconcile`] holds for the session; past this they are dropped, with a

@@ -13,6 +13,8 @@
 use std::collections::{HashSet, VecDeque};
 
 use minidom::Element;
+use xmpp_parsers::pubsub::{Event, event};
+use xmpp_parsers::{ns, sasl as xsasl, stanza_error, stream_error};
 
 use crate::push::Publish;
 use crate::types::{Node, Summary};
@@ -88,7 +90,7 @@ pub enum Inbound {
 /// Classifies a stanza read from a stream whose default namespace is `stream_ns`.
 pub fn classify(stanza: &Element, stream_ns: &str) -> Inbound {
     if stanza.is("message", stream_ns) {
-        return super::pep::event_of(stanza).unwrap_or(Inbound::Ignored);
+        return event_of(stanza).unwrap_or(Inbound::Ignored);
     }
     if !stanza.is("iq", stream_ns) {
         return Inbound::Ignored;
@@ -109,7 +111,7 @@ pub fn classify(stanza: &Element, stream_ns: &str) -> Inbound {
         },
         ("error", _) => Inbound::Response {
             id: header.id,
-            error: Some(super::reply::error_condition(stanza)),
+            error: Some(error_condition(stanza)),
         },
         ("set", Some(p)) if p.is("pubsub", NS_PUBSUB) => match parse_publish(p) {
             Ok(Some(publish)) => Inbound::Publish(header, publish),
@@ -181,6 +183,63 @@ pub(super) fn summary_of(form: &Element) -> Summary {
         }
     }
     summary
+}
+
+/// A pubsub event message, read with xmpp-parsers' `pubsub::event` (client mode: a push
+/// published to one of our PEP nodes). Anything but published items is `None`.
+pub fn event_of(message: &Element) -> Option<Inbound> {
+    let event = message.get_child("event", ns::PUBSUB_EVENT)?.clone();
+    let event::Payload::Items {
+        node, published, ..
+    } = Event::try_from(event).ok()?.payload
+    else {
+        return None;
+    };
+    let item = published.into_iter().next()?;
+    // Events for nodes that cannot be ours (other PEP data of the push account) are
+    // none of our business.
+    let node = Node::parse(&node.0).ok()?;
+    let summary = item
+        .payload
+        .as_ref()
+        .filter(|p| p.is("notification", NS_PUSH))
+        .and_then(|n| n.get_child("x", NS_DATA))
+        .map(summary_of)
+        .unwrap_or_default();
+    Some(Inbound::Event {
+        from: message.attr("from").unwrap_or("").to_owned(),
+        node,
+        item_id: item.id.map(|i| i.0),
+        publisher: item.publisher.map(|j| j.to_string()),
+        summary,
+    })
+}
+
+/// The defined condition of an error, by its name (`conflict`, `not-authorized`, …):
+/// of a stanza (an `<iq type='error'>` or its `<error/>`, in either stream namespace),
+/// of a stream error, or of a SASL `<failure/>`. The first child in a condition
+/// namespace that xmpp-parsers' typed condition enum for that namespace accepts wins,
+/// so `<text/>` and application-specific children are skipped wherever they stand;
+/// none is `undefined-condition`.
+pub fn error_condition(e: &Element) -> String {
+    let error = if matches!(e.name(), "error" | "failure") {
+        Some(e)
+    } else {
+        e.children().find(|c| c.name() == "error")
+    };
+    error
+        .into_iter()
+        .flat_map(Element::children)
+        .find(|c| {
+            let c = (*c).clone();
+            match c.ns().as_str() {
+                ns::XMPP_STANZAS => stanza_error::DefinedCondition::try_from(c).is_ok(),
+                ns::XMPP_STREAMS => stream_error::DefinedCondition::try_from(c).is_ok(),
+                ns::SASL => xsasl::DefinedCondition::try_from(c).is_ok(),
+                _ => false,
+            }
+        })
+        .map_or_else(|| "undefined-condition".to_owned(), |c| c.name().to_owned())
 }
 
 /// Recently seen event item ids, to drop a second delivery of the same event.

@@ -28,9 +28,10 @@ use std::sync::LazyLock;
 
 use minidom::Element;
 use xmpp_parsers::disco::{DiscoInfoResult, Identity};
-use xmpp_parsers::{ns, sasl as xsasl, stanza_error, stream_error};
+use xmpp_parsers::ns;
 
 use super::publish::IqHeader;
+pub use super::publish::error_condition;
 use crate::push::PushOutcome;
 use crate::wns::Outcome;
 pub use crate::xml::escape as esc;
@@ -143,33 +144,6 @@ pub fn disco_info(h: &IqHeader) -> String {
         String::from(&Element::from(info))
     });
     iq_result(h, &QUERY)
-}
-
-/// The defined condition of an error, by its name (`conflict`, `not-authorized`, …):
-/// of a stanza (an `<iq type='error'>` or its `<error/>`, in either stream namespace),
-/// of a stream error, or of a SASL `<failure/>`. The first child in a condition
-/// namespace that xmpp-parsers' typed condition enum for that namespace accepts wins,
-/// so `<text/>` and application-specific children are skipped wherever they stand;
-/// none is `undefined-condition`.
-pub fn error_condition(e: &Element) -> String {
-    let error = if matches!(e.name(), "error" | "failure") {
-        Some(e)
-    } else {
-        e.children().find(|c| c.name() == "error")
-    };
-    error
-        .into_iter()
-        .flat_map(Element::children)
-        .find(|c| {
-            let c = (*c).clone();
-            match c.ns().as_str() {
-                ns::XMPP_STANZAS => stanza_error::DefinedCondition::try_from(c).is_ok(),
-                ns::XMPP_STREAMS => stream_error::DefinedCondition::try_from(c).is_ok(),
-                ns::SASL => xsasl::DefinedCondition::try_from(c).is_ok(),
-                _ => false,
-            }
-        })
-        .map_or_else(|| "undefined-condition".to_owned(), |c| c.name().to_owned())
 }
 
 /// disco#items: none.

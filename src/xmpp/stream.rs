@@ -1,15 +1,13 @@
-//! The stream around the session: the component connection and its handshake, events
-//! during a login, and how a stream that broke is explained (and, where we broke
+//! The stream around the session: events during a login, and how a stream that broke
+//! is explained (and, where we broke
 //! off for a rule, told to the server with a stream error).
 //!
 //! Threads: `xmpp-io`. No locks.
 
 use std::io;
-use std::net::TcpStream;
 
 use super::reader::{ReadError, StanzaReader, StreamEvent};
-use super::{XmppError, component, reply, srv};
-use crate::config::ComponentConfig;
+use super::{XmppError, reply};
 use crate::net::Socket;
 
 /// Why a stream that sent something other than a stanza is over.
@@ -54,18 +52,6 @@ pub(super) fn login_event<S: io::Read>(
         ReadError::Policy(p) => XmppError::Protocol(p.into()),
         ReadError::Xml(x) => XmppError::Protocol(x),
     })
-}
-
-pub(super) fn connect_component(c: &ComponentConfig) -> Result<StanzaReader<TcpStream>, XmppError> {
-    let mut reader = StanzaReader::new(srv::dial(&c.host, c.port)?);
-    if let Err(e) = component::authenticate(&mut reader, c.jid.as_str(), c.secret.expose()) {
-        if reader.violated() {
-            let stream_error = reply::stream_error("policy-violation");
-            let _ = io::Write::write_all(reader.get_mut(), stream_error.as_bytes());
-        }
-        return Err(e);
-    }
-    Ok(reader)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use postgres::types::Type;
 
 use super::Postgres;
 use crate::store::StoreError;
-use crate::store::migrate::{AccountRow, DeviceRow, TokenRow};
+use crate::store::rows::{AccountRow, DeviceRow, TokenRow};
 
 /// The transaction an import runs in.
 pub struct Import<'c> {

@@ -28,7 +28,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
 use super::BUSY_TIMEOUT;
 use super::schema::CURRENT;
 use crate::store::StoreError;
-use crate::store::migrate::{AccountRow, DeviceRow, TokenRow};
+use crate::store::rows::{AccountRow, DeviceRow, TokenRow};
 
 /// Why a file cannot be exported.
 pub enum ExportError {

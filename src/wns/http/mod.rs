@@ -39,11 +39,11 @@ use std::time::{Duration, Instant};
 
 use native_tls::{HandshakeError, TlsConnector, TlsStream};
 
-use super::client::Answer;
 use crate::types::ChannelUri;
 use pool::Pool;
 pub use pool::{IDLE_LIMIT, PoolLimits};
 pub use resolve::CachingResolver;
+pub use response::Answer;
 use response::{Response, ResponseParser};
 
 /// The shortest socket timeout set; zero would mean "no timeout" to the kernel.
