@@ -1,7 +1,8 @@
 //! The XMPP side: one I/O thread holds the connection to the XMPP server, reads
 //! publishes, and writes their replies once WNS has answered.
 //!
-//! - [`reader`]: incremental stanza reader with size and depth caps.
+//! - [`reader`]: incremental stanza reader with size and depth caps; `quick`: its
+//!   one-pass path for stanzas whole in the buffer, in the plain shape servers write.
 //! - [`component`]: the XEP-0114 handshake; [`client`]: client mode's login.
 //! - [`publish`]: stanza → typed request (lenient, namespace-agnostic envelope).
 //! - [`reply`]: outcome → IQ reply (THE mapping table), disco, ping, stream errors.
@@ -26,6 +27,7 @@ pub mod component;
 mod lease;
 pub mod pep;
 pub mod publish;
+mod quick;
 pub mod reader;
 mod reconnect;
 pub mod reply;
@@ -378,7 +380,7 @@ fn pump<S: Socket>(
                     };
                 }
                 Ok(StreamEvent::Stanza(stanza)) => {
-                    log::trace!("xmpp: <- {}", reply::redact_secrets(&String::from(&stanza)));
+                    log::trace!("xmpp: <- {}", reply::loggable(&stanza));
                     session.on_stanza(&stanza, Instant::now());
                 }
                 Err(ReadError::Idle) => {

@@ -69,6 +69,14 @@ pub struct StanzaReader<S> {
     /// Whether the last error was a cap, so the caller can still send the stream
     /// error after a login step turned it into a generic failure.
     violated: bool,
+    /// The stream's default namespace, once its header is read: what the quick path
+    /// ([`super::quick`]) gives a stanza that declares none.
+    default_ns: Option<String>,
+    /// Whether rxml stands between two stanzas with nothing of the next one read, so
+    /// the quick path may take the next stanza's bytes in its place.
+    boundary: bool,
+    /// The quick path is on (off only to compare it with rxml in tests).
+    quick: bool,
 }
 
 impl<S: Read> StanzaReader<S> {
@@ -84,7 +92,15 @@ impl<S: Read> StanzaReader<S> {
             stanza_bytes: 0,
             opened: false,
             violated: false,
+            default_ns: None,
+            boundary: false,
+            quick: true,
         }
+    }
+
+    /// Reads every stanza with rxml (tests and the fuzz target compare the two paths).
+    pub fn disable_quick_path(&mut self) {
+        self.quick = false;
     }
 
     /// The stream, for writing (on the same thread).
@@ -113,6 +129,8 @@ impl<S: Read> StanzaReader<S> {
         self.tree = TreeBuilder::new();
         self.stanza_bytes = 0;
         self.opened = false;
+        self.default_ns = None;
+        self.boundary = false;
     }
 
     /// Whether reading stopped at a size or depth cap: the peer is owed a
@@ -132,11 +150,23 @@ impl<S: Read> StanzaReader<S> {
 
     fn next_event_inner(&mut self) -> Result<StreamEvent, ReadError> {
         loop {
+            if self.boundary
+                && self.quick
+                && let Some(ns) = &self.default_ns
+                && let Some((stanza, used)) =
+                    super::quick::stanza(&self.buf[self.start..self.end], ns, MAX_DEPTH)
+            {
+                self.start += used;
+                return Ok(StreamEvent::Stanza(stanza));
+            }
             let mut slice = &self.buf[self.start..self.end];
             let before = slice.len();
             let result = self.parser.parse(&mut slice, false);
             let used = before - slice.len();
             self.start += used;
+            if used > 0 {
+                self.boundary = false;
+            }
             // Counted at every depth: a top-level start tag's attributes arrive while
             // the tree is still at stream level, and are held until the tag closes.
             self.stanza_bytes += used;
@@ -168,11 +198,17 @@ impl<S: Read> StanzaReader<S> {
                             self.opened = true;
                             self.stanza_bytes = 0;
                             let open = self.tree.top().cloned().ok_or(ReadError::Eof)?;
+                            self.default_ns = open.prefixes.get(&None).cloned();
+                            // Not a boundary yet: a self-closing header's end is
+                            // still queued in rxml. The first stanza goes through it.
                             return Ok(StreamEvent::Open(open));
                         }
                         (_, true, 1) => {
                             self.stanza_bytes = 0;
                             if let Some(stanza) = self.tree.unshift_child() {
+                                // An element's end is the last event of its token:
+                                // rxml has nothing of the next stanza.
+                                self.boundary = true;
                                 return Ok(StreamEvent::Stanza(stanza));
                             }
                         }
@@ -257,6 +293,40 @@ mod tests {
                     return out;
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_self_closing_stream_header_ends_the_stream_before_what_follows() {
+        // Found by the fuzz target comparing the quick path with rxml: the header's end
+        // is still queued in rxml when the header is handed out, so the quick path must
+        // not take the next bytes as a stanza.
+        let xml = "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='s'/><iq id='1'/>";
+        for chunk in [1, 7, 4096] {
+            let got = events(xml, chunk);
+            assert_eq!(got[..2], ["open id=s", "close"], "chunk {chunk}");
+        }
+    }
+
+    #[test]
+    fn stanzas_after_the_first_take_the_quick_path_and_read_the_same() {
+        let stream = STREAM.replace(
+            "</stream:stream>",
+            "<iq type='set' id='2'><pubsub xmlns='http://jabber.org/protocol/pubsub'/></iq></stream:stream>",
+        );
+        for chunk in [1, 3, 64, 16 * 1024] {
+            assert_eq!(
+                events(&stream, chunk),
+                [
+                    "open id=s1",
+                    "handshake:jabber:component:accept",
+                    "iq:jabber:component:accept",
+                    "message:jabber:component:accept",
+                    "iq:jabber:component:accept",
+                    "close"
+                ],
+                "chunk {chunk}"
+            );
         }
     }
 
