@@ -36,11 +36,14 @@
 //! ```text
 //! main ─┬─ reg-accept ─┬─ reg-conn (one per client, up to tcp.max_connections)
 //!       │              └─ reg-reject (≤ 64, answer "busy" over the cap, then close)
-//!       ├─ xmpp-io         (owns the XMPP socket; reads with a short timeout, drains
-//!       │                   WNS outcomes in between, pings, reconnects with backoff)
-//!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST over a shared
-//!       │                   keep-alive TLS pool; retries wait in a shared heap, no
-//!       │                   timer thread; apply the outcome's store side effects
+//!       ├─ xmpp-io         (owns the XMPP socket; sleeps in epoll on it and an eventfd
+//!       │                   the workers and PEP requests wake, reads until it would
+//!       │                   block, answers outcomes, pings, reconnects with backoff)
+//!       ├─ wns-warm        (at start: the token and a connection per worker to each
+//!       │                   stored WNS host; the start waits for it at most 2 s)
+//!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST, one TLS record,
+//!       │                   over a shared keep-alive pool; retries wait in a shared
+//!       │                   heap, no timer thread; apply the outcome's store side effects
 //!       │                   through push::effects; a DNS cache miss runs on a
 //!       │                   short-lived wns-resolve thread, not joined)
 //!       ├─ ops-expiry      (hourly sweep of devices unseen for db.device_ttl_days)
@@ -48,8 +51,8 @@
 //!       └─ signals         (SIGINT/SIGTERM → main stops the app; SIGHUP → reopen log.file)
 //! Shared: Arc<Store> (a lock held for one statement or one transaction, never across
 //!         I/O), Arc<ConnContext> (read-only), Arc<WnsPool> (owns the job sender: its
-//!         drop ends the workers), Arc<TokenCache>, Arc<Effects>, Shutdown (a flag plus
-//!         a channel that wakes sleepers).
+//!         drop ends the workers), Arc<TokenCache>, Arc<Effects>, Arc<net::Wake> (the
+//!         XMPP thread's eventfd), Shutdown (a flag plus a channel that wakes sleepers).
 //! ```
 //! Every thread is joined at shutdown, in the order `app` documents, and a panic is
 //! logged at its join.
@@ -59,9 +62,9 @@
 //! - [`types`]: DeviceId, AccountKey, Node, Secret, ChannelUri, Summary and friends.
 //! - [`clock`]: the wall clock, injectable for tests.
 //! - [`metrics`]: process-wide counters, rendered for `/metrics`.
-//! - [`store`]: the storage boundary (SQLite today); the only place with SQL.
+//! - [`store`]: the storage boundary (SQLite or PostgreSQL); the only place with SQL.
 //! - [`registration`]: the TCP/TLS protocol UWPX clients speak.
-//! - [`wns`]: the WNS token, the worker pool and the payloads.
+//! - [`wns`]: the WNS token, the worker pool, the payloads and the notify client.
 //! - [`push`]: publish → node → device → WNS job → outcome; coalescing; side effects.
 //! - [`xmpp`]: the XMPP I/O thread (component and client mode), publish parsing, IQ
 //!   replies.

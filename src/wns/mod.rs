@@ -24,7 +24,8 @@
 //! | queue full, token unavailable   | —                                                  | `Transient`    |
 //!
 //! Threads: `wns-worker-1..K` take jobs from a bounded crossbeam channel and make the
-//! blocking HTTP calls. A job waiting for a retry sits in a shared heap; each worker
+//! blocking HTTP calls; at start a short-lived `wns-warm` gets the token and opens the
+//! first connections ([`WnsPool::warm_up`]), joined at stop. A job waiting for a retry sits in a shared heap; each worker
 //! waits on the channel only until the earliest retry is due, so no worker sleeps and
 //! no extra timer thread exists. The pool owns the channel's only sender: dropping it
 //! at [`WnsPool::stop`] ends every worker once the queue is drained, and each is
