@@ -472,6 +472,13 @@ fn process(shared: &Shared, mut job: Job) {
     }
     let token = match shared.tokens.get(shared.clock.unix_now()) {
         Ok(t) => t,
+        // A token endpoint that did not answer is retried within the job's time, as a
+        // failing WNS is; refused credentials and bad answers end the job at once.
+        Err(e @ token::TokenError::Unreachable(_)) => {
+            job.last_error = e.to_string();
+            let at = Instant::now() + backoff(job.attempts + 1);
+            return retry_at(shared, job, at, true);
+        }
         Err(e) => return job.finish(e.outcome()),
     };
     let sent = Instant::now();
