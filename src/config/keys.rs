@@ -126,7 +126,7 @@ pub const WNS_TIMEOUT_MS: Key<Int> = int(
     100,
     120_000,
     5000,
-    "Longest single HTTP request to WNS.",
+    "Longest single HTTP request to WNS (the token request gets at least 2 s).",
 );
 /// `wns.max_attempts`.
 pub const WNS_MAX_ATTEMPTS: Key<Int> = int(

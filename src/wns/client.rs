@@ -128,6 +128,12 @@ pub struct WnsClient {
 }
 
 /// Longest token response body read.
+/// The token request's shortest timeout (this agent only makes that request). The
+/// token endpoint is another service than the notification endpoint, and slower: a
+/// short `wns.timeout_ms`, chosen for quick retries of notifications, must not make
+/// every token request fail; the request is single-flighted, so one slow one holds up
+/// the workers once, within each push's deadline.
+const TOKEN_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 const BODY_LIMIT: u64 = super::http::response::BODY_LIMIT as u64;
 
 impl WnsClient {
@@ -155,7 +161,7 @@ impl WnsClient {
             .http_status_as_error(false)
             .max_redirects(0)
             .max_redirects_will_error(false)
-            .timeout_global(Some(cfg.timeout))
+            .timeout_global(Some(cfg.timeout.max(TOKEN_TIMEOUT_MIN)))
             .max_idle_connections(limits.total)
             .max_idle_connections_per_host(limits.per_host)
             .user_agent(concat!("uwpx-push-server/", env!("CARGO_PKG_VERSION")))
