@@ -11,7 +11,7 @@
 //! `--against fake|nginx` (the WNS endpoint: the project's fake, default, or nginx,
 //! which `scripts/bench-publish.sh --against nginx` installs and which is then also
 //! driven by wrk for L1, the outbound leg's limit), `--window W`
-//! (closed-loop IQs outstanding, default 256), `--workers K` (wns.workers, default 4),
+//! (closed-loop IQs outstanding, default 256; 0 skips the closed-loop row), `--workers K` (wns.workers, default 4),
 //! `--pg-url URL` (PostgreSQL instead of SQLite: a fresh database is made on the server
 //! URL names; `scripts/bench-publish.sh --postgres` starts a throw-away one with
 //! scripts/pg.sh), `--instances N` (default 1; more than one needs `--pg-url`, and the
@@ -640,6 +640,7 @@ fn main() {
         &mut instances,
         &Opts {
             seconds: 2,
+            window: o.window.max(256),
             ..opts()
         },
         None,
@@ -665,7 +666,7 @@ fn main() {
     );
     let mut p1 = 0.0;
     let rates = o.rates.iter().map(|&r| Some(r as f64));
-    for rate in std::iter::once(None).chain(rates) {
+    for rate in std::iter::once(None).filter(|_| o.window > 0).chain(rates) {
         let mut runs: Vec<Measurement> = (0..o.runs)
             .map(|_| measure(&mut instances, &o, rate, &mut seq, &wns))
             .collect();
