@@ -286,9 +286,9 @@ pub struct WnsPool {
 const WARM_HOSTS: usize = 16;
 
 impl WnsPool {
-    /// Starts `wns.workers` workers. The first one fetches (or loads) the token before
-    /// taking jobs, so wrong credentials show up in the log at start rather than at the
-    /// first message (and [`WnsPool::warm_up`] waits for the same fetch).
+    /// Starts `wns.workers` workers. The token is fetched by [`WnsPool::warm_up`],
+    /// which the server runs at start (so wrong credentials show up in the log then,
+    /// not at the first message), or else by the first job.
     pub fn start(
         cfg: &WnsConfig,
         client: Arc<WnsClient>,
@@ -314,12 +314,7 @@ impl WnsPool {
             workers.push(
                 thread::Builder::new()
                     .name(format!("wns-worker-{i}"))
-                    .spawn(move || {
-                        if i == 1 {
-                            prefetch_token(&shared);
-                        }
-                        worker(&shared, &rx)
-                    })?,
+                    .spawn(move || worker(&shared, &rx))?,
             );
         }
         Ok(Self {
