@@ -3,7 +3,10 @@
 //! formatting the reply. For finding where the thread's CPU per push goes
 //! (`scripts/bench-publish.sh` gives the whole).
 //!
-//! Run: `cargo bench --bench stanza` (options after `--`: `--count N`, default 100000).
+//! Run: `cargo bench --bench stanza` (options after `--`: `--count N`, default 100000;
+//! `--cold 1`: before each publish, write over a 64 MiB buffer, so the parts run with
+//! the CPU caches as another process leaves them between sparse pushes; then the
+//! default count is 3000).
 
 use std::io::Cursor;
 use std::time::Instant;
@@ -24,8 +27,14 @@ fn publish(id: usize) -> String {
 }
 
 fn main() {
-    let a = common::Args::parse(&["count"]);
-    let n: usize = a.get("count", 100_000);
+    let a = common::Args::parse(&["count", "cold"]);
+    let cold = a.get("cold", 0u8) == 1;
+    let n: usize = a.get("count", if cold { 3000 } else { 100_000 });
+    let mut sweep = if cold {
+        vec![0u8; 64 << 20]
+    } else {
+        Vec::new()
+    };
     let mut stream = String::from(
         "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='x' from='push.localhost'>",
     );
@@ -39,6 +48,10 @@ fn main() {
     let mut out = String::new();
     let mut count = 0;
     loop {
+        for b in sweep.iter_mut().step_by(64) {
+            *b = b.wrapping_add(1);
+        }
+        std::hint::black_box(&sweep);
         let t0 = Instant::now();
         let stanza = match reader.next_event() {
             Ok(StreamEvent::Stanza(e)) => e,
@@ -70,8 +83,13 @@ fn main() {
     assert_eq!(count, n);
     let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n as f64;
     println!(
-        "{n} publishes of {} bytes: read {:.2} µs ({:.0} MB/s), classify {:.2} µs, drop the tree {:.2} µs, reply {:.2} µs per publish",
+        "{n} publishes of {} bytes{}: read {:.2} µs ({:.0} MB/s), classify {:.2} µs, drop the tree {:.2} µs, reply {:.2} µs per publish",
         bytes / n,
+        if cold {
+            ", caches evicted before each"
+        } else {
+            ""
+        },
         per(read),
         bytes as f64 / read.as_secs_f64() / 1e6,
         per(classified),
