@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::net::Waiter;
 use crate::ops::http::{OpsHttp, Sources};
 use crate::push::effects::Effects;
-use crate::push::{DispatchSettings, Dispatcher, Return};
+use crate::push::{DispatchSettings, Dispatcher};
 use crate::registration::codec::Rules;
 use crate::registration::conn::ConnContext;
 use crate::registration::handler::{Handler, NodeProvisioner, TestPush};
@@ -32,7 +32,6 @@ use crate::store::{Store, StoreError};
 use crate::types::{Node, SavedToken};
 use crate::wns::WnsPool;
 use crate::wns::token::TokenVault;
-use crate::xmpp::outbox::Outbox;
 use crate::xmpp::pep::Pep;
 use crate::xmpp::{LinkSettings, LinkStatus, Mode, XmppLink};
 
@@ -306,20 +305,19 @@ impl Parts<'_> {
         status: Arc<LinkStatus>,
     ) -> Result<XmppLink, StartError> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let outbox = Arc::new(Outbox::new(Return {
+        let dispatcher = Dispatcher::new(
+            DispatchSettings {
+                store: self.store.clone(),
+                pool: self.wns.clone(),
+                effects: self.effects.clone(),
+                clock: self.clock.clone(),
+                deadline: self.config.wns.deadline,
+                min_interval: self.config.push.min_interval,
+                require_secret: matches!(mode, Mode::Component(_)),
+                wake: waiter.wake(),
+            },
             tx,
-            wake: waiter.wake(),
-        }));
-        let dispatcher = Dispatcher::new(DispatchSettings {
-            store: self.store.clone(),
-            pool: self.wns.clone(),
-            effects: self.effects.clone(),
-            clock: self.clock.clone(),
-            deadline: self.config.wns.deadline,
-            min_interval: self.config.push.min_interval,
-            require_secret: matches!(mode, Mode::Component(_)),
-            outcomes: outbox.clone(),
-        });
+        );
         let settings = LinkSettings {
             mode,
             store: self.store.clone(),
@@ -331,7 +329,7 @@ impl Parts<'_> {
             settings,
             waiter,
             dispatcher,
-            (outbox, rx),
+            rx,
             peps,
             status,
             self.shutdown.clone(),

@@ -55,23 +55,6 @@ impl Wake {
         })
     }
 
-    /// A wake whose thread counts as asleep, with nothing to wake: for tests of what
-    /// other threads do while the I/O thread sleeps.
-    #[cfg(test)]
-    pub(crate) fn parked_for_tests() -> Arc<Self> {
-        Arc::new(Self {
-            waker: None,
-            parked: AtomicBool::new(true),
-        })
-    }
-
-    /// Whether the thread is asleep in [`Waiter::wait`] (or about to be): then waking
-    /// it costs a context switch, and work it would do cheaply in a batch while awake
-    /// may be cheaper done by the caller (`xmpp::outbox`).
-    pub fn is_parked(&self) -> bool {
-        self.parked.load(Ordering::SeqCst)
-    }
-
     /// Call after sending the work (the send must come first: see [`Waiter::wait`]).
     pub fn wake(&self) {
         fence(Ordering::SeqCst);

@@ -8,8 +8,8 @@
 //!
 //! Threads: [`Dispatcher`] runs on `xmpp-io` (a store read per publish, microseconds;
 //! never waits on WNS). Job outcomes come back on `wns-worker-*` threads, which apply
-//! the side effects and hand a [`Completed`] to the [`OutcomeSink`] the XMPP side
-//! gave. Locks: the store's, for one query; [`effects::Effects`]'s briefly.
+//! the side effects and send a [`Completed`] over a channel. Locks: the store's, for
+//! one query; [`effects::Effects`]'s briefly.
 
 pub mod coalesce;
 pub mod effects;
@@ -118,34 +118,25 @@ pub struct Dispatcher {
     deadline: Duration,
     require_secret: bool,
     windows: Windows,
-    outcomes: Arc<dyn OutcomeSink>,
+    outcomes: Arc<Return>,
     next_ticket: u64,
 }
 
-/// Where finished pushes go: the XMPP side, which answers their IQs. Defined here, by
-/// the caller, so that `push` does not depend on `xmpp`.
-pub trait OutcomeSink: Send + Sync {
-    /// Takes a finished push, on a `wns-worker-*` thread: must not block.
-    fn completed(&self, done: Completed);
+/// The way back to the XMPP thread: its outcome channel, and the wake that gets it out
+/// of its sleep once the outcome is in the channel.
+struct Return {
+    tx: Sender<Completed>,
+    wake: Arc<Wake>,
 }
 
-/// The plain way back to the XMPP thread: its outcome channel, and the wake that gets
-/// it out of its sleep once the outcome is in the channel.
-pub struct Return {
-    /// The XMPP thread's outcome channel.
-    pub tx: Sender<Completed>,
-    /// Its wake.
-    pub wake: Arc<Wake>,
-}
-
-impl OutcomeSink for Return {
-    fn completed(&self, done: Completed) {
+impl Return {
+    fn send(&self, done: Completed) {
         let _ = self.tx.send(done);
         self.wake.wake();
     }
 }
 
-/// What a [`Dispatcher`] needs.
+/// What a [`Dispatcher`] needs besides its outcome channel.
 pub struct DispatchSettings {
     /// The store, for node lookups.
     pub store: Arc<Store>,
@@ -162,13 +153,13 @@ pub struct DispatchSettings {
     /// True in component mode (the publish-options carry the secret); false in client
     /// mode (PEP forwards none; the node name is the capability).
     pub require_secret: bool,
-    /// Where outcomes go.
-    pub outcomes: Arc<dyn OutcomeSink>,
+    /// Called after each outcome is sent, to wake the XMPP thread.
+    pub wake: Arc<Wake>,
 }
 
 impl Dispatcher {
-    /// A dispatcher that hands outcomes of the publishes it accepts to `s.outcomes`.
-    pub fn new(s: DispatchSettings) -> Self {
+    /// A dispatcher that sends outcomes of the publishes it accepts to `outcomes`.
+    pub fn new(s: DispatchSettings, outcomes: Sender<Completed>) -> Self {
         let shared = s.store.is_shared() && !s.min_interval.is_zero();
         Self {
             store: s.store,
@@ -185,7 +176,10 @@ impl Dispatcher {
             } else {
                 Windows::Local(Coalescer::new(s.min_interval))
             },
-            outcomes: s.outcomes,
+            outcomes: Arc::new(Return {
+                tx: outcomes,
+                wake: s.wake,
+            }),
             next_ticket: 0,
         }
     }
@@ -289,7 +283,7 @@ impl Dispatcher {
             Box::new(move |f: Finished| {
                 effects.apply(&f, touch);
                 match ticket {
-                    Some(ticket) => outcomes.completed(Completed {
+                    Some(ticket) => outcomes.send(Completed {
                         ticket,
                         outcome: f.outcome,
                     }),

@@ -18,7 +18,7 @@
 //! then read until the socket would block, hand each stanza and the current time to
 //! the session, answer what WNS finished, write what the session queued, and sleep in
 //! [`Waiter::wait`] (epoll) until the socket has input, a WNS worker or registration
-//! thread calls [`crate::net::Wake`], or the session's next timer is due. No polling interval:
+//! thread calls [`net::Wake`], or the session's next timer is due. No polling interval:
 //! a reply leaves as soon as its outcome arrives. It never waits on WNS. It reconnects forever with exponential
 //! backoff (1 s to 60 s, with jitter, sleeping on the shutdown signal) and logs every
 //! state change. One failure is not a failure: a `<conflict/>` stream error means that
@@ -28,7 +28,6 @@
 pub mod client;
 pub mod component;
 mod lease;
-pub mod outbox;
 pub mod pep;
 pub mod publish;
 mod quick;
@@ -49,13 +48,12 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::config::{ClientConfig, ComponentConfig};
-use crate::net::{Socket, Waiter};
+use crate::net::{self, Socket, Waiter};
 use crate::push::{Completed, Dispatcher};
 use crate::shutdown::{Shutdown, join_logged};
 use crate::store::Store;
 use component::connect_component;
 use lease::{LEASE_STEP, LoginLease};
-use outbox::Outbox;
 use pep::PepRequest;
 use reader::{ReadError, StanzaReader, StreamEvent};
 use reconnect::{Reconnect, STANDBY_RETRY, jitter};
@@ -145,13 +143,12 @@ pub struct XmppLink {
 
 impl XmppLink {
     /// Starts the `xmpp-io` thread. `peps` carries client mode's node requests;
-    /// whoever sends on `outcomes` or `peps` calls the `waiter`'s [`crate::net::Wake`] after.
-    /// `outbox` is the dispatcher's outcome sink, whose fallback is `outcomes`.
+    /// whoever sends on `outcomes` or `peps` calls the `waiter`'s [`net::Wake`] after.
     pub fn start(
         settings: LinkSettings,
         waiter: Waiter,
         dispatcher: Dispatcher,
-        (outbox, outcomes): (Arc<Outbox>, Receiver<Completed>),
+        outcomes: Receiver<Completed>,
         peps: Receiver<PepRequest>,
         status: Arc<LinkStatus>,
         shutdown: Shutdown,
@@ -164,7 +161,6 @@ impl XmppLink {
                     s: &settings,
                     dispatcher,
                     outcomes: &outcomes,
-                    outbox: &outbox,
                     peps: &peps,
                     shutdown: &shutdown,
                     lease: LoginLease::default(),
@@ -205,7 +201,6 @@ struct Io<'a> {
     s: &'a LinkSettings,
     dispatcher: Dispatcher,
     outcomes: &'a Receiver<Completed>,
-    outbox: &'a Outbox,
     peps: &'a Receiver<PepRequest>,
     shutdown: &'a Shutdown,
     /// Client mode: the lease that makes this the one instance logged in.
@@ -333,54 +328,37 @@ impl Io<'_> {
             deadline: self.s.deadline,
             grace: self.s.grace,
         };
-        let tcp = reader.get_ref().tcp();
-        if let Err(e) = self.waiter.watch(tcp) {
-            return End::Lost(format!("cannot watch the socket: {e}"));
-        }
-        // Component mode's plain socket is lent to the workers to answer on (after
-        // `watch` made it non-blocking: the flag is shared with the clone).
-        let lent = match id.client {
-            true => None,
-            false => match tcp.try_clone() {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    log::warn!("xmpp: workers cannot answer on the stream: {e}");
-                    None
-                }
-            },
-        };
-        self.outbox.attach(lent);
         let mut session = Session::new(
             id,
             timing,
             &self.s.store,
             &mut self.dispatcher,
-            (self.outcomes, self.peps, self.outbox),
+            (self.outcomes, self.peps),
             Instant::now(),
         );
         for stanza in held {
             session.on_stanza(&stanza, Instant::now());
         }
+        let tcp = reader.get_ref().tcp();
+        if let Err(e) = self.waiter.watch(tcp) {
+            return End::Lost(format!("cannot watch the socket: {e}"));
+        }
         let end = pump(
-            self.outbox,
             &mut self.waiter,
             &mut self.lease,
             self.shutdown,
             &mut session,
             reader,
         );
-        drop(session);
-        self.outbox.detach();
         self.waiter.unwatch(reader.get_ref().tcp());
         end
     }
 }
 
 /// The session's loop: read until the socket would block, answer what WNS has
-/// finished, run the timers, write, then sleep until the socket, a [`crate::net::Wake`] or the
+/// finished, run the timers, write, then sleep until the socket, a [`net::Wake`] or the
 /// next timer needs the thread.
 fn pump<S: Socket>(
-    outbox: &Outbox,
     waiter: &mut Waiter,
     lease: &mut LoginLease,
     shutdown: &Shutdown,
@@ -433,12 +411,13 @@ fn pump<S: Socket>(
         }
         if session.is_drained(now) {
             session.finish_shutdown();
-            let _ = outbox.write(reader.get_mut(), session.out.as_bytes(), WRITE_TIMEOUT);
+            let _ = net::write_all(reader.get_mut(), session.out.as_bytes(), WRITE_TIMEOUT);
             return End::Shutdown;
         }
-        if !session.out.is_empty() || outbox.has_unsent() {
+        if !session.out.is_empty() {
             log::trace!("xmpp: -> {}", session.out);
-            if let Err(e) = outbox.write(reader.get_mut(), session.out.as_bytes(), WRITE_TIMEOUT) {
+            if let Err(e) = net::write_all(reader.get_mut(), session.out.as_bytes(), WRITE_TIMEOUT)
+            {
                 return End::Lost(format!("write failed: {e}"));
             }
             session.out.clear();

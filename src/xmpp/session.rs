@@ -16,7 +16,6 @@ use crossbeam_channel::Receiver;
 use minidom::Element;
 
 use super::Identity;
-use super::outbox::{Outbox, Waiting};
 use super::pep::{self, PepRequest};
 use super::publish::{self, Inbound, IqHeader};
 use super::reply;
@@ -61,6 +60,12 @@ enum PepStep {
     Delete(Node),
 }
 
+/// A publish waiting for its WNS outcome; client mode's have no IQ to answer.
+struct Pending {
+    header: Option<IqHeader>,
+    since: Instant,
+}
+
 /// The state of one stream (see the module docs).
 pub(super) struct Session<'a> {
     id: &'a Identity,
@@ -69,8 +74,7 @@ pub(super) struct Session<'a> {
     dispatcher: &'a mut Dispatcher,
     outcomes: &'a Receiver<Completed>,
     peps: &'a Receiver<PepRequest>,
-    /// The publishes waiting for WNS, shared with the workers, which may answer them.
-    outbox: &'a Outbox,
+    pending: HashMap<Ticket, Pending>,
     /// Deadlines in arrival order (all publishes get the same budget), so expiry is a
     /// look at the front, not a scan; entries of answered IQs are skipped.
     deadlines: VecDeque<(Instant, Ticket)>,
@@ -90,21 +94,16 @@ pub(super) struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    /// A fresh session on a stream that just came up at `now`. `outbox` must be
-    /// attached to the stream already.
+    /// A fresh session on a stream that just came up at `now`.
     pub fn new(
         id: &'a Identity,
         timing: Timing,
         store: &'a Store,
         dispatcher: &'a mut Dispatcher,
-        channels: (
-            &'a Receiver<Completed>,
-            &'a Receiver<PepRequest>,
-            &'a Outbox,
-        ),
+        channels: (&'a Receiver<Completed>, &'a Receiver<PepRequest>),
         now: Instant,
     ) -> Self {
-        let (outcomes, peps, outbox) = channels;
+        let (outcomes, peps) = channels;
         Self {
             id,
             timing,
@@ -112,7 +111,7 @@ impl<'a> Session<'a> {
             dispatcher,
             outcomes,
             peps,
-            outbox,
+            pending: HashMap::new(),
             deadlines: VecDeque::new(),
             pep_steps: HashMap::new(),
             deleting: HashSet::new(),
@@ -129,10 +128,8 @@ impl<'a> Session<'a> {
 
     /// How long the I/O thread may sleep when nothing arrives: until the first IQ
     /// deadline or coalesced push is due (not before the timers may run again), at
-    /// most [`IDLE_WAIT`]. Finished pushes and PEP requests wake it early. Deadlines of
-    /// publishes a worker answered are skipped, so they cost no wake-up.
-    pub fn next_wake(&mut self, now: Instant) -> Duration {
-        self.outbox.prune(&mut self.deadlines);
+    /// most [`IDLE_WAIT`]. Finished pushes and PEP requests wake it early.
+    pub fn next_wake(&self, now: Instant) -> Duration {
         let mut due = now + IDLE_WAIT;
         if let Some((deadline, _)) = self.deadlines.front() {
             due = due.min(*deadline);
@@ -143,10 +140,9 @@ impl<'a> Session<'a> {
         due.max(self.next_timers).saturating_duration_since(now)
     }
 
-    /// Whether finished pushes or PEP requests wait in the channels, or a worker left
-    /// bytes to write.
+    /// Whether finished pushes or PEP requests wait in the channels.
     pub fn has_work(&self) -> bool {
-        !self.outcomes.is_empty() || !self.peps.is_empty() || self.outbox.has_unsent()
+        !self.outcomes.is_empty() || !self.peps.is_empty()
     }
 
     /// Handles one inbound stanza.
@@ -220,7 +216,7 @@ impl<'a> Session<'a> {
         match self.dispatcher.publish(from, p, now) {
             Decision::Now(outcome) => self.answer(from.unwrap_or("pep"), header.as_ref(), &outcome),
             Decision::Later(ticket) => {
-                self.outbox.wait_for(ticket, Waiting { header, since: now });
+                self.pending.insert(ticket, Pending { header, since: now });
                 self.deadlines
                     .push_back((now + self.timing.deadline, ticket));
             }
@@ -239,15 +235,20 @@ impl<'a> Session<'a> {
     /// Answers publishes whose WNS outcome arrived.
     pub fn drain_outcomes(&mut self) {
         while let Ok(done) = self.outcomes.try_recv() {
-            if let Some(p) = self.outbox.take(done.ticket) {
+            if let Some(p) = self.pending.remove(&done.ticket) {
                 METRICS.publish_latency.observe(p.since.elapsed());
                 self.answer_pending(p, &PushOutcome::Wns(done.outcome));
             }
         }
     }
 
-    fn answer_pending(&mut self, p: Waiting, outcome: &PushOutcome) {
-        self.answer(p.from(), p.header.as_ref(), outcome);
+    fn answer_pending(&mut self, p: Pending, outcome: &PushOutcome) {
+        let from = p
+            .header
+            .as_ref()
+            .map_or("pep", |h| h.from.as_str())
+            .to_owned();
+        self.answer(&from, p.header.as_ref(), outcome);
     }
 
     /// Sends the PEP node requests registration threads queued (client mode).
@@ -317,9 +318,12 @@ impl<'a> Session<'a> {
             let Some((_, ticket)) = self.deadlines.pop_front() else {
                 break;
             };
-            if let Some(p) = self.outbox.take(ticket) {
+            if let Some(p) = self.pending.remove(&ticket) {
                 self.answer_pending(p, &PushOutcome::TimedOut);
             }
+        }
+        if self.pending.is_empty() {
+            self.deadlines.clear();
         }
     }
 
@@ -394,7 +398,7 @@ impl<'a> Session<'a> {
         if self.draining.is_none() {
             log::info!(
                 "xmpp: shutting down; {} publishes wait for WNS",
-                self.outbox.waiting()
+                self.pending.len()
             );
             self.draining = Some(now);
         }
@@ -403,13 +407,14 @@ impl<'a> Session<'a> {
     /// Whether the drain is over: nothing is waiting, or the grace ran out.
     pub fn is_drained(&self, now: Instant) -> bool {
         self.draining.is_some_and(|since| {
-            self.outbox.waiting() == 0 || now.duration_since(since) >= self.timing.grace
+            self.pending.is_empty() || now.duration_since(since) >= self.timing.grace
         })
     }
 
     /// Answers what is left with `wait`, fails PEP requests, and closes the stream.
     pub fn finish_shutdown(&mut self) {
-        for p in self.outbox.take_all() {
+        let left: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
+        for p in left {
             self.answer_pending(p, &shutting_down());
         }
         for (_, step) in self.pep_steps.drain() {
@@ -432,7 +437,7 @@ fn bare(jid: &str) -> String {
 
 /// One info line and one count per push outcome; no secrets, no user JIDs (`from` is a
 /// server, or `pep`).
-pub(super) fn log_outcome(from: &str, outcome: &PushOutcome) {
+fn log_outcome(from: &str, outcome: &PushOutcome) {
     use PublishResult as R;
     METRICS.publish(match outcome {
         PushOutcome::Wns(Outcome::Delivered) => R::Delivered,

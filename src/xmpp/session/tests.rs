@@ -34,34 +34,30 @@ struct Rig {
     store: Arc<Store>,
     dispatcher: Dispatcher,
     outcomes: (crossbeam_channel::Sender<Completed>, Receiver<Completed>),
-    outbox: Arc<Outbox>,
     peps: Receiver<PepRequest>,
 }
 
 fn rig() -> Rig {
     let store = Arc::new(Store::open_in_memory().unwrap());
     let (tx, rx) = unbounded();
-    // No stream lent: every outcome takes the channel, as when `xmpp-io` is awake.
-    let outbox = Arc::new(Outbox::new(crate::push::Return {
-        tx: tx.clone(),
-        wake: crate::net::Wake::none(),
-    }));
-    let dispatcher = Dispatcher::new(DispatchSettings {
-        store: store.clone(),
-        pool: None,
-        effects: Arc::new(Effects::new(store.clone(), Clock::manual(0))),
-        clock: Clock::manual(0),
-        deadline: timing().deadline,
-        min_interval: Duration::ZERO,
-        outcomes: outbox.clone(),
-        require_secret: true,
-    });
+    let dispatcher = Dispatcher::new(
+        DispatchSettings {
+            store: store.clone(),
+            pool: None,
+            effects: Arc::new(Effects::new(store.clone(), Clock::manual(0))),
+            clock: Clock::manual(0),
+            deadline: timing().deadline,
+            min_interval: Duration::ZERO,
+            wake: crate::net::Wake::none(),
+            require_secret: true,
+        },
+        tx.clone(),
+    );
     Rig {
         id: identity(),
         store,
         dispatcher,
         outcomes: (tx, rx),
-        outbox,
         peps: unbounded().1,
     }
 }
@@ -73,7 +69,7 @@ impl Rig {
             timing(),
             &self.store,
             &mut self.dispatcher,
-            (&self.outcomes.1, &self.peps, &self.outbox),
+            (&self.outcomes.1, &self.peps),
             now,
         )
     }
@@ -90,9 +86,9 @@ fn header(id: &str) -> IqHeader {
 /// Puts a publish in the waiting state, as a `Decision::Later` would.
 fn waiting(s: &mut Session<'_>, ticket: u64, id: &str, now: Instant) {
     let ticket = Ticket::for_tests(ticket);
-    s.outbox.wait_for(
+    s.pending.insert(
         ticket,
-        Waiting {
+        Pending {
             header: Some(header(id)),
             since: now,
         },
@@ -231,7 +227,7 @@ fn a_publish_wns_does_not_answer_in_time_gets_wait_at_its_deadline() {
     assert!(s.out.contains("id='fast'") && s.out.contains("type='result'"));
     s.out.clear();
     s.tick(t0 + 7 * SEC).unwrap();
-    assert!(s.out.is_empty() && s.outbox.waiting() == 0 && s.deadlines.is_empty());
+    assert!(s.out.is_empty() && s.pending.is_empty() && s.deadlines.is_empty());
     assert_eq!(s.next_wake(t0 + 7 * SEC), IDLE_WAIT);
 }
 
@@ -282,26 +278,6 @@ fn replies_to_requests_we_did_not_send_are_ignored_quietly() {
         s.on_stanza(&stanza(&xml), t0 + SEC);
     }
     assert!(s.out.is_empty(), "{}", s.out);
-    assert!(s.outbox.waiting() == 0 && s.pep_steps.is_empty());
+    assert!(s.pending.is_empty() && s.pep_steps.is_empty());
     assert_eq!(s.tick(t0 + SEC), Ok(()));
-}
-
-#[test]
-fn the_deadline_of_a_publish_a_worker_answered_costs_no_wake_up() {
-    let mut r = rig();
-    let t0 = Instant::now();
-    let mut s = r.session(t0);
-    waiting(&mut s, 1, "answered", t0);
-    waiting(&mut s, 2, "open", t0 + SEC);
-    let near = t0 + 4 * SEC + Duration::from_millis(900);
-    assert_eq!(s.next_wake(near), Duration::from_millis(100));
-    // A worker answered the first on the stream itself (xmpp::outbox).
-    assert!(s.outbox.take(Ticket::for_tests(1)).is_some());
-    // Only the open one's deadline counts now.
-    assert_eq!(s.next_wake(near), IDLE_WAIT);
-    let nearer = t0 + 5 * SEC + Duration::from_millis(900);
-    assert_eq!(s.next_wake(nearer), Duration::from_millis(100));
-    s.tick(t0 + 6 * SEC).unwrap();
-    assert!(!s.out.contains("id='answered'"), "{}", s.out);
-    assert!(s.out.contains("id='open'") && s.out.contains("type='wait'"));
 }
