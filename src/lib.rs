@@ -41,22 +41,18 @@
 //!       │                   block, answers outcomes, pings, reconnects with backoff)
 //!       ├─ wns-warm        (at start: the token and a connection per worker to each
 //!       │                   stored WNS host; the start waits for it at most 2 s)
-//!       ├─ wns-worker-1..K (bounded job channel, idle on a condvar; blocking HTTPS POST,
-//!       │                   one TLS record, over a shared keep-alive pool; retries wait
-//!       │                   in a shared heap, no timer thread; apply the outcome's store
-//!       │                   side effects through push::effects; answer the publish IQ
-//!       │                   on the component socket themselves while xmpp-io sleeps
-//!       │                   (xmpp::outbox); a DNS cache miss runs on a short-lived
-//!       │                   wns-resolve thread, not joined)
+//!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST, one TLS record,
+//!       │                   over a shared keep-alive pool; retries wait in a shared
+//!       │                   heap, no timer thread; apply the outcome's store side effects
+//!       │                   through push::effects; a DNS cache miss runs on a
+//!       │                   short-lived wns-resolve thread, not joined)
 //!       ├─ ops-expiry      (hourly sweep of devices unseen for db.device_ttl_days)
 //!       ├─ ops-http        (optional: /health, /metrics)
 //!       └─ signals         (SIGINT/SIGTERM → main stops the app; SIGHUP → reopen log.file)
 //! Shared: Arc<Store> (a lock held for one statement or one transaction, never across
 //!         I/O), Arc<ConnContext> (read-only), Arc<WnsPool> (owns the job sender: its
 //!         drop ends the workers), Arc<TokenCache>, Arc<Effects>, Arc<net::Wake> (the
-//!         XMPP thread's eventfd), Arc<xmpp::outbox::Outbox> (the waiting publishes
-//!         and the component socket's write side, one lock), Shutdown (a flag plus a
-//!         channel that wakes sleepers).
+//!         XMPP thread's eventfd), Shutdown (a flag plus a channel that wakes sleepers).
 //! ```
 //! Every thread is joined at shutdown, in the order `app` documents, and a panic is
 //! logged at its join.

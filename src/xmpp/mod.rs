@@ -8,13 +8,10 @@
 //! - [`reply`]: outcome → IQ reply (THE mapping table), disco, ping, stream errors.
 //! - [`pep`]: client mode's PEP nodes; `lease`: client mode's login lease (one
 //!   instance at a time); [`srv`]: DNS SRV and dialling every address.
-//! - [`outbox`]: the publishes waiting for WNS and the stream's write side, shared
-//!   with the WNS workers, which answer an IQ themselves while `xmpp-io` sleeps.
 //! - `session`: one stream's state, no I/O; `stream`: the component connection and
 //!   how a broken stream is explained; `reconnect`: when to try again.
 //!
-//! Threads: `xmpp-io` owns the socket (in component mode it lends a handle to the
-//! workers, through the outbox, for answers only). This module is its I/O loop: connect, log in,
+//! Threads: `xmpp-io` owns the socket. This module is its I/O loop: connect, log in,
 //! then read until the socket would block, hand each stanza and the current time to
 //! the session, answer what WNS finished, write what the session queued, and sleep in
 //! [`Waiter::wait`] (epoll) until the socket has input, a WNS worker or registration
