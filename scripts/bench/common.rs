@@ -95,10 +95,13 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1))]
 }
 
-/// Starts the real release binary with `config`, draining its stderr so it never
-/// blocks on a full pipe.
+/// Starts the real release binary with `config` (or the binary `BENCH_SERVER_BIN`
+/// names, to compare two builds under one load generator), draining its stderr so it
+/// never blocks on a full pipe.
 pub fn spawn_server(config: &Path) -> Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_uwpx-push-server"))
+    let binary = std::env::var("BENCH_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_uwpx-push-server").to_owned());
+    let mut child = Command::new(binary)
         .arg("--config")
         .arg(config)
         .stderr(Stdio::piped())
