@@ -259,11 +259,18 @@ impl Store {
         }
     }
 
-    /// Opens (creating if needed) the SQLite database at `path` with the default cache
-    /// settings, and migrates it (benchmarks and tools).
+    /// Opens (creating if needed) the SQLite database at `path` with the configuration's
+    /// default cache settings, and migrates it (benchmarks and tools).
     pub fn open_sqlite(path: &Path, sync: Synchronous) -> Result<Self, StoreError> {
+        use crate::config::keys::{DB_CACHE_SIZE_MB, DB_MMAP_SIZE_MB};
+        let (mmap, cache) = (DB_MMAP_SIZE_MB.spec.default, DB_CACHE_SIZE_MB.spec.default);
         Ok(Self {
-            backend: Backend::Sqlite(sqlite::Sqlite::open_file(path, sync, 256 << 20, 16 << 20)?),
+            backend: Backend::Sqlite(sqlite::Sqlite::open_file(
+                path,
+                sync,
+                mmap << 20,
+                cache << 20,
+            )?),
         })
     }
 
