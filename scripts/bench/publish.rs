@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::params;
 use uwpx_push_server::xmpp::component::handshake;
 use uwpx_push_server::xmpp::reader::{ReadError, StanzaReader, StreamEvent};
 
@@ -47,6 +46,9 @@ const SECRET: &str = "bench-component-secret";
 
 #[path = "common.rs"]
 mod common;
+#[path = "devices.rs"]
+mod devices;
+use devices::{node, populate};
 #[path = "nginx.rs"]
 mod nginx;
 #[path = "../../tests/util/nginx.rs"]
@@ -90,39 +92,7 @@ fn opts() -> Opts {
     }
 }
 
-/// Fills the database with `n` devices, one account each (node "n<i>", secret "s<i>").
-fn populate(db: &std::path::Path, n: usize, channel: &dyn Fn(usize) -> String) {
-    // Let the server's own schema code create the file first.
-    uwpx_push_server::store::Store::open_sqlite(db, uwpx_push_server::config::Synchronous::Normal)
-        .unwrap()
-        .close()
-        .unwrap();
-    let mut conn = rusqlite::Connection::open(db).unwrap();
-    let tx = conn.transaction().unwrap();
-    // Seen now: the expiry sweep at start must not take them.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    {
-        let mut dev = tx.prepare("INSERT INTO devices (device_id, channel_uri, version, account_form, created_at, updated_at, last_seen_at) VALUES (?1, ?2, 2, 'account_id', ?3, ?3, ?3)").unwrap();
-        let mut acc = tx.prepare("INSERT INTO accounts (device_id, account_key, domain, node, secret, created_at) VALUES (?1, ?2, NULL, ?3, ?4, 0)").unwrap();
-        for i in 0..n {
-            let d = format!("{i:064x}");
-            dev.execute(params![d, channel(i), now]).unwrap();
-            acc.execute(params![
-                d,
-                format!("{:064x}", i + 7),
-                node(i),
-                format!("s{i:040}")
-            ])
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
-}
-
-/// The same rows as [`populate`], on PostgreSQL (whose schema the first server made),
+/// The same rows as [`devices::populate`], on PostgreSQL (whose schema the first server made),
 /// 1000 rows per statement.
 fn populate_pg(url: &str, n: usize, channel: &dyn Fn(usize) -> String) {
     let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
@@ -175,16 +145,6 @@ fn fresh_pg_database(admin: &str) -> String {
         format!("?{query}")
     };
     format!("{}/{name}{query}", &base[..cut])
-}
-
-/// Node names as the server makes them: 32 random-looking hex characters (a shared
-/// prefix would make every index comparison unrealistically long).
-fn node(i: usize) -> String {
-    let mut z = (i as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    format!("{z:016x}{:016x}", z.rotate_left(17) ^ i as u64)
 }
 
 fn publish(id: u64, i: usize) -> String {

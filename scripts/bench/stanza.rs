@@ -4,6 +4,7 @@
 //! (`scripts/bench-publish.sh` gives the whole).
 //!
 //! Run: `cargo bench --bench stanza` (options after `--`: `--count N`, default 100000;
+//! `--devices N`, default 100000, registered devices for the node lookups, 0 for none;
 //! `--cold 1`: before each publish, write over a 64 MiB buffer, so the parts run with
 //! the CPU caches as another process leaves them between sparse pushes; then the
 //! default count is 3000).
@@ -11,12 +12,17 @@
 use std::io::Cursor;
 use std::time::Instant;
 
+use uwpx_push_server::config::Synchronous;
+use uwpx_push_server::store::Store;
+use uwpx_push_server::types::Node;
 use uwpx_push_server::xmpp::publish::{Inbound, classify};
 use uwpx_push_server::xmpp::reader::{StanzaReader, StreamEvent};
 use uwpx_push_server::xmpp::reply;
 
 #[path = "common.rs"]
 mod common;
+#[path = "devices.rs"]
+mod devices;
 
 const NS: &str = "jabber:component:accept";
 
@@ -27,7 +33,15 @@ fn publish(id: usize) -> String {
 }
 
 fn main() {
-    let a = common::Args::parse(&["count", "cold"]);
+    let a = common::Args::parse(&["count", "cold", "devices"]);
+    let devices: usize = a.get("devices", 100_000);
+    let dir = std::env::temp_dir().join(format!("uwpx-bench-stanza-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("bench.db");
+    let store = (devices > 0).then(|| {
+        devices::populate(&db, devices, &|i| format!("https://localhost/d/{i}"));
+        Store::open_sqlite(&db, Synchronous::Normal).unwrap()
+    });
     let cold = a.get("cold", 0u8) == 1;
     let n: usize = a.get("count", if cold { 3000 } else { 100_000 });
     let mut sweep = if cold {
@@ -45,6 +59,8 @@ fn main() {
     // Each part timed on its own, one publish at a time as the XMPP thread does.
     let mut reader = StanzaReader::new(Cursor::new(stream.into_bytes()));
     let (mut read, mut classified, mut dropped, mut replied) = Default::default();
+    let mut looked_up = std::time::Duration::ZERO;
+    let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut out = String::new();
     let mut count = 0;
     loop {
@@ -66,6 +82,16 @@ fn main() {
             }
             other => panic!("{other:?}"),
         };
+        classified += t1.elapsed();
+        if let Some(store) = &store {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let node = Node::parse(&devices::node(rng as usize % devices)).unwrap();
+            let t = Instant::now();
+            assert!(store.node_target(&node).unwrap().is_some());
+            looked_up += t.elapsed();
+        }
         let t2 = Instant::now();
         drop(stanza);
         let t3 = Instant::now();
@@ -75,15 +101,16 @@ fn main() {
         }
         let t4 = Instant::now();
         read += t1 - t0;
-        classified += t2 - t1;
         dropped += t3 - t2;
         replied += t4 - t3;
         count += 1;
     }
     assert_eq!(count, n);
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
     let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n as f64;
     println!(
-        "{n} publishes of {} bytes{}: read {:.2} µs ({:.0} MB/s), classify {:.2} µs, drop the tree {:.2} µs, reply {:.2} µs per publish",
+        "{n} publishes of {} bytes{}: read {:.2} µs ({:.0} MB/s), classify {:.2} µs, node lookup among {devices} devices {:.2} µs, drop the tree {:.2} µs, reply {:.2} µs per publish",
         bytes / n,
         if cold {
             ", caches evicted before each"
@@ -93,6 +120,7 @@ fn main() {
         per(read),
         bytes as f64 / read.as_secs_f64() / 1e6,
         per(classified),
+        per(looked_up),
         per(dropped),
         per(replied)
     );
