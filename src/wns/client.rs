@@ -127,13 +127,13 @@ pub struct WnsClient {
     client_secret: String,
 }
 
-/// Longest token response body read.
 /// The token request's shortest timeout (this agent only makes that request). The
 /// token endpoint is another service than the notification endpoint, and slower: a
 /// short `wns.timeout_ms`, chosen for quick retries of notifications, must not make
 /// every token request fail; the request is single-flighted, so one slow one holds up
 /// the workers once, within each push's deadline.
 const TOKEN_TIMEOUT_MIN: Duration = Duration::from_secs(2);
+/// Longest token response body read.
 const BODY_LIMIT: u64 = super::http::response::BODY_LIMIT as u64;
 
 impl WnsClient {
