@@ -25,9 +25,9 @@
 //!
 //! Threads: `wns-worker-1..K` take jobs from a bounded crossbeam channel and make the
 //! blocking HTTP calls; at start a short-lived `wns-warm` gets the token and opens the
-//! first connections ([`WnsPool::warm_up`]), joined at stop. A job waiting for a retry sits in a shared heap; each worker
-//! waits on the channel only until the earliest retry is due, so no worker sleeps and
-//! no extra timer thread exists. The pool owns the channel's only sender: dropping it
+//! first connections ([`WnsPool::warm_up`]), joined at stop. A job waiting for a retry
+//! sits in a shared heap; each worker waits on the channel only until the earliest
+//! retry is due, so no worker sleeps and no extra timer thread exists. The pool owns the channel's only sender: dropping it
 //! at [`WnsPool::stop`] ends every worker once the queue is drained, and each is
 //! joined. Outcomes are handed back through each job's [`Reply`], which must not block
 //! for long. Locks: `delayed`, `paused_until`, `stop_by` and the token cache's, each
@@ -470,9 +470,7 @@ fn process(shared: &Shared, mut job: Job) {
         // A token endpoint that did not answer is retried within the job's time, as a
         // failing WNS is; refused credentials and bad answers end the job at once.
         Err(e @ token::TokenError::Unreachable(_)) => {
-            job.last_error = e.to_string();
-            let at = Instant::now() + backoff(job.attempts + 1);
-            return retry_at(shared, job, at, true);
+            return retry_after_backoff(shared, job, e.to_string());
         }
         Err(e) => return job.finish(e.outcome()),
     };
@@ -557,9 +555,7 @@ fn on_verdict(shared: &Shared, mut job: Job, verdict: Verdict, token_generation:
         }
         Verdict::Retryable(e) => {
             log::warn!("wns: {who} {e} {diag}");
-            job.last_error = format!("WNS unreachable or failing ({e})");
-            let at = Instant::now() + backoff(job.attempts + 1);
-            retry_at(shared, job, at, true)
+            retry_after_backoff(shared, job, format!("WNS unreachable or failing ({e})"))
         }
         Verdict::OurBug(e) => {
             log::error!("wns: {who} rejected our request: {e} {diag}");
@@ -591,6 +587,14 @@ fn retry_at(shared: &Shared, mut job: Job, at: Instant, counts: bool) {
         return job.finish(shutting_down());
     }
     shared.delayed().push(Delayed(at, job));
+}
+
+/// Schedules the job's next attempt after the backoff for it, remembering `why` the
+/// last one failed (the answer if no attempt is left).
+fn retry_after_backoff(shared: &Shared, mut job: Job, why: String) {
+    job.last_error = why;
+    let at = Instant::now() + backoff(job.attempts + 1);
+    retry_at(shared, job, at, true)
 }
 
 /// Exponential backoff with ±50 % jitter: 250 ms, 500 ms, 1 s, … capped at 8 s.
