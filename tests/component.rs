@@ -144,10 +144,7 @@ fn secrets_nodes_and_domains_are_checked() {
 
 #[test]
 fn wns_outcomes_map_to_iq_replies() {
-    // The deadline bounds each case. The HTTP timeout also caps the token request at
-    // start, which on a loaded CI machine once took longer than 300 ms (the first case
-    // was then answered `wait`, for the missing token, instead of `cancel`).
-    let mut r = rig(json!({"wns": {"timeout_ms": 1000, "deadline_ms": 1500}}));
+    let mut r = rig(json!({"wns": {"timeout_ms": 300, "deadline_ms": 1500}}));
     let cases = [
         ("gone", Reply::status(410), "cancel/item-not-found", false),
         (
