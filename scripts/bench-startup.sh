@@ -24,7 +24,7 @@ now = int(time.time())
 c.execute("BEGIN")
 c.executemany("INSERT INTO devices VALUES (?, ?, 2, 'account_id', ?, ?, ?)",
               ((f"{i:064x}", f"https://db5p.notify.windows.com/?token={i}", now, now, now) for i in range(n)))
-c.executemany("INSERT INTO accounts VALUES (?, ?, NULL, ?, ?, 0)",
+c.executemany("INSERT INTO accounts (device_id, account_key, domain, node, secret, created_at) VALUES (?, ?, NULL, ?, ?, 0)",
               ((f"{i:064x}", f"{i + 7:064x}", os.urandom(16).hex(), os.urandom(24).hex()) for i in range(n)))
 c.commit()
 c.close()
