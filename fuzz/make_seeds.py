@@ -153,6 +153,20 @@ def stanzas():
     # Mode byte: bit 0 = client namespace, bits 1..7 = bytes per read (0 = 16 KiB).
     seeds["prosody_component_publish"] = b"\x00" + (COMPONENT_HEAD + "<handshake/>" + PROSODY_PUBLISH).encode()
     seeds["ejabberd_component_publish"] = b"\x00" + (COMPONENT_HEAD + "<handshake/>" + EJABBERD_PUBLISH).encode()
+    # Publishes read into their fields (after the first stanza): both servers', and
+    # one with repeated fields, values and secrets, whitespace and an unknown child.
+    variant = (
+        "<iq type='set' id='v1' from='localhost' to='push.localhost'>\n <pubsub xmlns='http://jabber.org/protocol/pubsub'>"
+        "<publish-options><x xmlns='jabber:x:data'><field var='secret'/><field var='secret'><value>s&amp;1</value></field>"
+        "<field var='secret'><value>s2</value></field></x></publish-options><other/>"
+        "<publish node='0123456789abcdef0123456789abcdef'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='urn:other'/>"
+        "<x xmlns='jabber:x:data'><field var='message-count'><value>2</value></field><field var='message-count'><value> 3 </value><value>4</value></field>"
+        "<field var='last-message-body'><value>a<b/>c &#x41;</value></field><field var='last-message-sender'><value></value></field>"
+        "</x></notification></item></publish></pubsub>\n</iq>"
+    )
+    seeds["component_publishes_into_fields"] = b"\x00" + (
+        COMPONENT_HEAD + "<handshake/>" + PROSODY_PUBLISH + EJABBERD_PUBLISH + variant + "</stream:stream>"
+    ).encode()
     seeds["prosody_publish_cut5"] = b"\x0a" + (COMPONENT_HEAD + PROSODY_PUBLISH_NO_OPTIONS + "</stream:stream>").encode()
     seeds["prosody_client_event"] = b"\x01" + (CLIENT_HEAD + PROSODY_EVENT + "\n" + PROSODY_EVENT + PEP_PUBLISH_RESULT + PEP_ERROR).encode()
     seeds["component_disco_ping_error"] = b"\x00" + (COMPONENT_HEAD + DISCO + " " + PING + APP_ERROR_REPLY + "</stream:stream>").encode()

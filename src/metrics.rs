@@ -141,6 +141,9 @@ pub struct Metrics {
     token_requests: [AtomicU64; 3],
     /// 1 while the token endpoint's last answer refused our credentials.
     credentials_rejected: AtomicU64,
+    /// Publishes the XMPP thread read straight into their fields, with no XML tree
+    /// (`xmpp::quick`): with a server that writes the plain shape, nearly all of them.
+    publishes_without_tree: AtomicU64,
     /// Time of one WNS HTTP request.
     pub wns_latency: Histogram,
     /// Time from a publish IQ's arrival to its reply.
@@ -159,6 +162,7 @@ impl Metrics {
             wns_responses: [const { AtomicU64::new(0) }; WNS_CODES.len() + 1],
             token_requests: [const { AtomicU64::new(0) }; 3],
             credentials_rejected: AtomicU64::new(0),
+            publishes_without_tree: AtomicU64::new(0),
             wns_latency: Histogram::new(),
             publish_latency: Histogram::new(),
         }
@@ -167,6 +171,11 @@ impl Metrics {
     /// Counts a registration request.
     pub fn registration(&self, action: RegAction, result: RegResult) {
         self.registrations[action as usize][result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a publish read without a tree.
+    pub fn publish_without_tree(&self) {
+        self.publishes_without_tree.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a publish outcome.
@@ -215,6 +224,11 @@ impl Metrics {
                 self.publishes[i].load(Ordering::Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP uwpx_publishes_read_without_tree_total Publishes read straight into their fields (the quick path); the rest were read as XML trees.\n# TYPE uwpx_publishes_read_without_tree_total counter\nuwpx_publishes_read_without_tree_total {}",
+            self.publishes_without_tree.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP uwpx_wns_responses_total WNS answers by HTTP status (\"transport\": none).\n# TYPE uwpx_wns_responses_total counter\n");
         for (i, code) in WNS_CODES.iter().enumerate() {
             let label = if *code == 0 {
@@ -277,6 +291,8 @@ mod tests {
         let m = Metrics::new();
         m.registration(RegAction::SetPushAccounts, RegResult::Ok);
         m.publish(PublishResult::ChannelGone);
+        m.publish_without_tree();
+        m.publish_without_tree();
         m.wns_response(Some(410));
         m.wns_response(Some(418));
         m.wns_response(None);
@@ -288,6 +304,7 @@ mod tests {
         );
         assert!(out.contains("uwpx_registrations_total{action=\"invalid\",result=\"rejected\"} 0"));
         assert!(out.contains("uwpx_publishes_total{outcome=\"channel_gone\"} 1"));
+        assert!(out.contains("\nuwpx_publishes_read_without_tree_total 2\n"));
         assert!(out.contains("uwpx_wns_responses_total{status=\"410\"} 1"));
         assert!(out.contains("uwpx_wns_responses_total{status=\"other\"} 1"));
         assert!(out.contains("uwpx_wns_responses_total{status=\"transport\"} 1"));

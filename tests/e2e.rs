@@ -53,6 +53,7 @@ fn component_config(xmpp: &RealServer, wns: &WnsFixture, extra: Value) -> Value 
                                "host": "127.0.0.1", "port": xmpp.component_port}},
         "wns": {"deadline_ms": 4000, "max_attempts": 2},
         "push": {"min_interval_ms": 0},
+        "metrics": {"listen": "127.0.0.1:0"},
     }));
     merge(&mut config, &extra);
     config
@@ -239,6 +240,20 @@ fn full_path(kind: Kind) {
     wait_log(&w.server, "xmpp: connected as push.localhost", 2);
     w.xmpp.message("alice1");
     assert_eq!(one_push(&w, "a1", 2)["account_id"], id1.as_str());
+
+    // The server's publishes were read straight into their fields (the XMPP thread's
+    // quick path), not as XML trees: all of them here (7 from ejabberd, 8 or 9 from
+    // Prosody), give or take one that arrived split between two reads.
+    let metrics = w.server.http_get("/metrics");
+    let without_tree: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("uwpx_publishes_read_without_tree_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(
+        without_tree >= 6,
+        "{kind:?}: {without_tree} publishes read without a tree"
+    );
 
     // Every reply we sent was in the stream's namespace: the servers logged no
     // untyped errors (Prosody's "nil" error type shows as "<nil:").

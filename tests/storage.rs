@@ -357,7 +357,7 @@ fn postgres_going_away_and_coming_back_is_survived_without_a_restart() {
     conn.send(&prosody_publish("p1", "localhost", &node, Some(&secret), 1));
     let reply = conn.reply_to("p1");
     assert!(verdict(&reply).starts_with("wait/"), "{}", verdict(&reply));
-    let health = http_get(&server, "/health");
+    let health = server.http_get("/health");
     assert!(
         health.starts_with("HTTP/1.1 503") && health.contains("database"),
         "{health}"
@@ -389,26 +389,4 @@ fn postgres_going_away_and_coming_back_is_survived_without_a_restart() {
     let after = server.dump();
     assert!(before.iter().all(|l| after.contains(l)));
     assert!(!after.iter().any(|l| l.starts_with("ff1")), "{after:?}");
-}
-
-/// A plain HTTP GET to the server's ops endpoint.
-fn http_get(server: &Server, path: &str) -> String {
-    assert!(server.log_shows("ops: health and metrics on http://"));
-    let log = server.log_text();
-    let addr = log
-        .split("ops: health and metrics on http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .expect("ops endpoint address in the log")
-        .to_owned();
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }

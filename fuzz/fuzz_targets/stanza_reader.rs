@@ -12,7 +12,9 @@
 //! same id and the addresses swapped: escaping holds, whatever the id or JIDs hold. And
 //! that the reader's quick path (`xmpp/quick.rs`) changes nothing: the same bytes, read
 //! the same way with the quick path off (rxml and minidom alone), give the same events,
-//! tree for tree, and end the same way.
+//! tree for tree, and end the same way. And that publishes read straight into their
+//! fields (`StanzaReader::next_inbound`, the XMPP thread's way) are what `classify`
+//! reads from the same stanzas' trees.
 #![no_main]
 
 use std::io::{self, Read};
@@ -21,7 +23,7 @@ use libfuzzer_sys::fuzz_target;
 use minidom::Element;
 use uwpx_push_server::types::jid_domain;
 use uwpx_push_server::xmpp::publish::{self, Inbound, IqHeader, RecentItems};
-use uwpx_push_server::xmpp::reader::{ReadError, StanzaReader, StreamEvent};
+use uwpx_push_server::xmpp::reader::{Next, ReadError, StanzaReader, StreamEvent};
 use uwpx_push_server::xmpp::reply;
 
 const NS_COMPONENT: &str = "jabber:component:accept";
@@ -65,6 +67,11 @@ fuzz_target!(|data: &[u8]| {
     let quick = events(stream, chunk, true);
     let full = events(stream, chunk, false);
     assert_eq!(quick, full, "the quick path read differently");
+    assert_eq!(
+        inbound(stream, chunk, ns),
+        classified(full, ns),
+        "publishes read into fields differ from what classify reads in their trees"
+    );
     let mut seen = RecentItems::new(8);
     for event in &quick {
         if let Event::Stanza(stanza) = event {
@@ -105,6 +112,57 @@ fn events(stream: &[u8], chunk: usize, quick: bool) -> Vec<Event> {
             Err(ReadError::Idle) => continue,
             Err(e) => {
                 out.push(Event::End(format!("{e:?}")));
+                return out;
+            }
+        }
+    }
+}
+
+/// An event with its stanza classified, as the session sees it.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Open(Element),
+    Stanza(Inbound),
+    Close,
+    End(String),
+}
+
+/// The events of a read with the stanzas classified.
+fn classified(events: Vec<Event>, ns: &str) -> Vec<Seen> {
+    events
+        .into_iter()
+        .map(|e| match e {
+            Event::Open(h) => Seen::Open(h),
+            Event::Stanza(s) => Seen::Stanza(publish::classify(&s, ns)),
+            Event::Close => Seen::Close,
+            Event::End(why) => Seen::End(why),
+        })
+        .collect()
+}
+
+/// What the XMPP thread's loop reads: publishes in the quick shape straight into their
+/// fields (`StanzaReader::next_inbound`), anything else as trees, classified.
+fn inbound(stream: &[u8], chunk: usize, ns: &str) -> Vec<Seen> {
+    let mut reader = StanzaReader::new(Trickle {
+        data: stream,
+        chunk,
+        block_next: false,
+    });
+    let mut out = Vec::new();
+    loop {
+        match reader.next_inbound(ns) {
+            Ok(Next::Publish(h, p)) => out.push(Seen::Stanza(Inbound::Publish(h, p))),
+            Ok(Next::Event(StreamEvent::Open(header))) => out.push(Seen::Open(header)),
+            Ok(Next::Event(StreamEvent::Stanza(s))) => {
+                out.push(Seen::Stanza(publish::classify(&s, ns)))
+            }
+            Ok(Next::Event(StreamEvent::Close)) => {
+                out.push(Seen::Close);
+                return out;
+            }
+            Err(ReadError::Idle) => continue,
+            Err(e) => {
+                out.push(Seen::End(format!("{e:?}")));
                 return out;
             }
         }

@@ -5,6 +5,8 @@
 //!
 //! Run: `cargo bench --bench stanza` (options after `--`: `--count N`, default 100000;
 //! `--devices N`, default 100000, registered devices for the node lookups, 0 for none;
+//! `--fields 1`: read each publish into its fields with no tree, as the XMPP thread
+//! does (classify and drop are then part of the read, and show 0);
 //! `--cold 1`: before each publish, write over a 64 MiB buffer, so the parts run with
 //! the CPU caches as another process leaves them between sparse pushes; then the
 //! default count is 3000).
@@ -16,7 +18,7 @@ use uwpx_push_server::config::Synchronous;
 use uwpx_push_server::store::Store;
 use uwpx_push_server::types::Node;
 use uwpx_push_server::xmpp::publish::{Inbound, classify};
-use uwpx_push_server::xmpp::reader::{StanzaReader, StreamEvent};
+use uwpx_push_server::xmpp::reader::{Next, StanzaReader, StreamEvent};
 use uwpx_push_server::xmpp::reply;
 
 #[path = "common.rs"]
@@ -33,7 +35,8 @@ fn publish(id: usize) -> String {
 }
 
 fn main() {
-    let a = common::Args::parse(&["count", "cold", "devices"]);
+    let a = common::Args::parse(&["count", "cold", "devices", "fields"]);
+    let fields = a.get("fields", 0u8) == 1;
     let devices: usize = a.get("devices", 100_000);
     let dir = std::env::temp_dir().join(format!("uwpx-bench-stanza-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -63,26 +66,56 @@ fn main() {
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
     let mut out = String::new();
     let mut count = 0;
+    let mut with_tree = 0;
     loop {
         for b in sweep.iter_mut().step_by(64) {
             *b = b.wrapping_add(1);
         }
         std::hint::black_box(&sweep);
         let t0 = Instant::now();
-        let stanza = match reader.next_event() {
-            Ok(StreamEvent::Stanza(e)) => e,
-            Ok(StreamEvent::Open(_)) => continue,
-            _ => break,
+        let (stanza, header) = if fields {
+            match reader.next_inbound(NS) {
+                Ok(Next::Publish(h, p)) => {
+                    std::hint::black_box(&p);
+                    (None, h)
+                }
+                Ok(Next::Event(StreamEvent::Open(_))) => continue,
+                // The first stanza after the header always goes through rxml.
+                Ok(Next::Event(StreamEvent::Stanza(e))) => {
+                    with_tree += 1;
+                    match classify(&e, NS) {
+                        Inbound::Publish(h, p) => {
+                            std::hint::black_box(&p);
+                            (Some(e), h)
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => break,
+            }
+        } else {
+            let stanza = match reader.next_event() {
+                Ok(StreamEvent::Stanza(e)) => e,
+                Ok(StreamEvent::Open(_)) => continue,
+                _ => break,
+            };
+            let t1 = Instant::now();
+            let header = match classify(&stanza, NS) {
+                Inbound::Publish(h, p) => {
+                    std::hint::black_box(&p);
+                    h
+                }
+                other => panic!("{other:?}"),
+            };
+            classified += t1.elapsed();
+            read += t1 - t0;
+            (Some(stanza), header)
         };
         let t1 = Instant::now();
-        let header = match classify(&stanza, NS) {
-            Inbound::Publish(h, p) => {
-                std::hint::black_box(&p);
-                h
-            }
-            other => panic!("{other:?}"),
-        };
-        classified += t1.elapsed();
+        if fields {
+            read += t1 - t0;
+        }
         if let Some(store) = &store {
             rng ^= rng << 13;
             rng ^= rng >> 7;
@@ -100,23 +133,28 @@ fn main() {
             out.clear();
         }
         let t4 = Instant::now();
-        read += t1 - t0;
         dropped += t3 - t2;
         replied += t4 - t3;
         count += 1;
     }
     assert_eq!(count, n);
+    // The first stanza, and those that straddle two reads, go through rxml.
+    assert!(
+        with_tree <= 1 + n / 10,
+        "{with_tree} publishes were read with a tree"
+    );
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / n as f64;
     println!(
-        "{n} publishes of {} bytes{}: read {:.2} µs ({:.0} MB/s), classify {:.2} µs, node lookup among {devices} devices {:.2} µs, drop the tree {:.2} µs, reply {:.2} µs per publish",
+        "{n} publishes of {} bytes{}: read{} {:.2} µs ({:.0} MB/s), classify {:.2} µs, node lookup among {devices} devices {:.2} µs, drop the tree {:.2} µs, reply {:.2} µs per publish",
         bytes / n,
         if cold {
             ", caches evicted before each"
         } else {
             ""
         },
+        if fields { " into fields (no tree)" } else { "" },
         per(read),
         bytes as f64 / read.as_secs_f64() / 1e6,
         per(classified),
@@ -124,4 +162,9 @@ fn main() {
         per(dropped),
         per(replied)
     );
+    if fields {
+        println!(
+            "{with_tree} of them went through rxml and a tree (the first, and those split between two reads)"
+        );
+    }
 }

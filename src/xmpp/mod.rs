@@ -2,7 +2,8 @@
 //! publishes, and writes their replies once WNS has answered.
 //!
 //! - [`reader`]: incremental stanza reader with size and depth caps; `quick`: its
-//!   one-pass path for stanzas whole in the buffer, in the plain shape servers write.
+//!   one-pass path for stanzas whole in the buffer, in the plain shape servers write,
+//!   which reads a publish straight into its fields, with no tree.
 //! - [`component`]: the XEP-0114 handshake; [`client`]: client mode's login.
 //! - [`publish`]: stanza → typed request (lenient, namespace-agnostic envelope).
 //! - [`reply`]: outcome → IQ reply (THE mapping table), disco, ping, stream errors.
@@ -45,6 +46,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::config::{ClientConfig, ComponentConfig};
+use crate::metrics::METRICS;
 use crate::net::{self, Socket, Waiter};
 use crate::push::{Completed, Dispatcher};
 use crate::shutdown::{Shutdown, join_logged};
@@ -52,7 +54,8 @@ use crate::store::Store;
 use component::connect_component;
 use lease::{LEASE_STEP, LoginLease};
 use pep::PepRequest;
-use reader::{ReadError, StanzaReader, StreamEvent};
+use publish::Inbound;
+use reader::{Next, ReadError, StanzaReader, StreamEvent};
 use reconnect::{Reconnect, STANDBY_RETRY, jitter};
 use session::{Session, Timing};
 use stream::{is_stream_error, read_failed, stream_ended};
@@ -372,14 +375,24 @@ fn pump<S: Socket>(
             if idle {
                 break;
             }
-            match reader.next_event() {
-                Ok(StreamEvent::Stanza(e)) if is_stream_error(&e) => {
+            match reader.next_inbound(session.stream_ns()) {
+                Ok(Next::Publish(header, publish)) => {
+                    METRICS.publish_without_tree();
+                    log::trace!(
+                        "xmpp: <- publish id={} from={} node={} (read without a tree)",
+                        header.id,
+                        header.from,
+                        publish.node.as_str()
+                    );
+                    session.on_inbound(Inbound::Publish(header, publish), Instant::now());
+                }
+                Ok(Next::Event(StreamEvent::Stanza(e))) if is_stream_error(&e) => {
                     return match reply::error_condition(&e).as_str() {
                         "conflict" => End::Conflict,
                         other => End::Lost(format!("stream error: {other}")),
                     };
                 }
-                Ok(StreamEvent::Stanza(stanza)) => {
+                Ok(Next::Event(StreamEvent::Stanza(stanza))) => {
                     log::trace!("xmpp: <- {}", reply::loggable(&stanza));
                     session.on_stanza(&stanza, Instant::now());
                 }
@@ -387,7 +400,7 @@ fn pump<S: Socket>(
                     idle = true;
                     break;
                 }
-                Ok(event) => return End::Lost(stream_ended(event)),
+                Ok(Next::Event(event)) => return End::Lost(stream_ended(event)),
                 Err(e) => return End::Lost(read_failed(reader, e)),
             }
         }

@@ -144,10 +144,15 @@ fn parse_publish(pubsub: &Element) -> Result<Option<Publish>, &'static str> {
         .and_then(|n| n.get_child("x", NS_DATA))
         .map(summary_of)
         .unwrap_or_default();
-    let secret = pubsub
+    let mut secret = None;
+    if let Some(form) = pubsub
         .get_child("publish-options", NS_PUBSUB)
         .and_then(|o| o.get_child("x", NS_DATA))
-        .and_then(|form| field(form, "secret"));
+    {
+        for f in form.children().filter(|f| f.is("field", NS_DATA)) {
+            take_secret(&mut secret, f.attr("var"), first_value(f));
+        }
+    }
     Ok(Some(Publish {
         node,
         secret,
@@ -155,34 +160,46 @@ fn parse_publish(pubsub: &Element) -> Result<Option<Publish>, &'static str> {
     }))
 }
 
-/// The first value of a form field, if present.
-fn field(form: &Element, var: &str) -> Option<String> {
-    form.children()
-        .filter(|f| f.is("field", NS_DATA) && f.attr("var") == Some(var))
-        .find_map(|f| f.get_child("value", NS_DATA))
-        .map(Element::text)
+/// The text of a form field's first `value`, if it has one.
+fn first_value(field: &Element) -> Option<String> {
+    field.get_child("value", NS_DATA).map(Element::text)
+}
+
+/// The `secret` publish-option is the first `secret` field's value: takes `value` if
+/// the field is one and none was found before.
+pub(super) fn take_secret(secret: &mut Option<String>, var: Option<&str>, value: Option<String>) {
+    if secret.is_none() && var == Some("secret") {
+        *secret = value;
+    }
 }
 
 /// Reads the summary form in one pass over its fields (this runs for every push).
 pub(super) fn summary_of(form: &Element) -> Summary {
     let mut summary = Summary::default();
     for f in form.children().filter(|f| f.is("field", NS_DATA)) {
-        let value = || f.get_child("value", NS_DATA).map(Element::text);
-        let count = || {
-            value()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        let text = || value().filter(|v| !v.is_empty());
-        match f.attr("var") {
-            Some("message-count") => summary.message_count = count(),
-            Some("pending-subscription-count") => summary.pending_subscription_count = count(),
-            Some("last-message-sender") => summary.last_message_sender = text(),
-            Some("last-message-body") => summary.last_message_body = text(),
-            _ => {}
-        }
+        apply_summary_field(&mut summary, f.attr("var"), first_value(f));
     }
     summary
+}
+
+/// What one summary field (`var`, the text of its first `value`) sets; a later field
+/// with the same `var` wins. Counts that are missing or not numbers are 0, empty texts
+/// none.
+pub(super) fn apply_summary_field(summary: &mut Summary, var: Option<&str>, value: Option<String>) {
+    let count = || {
+        value
+            .as_deref()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let text = || value.clone().filter(|v| !v.is_empty());
+    match var {
+        Some("message-count") => summary.message_count = count(),
+        Some("pending-subscription-count") => summary.pending_subscription_count = count(),
+        Some("last-message-sender") => summary.last_message_sender = text(),
+        Some("last-message-body") => summary.last_message_body = text(),
+        _ => {}
+    }
 }
 
 /// A pubsub event message, read with xmpp-parsers' `pubsub::event` (client mode: a push

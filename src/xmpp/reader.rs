@@ -19,6 +19,9 @@ use minidom::rxml::error::EndOrError;
 use minidom::rxml::{Parse, RawEvent, RawParser};
 use minidom::tree_builder::TreeBuilder;
 
+use super::publish::IqHeader;
+use crate::push::Publish;
+
 /// Largest stanza accepted, in bytes of XML.
 pub const MAX_STANZA: usize = 64 * 1024;
 /// Largest stream header accepted, XML declaration included. Real ones are about
@@ -36,6 +39,15 @@ pub enum StreamEvent {
     Stanza(Element),
     /// `</stream:stream>`.
     Close,
+}
+
+/// What [`StanzaReader::next_inbound`] read.
+#[derive(Debug)]
+pub enum Next {
+    /// An event, as [`StanzaReader::next_event`] gives it.
+    Event(StreamEvent),
+    /// A publish IQ, read into its fields without a tree.
+    Publish(IqHeader, Publish),
 }
 
 /// Why no event came.
@@ -141,23 +153,56 @@ impl<S: Read> StanzaReader<S> {
 
     /// The next event. Blocks in `read()` at most for the socket's read timeout.
     pub fn next_event(&mut self) -> Result<StreamEvent, ReadError> {
-        let result = self.next_event_inner();
+        let quick = |buf: &[u8], ns: &str| {
+            super::quick::stanza(buf, ns, MAX_DEPTH).map(|(e, used)| (StreamEvent::Stanza(e), used))
+        };
+        self.read(quick, |event| event)
+    }
+
+    /// Like [`Self::next_event`], but a publish IQ of a stream whose namespace is
+    /// `stream_ns`, in the shape the quick path reads, comes out as its fields, the
+    /// same as [`super::publish::classify`] would read from its tree, with no tree
+    /// built (the XMPP thread's loop: see `quick::publish`).
+    pub fn next_inbound(&mut self, stream_ns: &str) -> Result<Next, ReadError> {
+        let quick = |buf: &[u8], ns: &str| {
+            if let Some((header, publish, used)) =
+                super::quick::publish(buf, ns, stream_ns, MAX_DEPTH)
+            {
+                return Some((Next::Publish(header, publish), used));
+            }
+            super::quick::stanza(buf, ns, MAX_DEPTH)
+                .map(|(e, used)| (Next::Event(StreamEvent::Stanza(e)), used))
+        };
+        self.read(quick, Next::Event)
+    }
+
+    /// The reading loop, with `quick` tried at each stanza boundary and `event`
+    /// wrapping what rxml produced.
+    fn read<T>(
+        &mut self,
+        quick: impl Fn(&[u8], &str) -> Option<(T, usize)>,
+        event: impl Fn(StreamEvent) -> T,
+    ) -> Result<T, ReadError> {
+        let result = self.read_inner(quick).map(|r| r.unwrap_or_else(&event));
         if let Err(ReadError::Policy(_)) = result {
             self.violated = true;
         }
         result
     }
 
-    fn next_event_inner(&mut self) -> Result<StreamEvent, ReadError> {
+    /// What the quick path read (`Ok`), or what rxml did (`Err`).
+    fn read_inner<T>(
+        &mut self,
+        quick: impl Fn(&[u8], &str) -> Option<(T, usize)>,
+    ) -> Result<Result<T, StreamEvent>, ReadError> {
         loop {
             if self.boundary
                 && self.quick
                 && let Some(ns) = &self.default_ns
-                && let Some((stanza, used)) =
-                    super::quick::stanza(&self.buf[self.start..self.end], ns, MAX_DEPTH)
+                && let Some((read, used)) = quick(&self.buf[self.start..self.end], ns)
             {
                 self.start += used;
-                return Ok(StreamEvent::Stanza(stanza));
+                return Ok(Ok(read));
             }
             let mut slice = &self.buf[self.start..self.end];
             let before = slice.len();
@@ -201,7 +246,7 @@ impl<S: Read> StanzaReader<S> {
                             self.default_ns = open.prefixes.get(&None).cloned();
                             // Not a boundary yet: a self-closing header's end is
                             // still queued in rxml. The first stanza goes through it.
-                            return Ok(StreamEvent::Open(open));
+                            return Ok(Err(StreamEvent::Open(open)));
                         }
                         (_, true, 1) => {
                             self.stanza_bytes = 0;
@@ -209,12 +254,12 @@ impl<S: Read> StanzaReader<S> {
                                 // An element's end is the last event of its token:
                                 // rxml has nothing of the next stanza.
                                 self.boundary = true;
-                                return Ok(StreamEvent::Stanza(stanza));
+                                return Ok(Err(StreamEvent::Stanza(stanza)));
                             }
                         }
                         (_, true, 0) => {
                             self.tree.root = None;
-                            return Ok(StreamEvent::Close);
+                            return Ok(Err(StreamEvent::Close));
                         }
                         _ => {}
                     }

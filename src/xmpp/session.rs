@@ -145,11 +145,22 @@ impl<'a> Session<'a> {
         !self.outcomes.is_empty() || !self.peps.is_empty()
     }
 
+    /// The stream's default namespace (what `classify` expects of a stanza).
+    pub fn stream_ns(&self) -> &'static str {
+        self.id.ns
+    }
+
     /// Handles one inbound stanza.
     pub fn on_stanza(&mut self, stanza: &Element, now: Instant) {
+        self.on_inbound(publish::classify(stanza, self.id.ns), now);
+    }
+
+    /// Handles one inbound stanza, classified already (the reader reads a publish in
+    /// the plain shape straight into its fields).
+    pub fn on_inbound(&mut self, inbound: Inbound, now: Instant) {
         self.last_heard = now;
         let client = self.id.client;
-        match publish::classify(stanza, self.id.ns) {
+        match inbound {
             Inbound::Publish(h, _) if self.draining.is_some() => {
                 let from = h.from.clone();
                 self.answer(&from, Some(&h), &shutting_down());

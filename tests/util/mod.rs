@@ -247,6 +247,28 @@ impl Server {
         Db::open(&self.config_value(), self.dir.path())
     }
 
+    /// A plain HTTP GET to the ops endpoint (`metrics.listen`), whole response.
+    pub fn http_get(&self, path: &str) -> String {
+        assert!(self.log_shows("ops: health and metrics on http://"));
+        let log = self.log_text();
+        let addr = log
+            .split("ops: health and metrics on http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .expect("ops endpoint address in the log")
+            .to_owned();
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    }
+
     /// A snapshot of everything stored, for "nothing changed" assertions.
     pub fn dump(&self) -> Vec<String> {
         let mut db = self.db();
