@@ -54,6 +54,16 @@ pub enum PublishResult {
     BadSecret,
 }
 
+impl PublishResult {
+    /// How many there are.
+    pub const COUNT: usize = PUBLISH.len();
+
+    /// The metric label ("channel_gone"), also used in the log's summary lines.
+    pub fn label(index: usize) -> &'static str {
+        PUBLISH.get(index).copied().unwrap_or("other")
+    }
+}
+
 /// Token endpoint answers, for `uwpx_wns_token_requests_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenResult {

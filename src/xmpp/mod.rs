@@ -375,15 +375,15 @@ fn pump<S: Socket>(
             if idle {
                 break;
             }
-            match reader.next_inbound(session.stream_ns()) {
+            // At trace level every stanza is logged whole, so all are read as trees.
+            let next = if log::log_enabled!(log::Level::Trace) {
+                reader.next_event().map(Next::Event)
+            } else {
+                reader.next_inbound(session.stream_ns())
+            };
+            match next {
                 Ok(Next::Publish(header, publish)) => {
                     METRICS.publish_without_tree();
-                    log::trace!(
-                        "xmpp: <- publish id={} from={} node={} (read without a tree)",
-                        header.id,
-                        header.from,
-                        publish.node.as_str()
-                    );
                     session.on_inbound(Inbound::Publish(header, publish), Instant::now());
                 }
                 Ok(Next::Event(StreamEvent::Stanza(e))) if is_stream_error(&e) => {

@@ -31,6 +31,10 @@ const TIMER_STEP: Duration = Duration::from_millis(2);
 const REMOVED_STEP: Duration = Duration::from_secs(2);
 /// The longest sleep: how late an idle session notices shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// How often delivered pushes are summed up in one info line (each undelivered one
+/// has its own line): one line per push cost the XMPP thread a write, and whoever reads
+/// the log (journald, a pipe) a wake-up, per push.
+const SUMMARY_EVERY: Duration = Duration::from_secs(10);
 /// How many ping intervals of silence give the stream up. Several, because with several
 /// instances on one component JID (ejabberd) the answer to our ping may go to another
 /// instance: silence, not a missing answer, is the sign of a dead stream.
@@ -89,6 +93,9 @@ pub(super) struct Session<'a> {
     last_heard: Instant,
     last_ping: Option<Instant>,
     draining: Option<Instant>,
+    /// Push outcomes since `tally_since`, by [`PublishResult`], for the summary line.
+    tally: [u64; PublishResult::COUNT],
+    tally_since: Instant,
     /// Stanzas to write, in order.
     pub out: String,
 }
@@ -119,6 +126,8 @@ impl<'a> Session<'a> {
             seq: 0,
             next_timers: now,
             next_removed: now,
+            tally: [0; PublishResult::COUNT],
+            tally_since: now,
             last_heard: now,
             last_ping: None,
             draining: None,
@@ -236,7 +245,7 @@ impl<'a> Session<'a> {
 
     /// Logs and counts a push outcome, and answers its IQ if it has one.
     fn answer(&mut self, from: &str, header: Option<&IqHeader>, outcome: &PushOutcome) {
-        log_outcome(from, outcome);
+        self.tally[log_outcome(from, outcome) as usize] += 1;
         if let Some(h) = header {
             self.out
                 .push_str(&reply::iq_reply(h, reply::for_outcome(outcome)));
@@ -291,7 +300,35 @@ impl<'a> Session<'a> {
             self.next_removed = now + REMOVED_STEP;
             self.work_off_removed();
         }
+        if now.saturating_duration_since(self.tally_since) >= SUMMARY_EVERY
+            && let Some(line) = self.summary(now)
+        {
+            log::info!("{line}");
+        }
         Ok(())
+    }
+
+    /// The push outcomes since the last summary, in one line ("push: 4998 publishes
+    /// in the last 10 s: 4996 delivered, 2 channel_gone"), and starts counting again;
+    /// `None` if there were none.
+    pub fn summary(&mut self, now: Instant) -> Option<String> {
+        let secs = now.saturating_duration_since(self.tally_since).as_secs();
+        self.tally_since = now;
+        let tally = std::mem::replace(&mut self.tally, [0; PublishResult::COUNT]);
+        let total: u64 = tally.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let parts: Vec<String> = tally
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(i, n)| format!("{n} {}", PublishResult::label(i)))
+            .collect();
+        Some(format!(
+            "push: {total} publishes in the last {secs} s: {}",
+            parts.join(", ")
+        ))
     }
 
     /// The keep-alive: after an interval without any inbound stanza, a ping, then
@@ -437,6 +474,15 @@ impl<'a> Session<'a> {
     }
 }
 
+impl Drop for Session<'_> {
+    /// The outcomes not summed up yet, when the stream ends or the server stops.
+    fn drop(&mut self) {
+        if let Some(line) = self.summary(Instant::now()) {
+            log::info!("{line}");
+        }
+    }
+}
+
 fn shutting_down() -> PushOutcome {
     PushOutcome::Wns(Outcome::Transient("shutting down".into()))
 }
@@ -446,11 +492,12 @@ fn bare(jid: &str) -> String {
     jid.split('/').next().unwrap_or("").to_lowercase()
 }
 
-/// One info line and one count per push outcome; no secrets, no user JIDs (`from` is a
-/// server, or `pep`).
-fn log_outcome(from: &str, outcome: &PushOutcome) {
+/// One line and one count per push outcome; no secrets, no user JIDs (`from` is a
+/// server, or `pep`). Delivered and coalesced pushes are debug lines (the info log sums
+/// them up every [`SUMMARY_EVERY`]); every other outcome is an info line.
+fn log_outcome(from: &str, outcome: &PushOutcome) -> PublishResult {
     use PublishResult as R;
-    METRICS.publish(match outcome {
+    let result = match outcome {
         PushOutcome::Wns(Outcome::Delivered) => R::Delivered,
         PushOutcome::Coalesced => R::Coalesced,
         PushOutcome::Wns(Outcome::ChannelGone) => R::ChannelGone,
@@ -460,13 +507,15 @@ fn log_outcome(from: &str, outcome: &PushOutcome) {
         | PushOutcome::Internal(_) => R::Misconfigured,
         PushOutcome::UnknownNode => R::UnknownNode,
         PushOutcome::BadSecret | PushOutcome::ForeignDomain => R::BadSecret,
-    });
+    };
+    METRICS.publish(result);
     match outcome {
         PushOutcome::Wns(Outcome::Delivered) | PushOutcome::Coalesced => {
-            log::info!("push: from {from} {outcome:?}")
+            log::debug!("push: from {from} {outcome:?}")
         }
         other => log::info!("push: from {from} not delivered: {other:?}"),
     }
+    result
 }
 
 #[cfg(test)]

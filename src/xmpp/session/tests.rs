@@ -281,3 +281,27 @@ fn replies_to_requests_we_did_not_send_are_ignored_quietly() {
     assert!(s.pending.is_empty() && s.pep_steps.is_empty());
     assert_eq!(s.tick(t0 + SEC), Ok(()));
 }
+
+/// Delivered pushes are summed up in one info line per SUMMARY_EVERY, with every
+/// other outcome counted beside them; a quiet interval writes nothing.
+#[test]
+fn push_outcomes_are_summed_up_per_interval() {
+    let mut r = rig();
+    let t0 = Instant::now();
+    let mut s = r.session(t0);
+    for _ in 0..3 {
+        s.answer("localhost", None, &PushOutcome::Wns(Outcome::Delivered));
+    }
+    s.answer("localhost", None, &PushOutcome::Wns(Outcome::ChannelGone));
+    s.answer("localhost", None, &PushOutcome::UnknownNode);
+    assert_eq!(
+        s.summary(t0 + SUMMARY_EVERY).as_deref(),
+        Some("push: 5 publishes in the last 10 s: 3 delivered, 1 channel_gone, 1 unknown_node")
+    );
+    assert_eq!(s.summary(t0 + SUMMARY_EVERY * 2), None);
+    s.answer("localhost", None, &PushOutcome::Coalesced);
+    assert_eq!(
+        s.summary(t0 + SUMMARY_EVERY * 3).as_deref(),
+        Some("push: 1 publishes in the last 10 s: 1 coalesced")
+    );
+}
