@@ -5,9 +5,10 @@
 //! request. Here, per push:
 //! - the request line, headers and body are formatted into the connection's own buffer
 //!   and go out in one `write_all`, so in one TLS record (bodies are < 5 KB);
-//! - the only syscalls are that write and the reads of the answer: TCP_NODELAY and the
-//!   socket timeouts are set at connect (`wns.timeout_ms`), and changed only for a
-//!   request whose own time left is shorter (and back for the next one that has more);
+//! - the only syscalls are that write and one read of the answer (reads are buffered
+//!   under TLS: [`Buffered`]); TCP_NODELAY and the socket timeouts are set at connect
+//!   (`wns.timeout_ms`), and changed only for a request whose own time left is shorter
+//!   (and back for the next one that has more);
 //! - a pooled connection is not probed: one idle longer than [`IDLE_LIMIT`] is closed
 //!   unused, and a request that meets a connection the server closed meanwhile (EOF or
 //!   reset before any answer byte, or the 408 a server sends as it closes an idle
@@ -251,12 +252,15 @@ impl Https {
             .and_then(|()| tcp.set_read_timeout(Some(limit)))
             .and_then(|()| tcp.set_write_timeout(Some(limit)))
             .map_err(|e| format!("setting up the socket to {}: {e}", t.authority))?;
-        let tls = self.tls.connect(t.host, tcp).map_err(|e| match e {
-            HandshakeError::Failure(e) => format!("TLS with {}: {e}", t.authority),
-            HandshakeError::WouldBlock(_) => {
-                format!("the TLS handshake with {} timed out", t.authority)
-            }
-        })?;
+        let tls = self
+            .tls
+            .connect(t.host, Buffered::new(tcp))
+            .map_err(|e| match e {
+                HandshakeError::Failure(e) => format!("TLS with {}: {e}", t.authority),
+                HandshakeError::WouldBlock(_) => {
+                    format!("the TLS handshake with {} timed out", t.authority)
+                }
+            })?;
         self.opened.fetch_add(1, Ordering::Relaxed);
         Ok(Conn {
             tls,
@@ -378,9 +382,60 @@ fn body_text(body: &[u8]) -> String {
     valid.chars().take(BODY_TEXT_LIMIT).collect()
 }
 
+/// The socket under TLS, its reads buffered. OpenSSL reads a record's 5-byte header,
+/// then its body: two `recvfrom` per answer on the bare socket. Here the first read
+/// takes whatever has arrived (a whole WNS answer is one small record) and the second
+/// is a copy. Writes go straight through: a request is one `write_all` already.
+struct Buffered<S = TcpStream> {
+    inner: S,
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl<S> Buffered<S> {
+    /// Room for a few answers; a larger read goes to the socket directly.
+    const SIZE: usize = 4096;
+
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            buf: vec![0; Self::SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
+impl<S: Read> Read for Buffered<S> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.start == self.end {
+            if out.len() >= self.buf.len() {
+                return self.inner.read(out);
+            }
+            self.end = self.inner.read(&mut self.buf)?;
+            self.start = 0;
+        }
+        let n = out.len().min(self.end - self.start);
+        out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
+        self.start += n;
+        Ok(n)
+    }
+}
+
+impl<S: Write> Write for Buffered<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// A TLS connection with its buffers, kept across requests.
 struct Conn {
-    tls: TlsStream<TcpStream>,
+    tls: TlsStream<Buffered>,
     /// The socket's read and write timeout as set now.
     timeout: Duration,
     /// The request being sent.
@@ -395,7 +450,7 @@ impl Conn {
     /// request whose time left differs from the last one's.
     fn set_timeout(&mut self, t: Duration) -> io::Result<()> {
         if t != self.timeout {
-            let tcp = self.tls.get_ref();
+            let tcp = &self.tls.get_ref().inner;
             tcp.set_read_timeout(Some(t))?;
             tcp.set_write_timeout(Some(t))?;
             self.timeout = t;
@@ -549,6 +604,57 @@ mod tests {
         }
         fn flush(&mut self) -> io::Result<()> {
             self.tcp.flush()
+        }
+    }
+
+    /// A reader that gives at most `chunk` bytes per call and counts the calls.
+    struct Counted<'a> {
+        data: &'a [u8],
+        chunk: usize,
+        reads: usize,
+    }
+
+    impl Read for Counted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            let n = buf.len().min(self.chunk).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    /// OpenSSL's read pattern (a 5-byte record header, then the record) costs one read
+    /// of the socket per answer, and whatever the read sizes, the bytes come through
+    /// whole and in order, ending in EOF.
+    #[test]
+    fn buffered_reads_take_a_record_in_one_read_and_keep_every_byte() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut b = Buffered::new(Counted {
+            data: &data,
+            chunk: 300,
+            reads: 0,
+        });
+        let (mut header, mut body) = ([0u8; 5], [0u8; 280]);
+        b.read_exact(&mut header).unwrap();
+        b.read_exact(&mut body).unwrap();
+        assert_eq!(b.inner.reads, 1, "one read for a 285-byte record");
+        assert_eq!([&header[..], &body[..]].concat(), data[..285]);
+        for sizes in [&[1usize, 5, 280, 4096, 9000][..], &[3], &[5000, 2]] {
+            let mut b = Buffered::new(Counted {
+                data: &data,
+                chunk: 1000,
+                reads: 0,
+            });
+            let mut got = Vec::new();
+            for &size in sizes.iter().cycle() {
+                let mut buf = vec![0; size];
+                match b.read(&mut buf).unwrap() {
+                    0 => break,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            assert_eq!(got, data, "read sizes {sizes:?}");
         }
     }
 
