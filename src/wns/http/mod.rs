@@ -6,7 +6,7 @@
 //! - the request line, headers and body are formatted into the connection's own buffer
 //!   and go out in one `write_all`, so in one TLS record (bodies are < 5 KB);
 //! - the only syscalls are that write and one read of the answer (reads are buffered
-//!   under TLS: [`Buffered`]); TCP_NODELAY and the socket timeouts are set at connect
+//!   under TLS: `Buffered`); TCP_NODELAY and the socket timeouts are set at connect
 //!   (`wns.timeout_ms`), and changed only for a request whose own time left is shorter
 //!   (and back for the next one that has more);
 //! - a pooled connection is not probed: one idle longer than [`IDLE_LIMIT`] is closed
