@@ -55,13 +55,9 @@ pub enum PublishResult {
 }
 
 impl PublishResult {
-    /// How many there are.
-    pub const COUNT: usize = PUBLISH.len();
-
-    /// The metric label ("channel_gone"), also used in the log's summary lines.
-    pub fn label(index: usize) -> &'static str {
-        PUBLISH.get(index).copied().unwrap_or("other")
-    }
+    /// The metric labels, indexed by `result as usize`; the log's summary lines use
+    /// them too.
+    pub const LABELS: [&'static str; 7] = PUBLISH;
 }
 
 /// Token endpoint answers, for `uwpx_wns_token_requests_total{result}`.

@@ -212,22 +212,13 @@ fn instances_share_one_wns_token_at_start_and_after_a_401() {
     let sources: Vec<&str> = all
         .iter()
         .map(|i| {
-            let end = Instant::now() + Duration::from_secs(10);
-            loop {
-                let log = i.server.log_text();
-                let source = [
+            i.server
+                .log_shows_any(&[
                     "new access token",
                     "access token another instance fetched",
                     "reusing the saved access token",
-                ]
-                .into_iter()
-                .find(|m| log.contains(m));
-                match source {
-                    Some(m) => break m,
-                    None if Instant::now() > end => panic!("no token source logged:\n{log}"),
-                    None => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
+                ])
+                .unwrap_or_else(|| panic!("no token source logged:\n{}", i.server.log_text()))
         })
         .collect();
     assert_eq!(

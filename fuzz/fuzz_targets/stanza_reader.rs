@@ -92,6 +92,44 @@ enum Event {
 
 /// Every event the reader gives for `stream` arriving `chunk` bytes at a time.
 fn events(stream: &[u8], chunk: usize, quick: bool) -> Vec<Event> {
+    read_all(
+        stream,
+        chunk,
+        quick,
+        |r| r.next_event().map(event),
+        |e| matches!(e, Event::Close),
+        Event::End,
+    )
+}
+
+/// What the XMPP thread's loop reads: publishes in the quick shape straight into their
+/// fields (`StanzaReader::next_inbound`), anything else as trees, classified.
+fn inbound(stream: &[u8], chunk: usize, ns: &str) -> Vec<Seen> {
+    read_all(
+        stream,
+        chunk,
+        true,
+        |r| {
+            r.next_inbound(ns).map(|next| match next {
+                Next::Publish(h, p) => Seen::Stanza(Inbound::Publish(h, p)),
+                Next::Event(e) => seen(event(e), ns),
+            })
+        },
+        |s| matches!(s, Seen::Close),
+        Seen::End,
+    )
+}
+
+/// Reads `stream`, arriving `chunk` bytes at a time, with `next` until an item is
+/// `closed` or the reader fails (that failure, written by `ended`, is the last item).
+fn read_all<T>(
+    stream: &[u8],
+    chunk: usize,
+    quick: bool,
+    mut next: impl FnMut(&mut StanzaReader<Trickle<'_>>) -> Result<T, ReadError>,
+    closed: impl Fn(&T) -> bool,
+    ended: impl Fn(String) -> T,
+) -> Vec<T> {
     let mut reader = StanzaReader::new(Trickle {
         data: stream,
         chunk,
@@ -102,19 +140,28 @@ fn events(stream: &[u8], chunk: usize, quick: bool) -> Vec<Event> {
     }
     let mut out = Vec::new();
     loop {
-        match reader.next_event() {
-            Ok(StreamEvent::Open(header)) => out.push(Event::Open(header)),
-            Ok(StreamEvent::Stanza(stanza)) => out.push(Event::Stanza(stanza)),
-            Ok(StreamEvent::Close) => {
-                out.push(Event::Close);
-                return out;
+        match next(&mut reader) {
+            Ok(item) => {
+                let last = closed(&item);
+                out.push(item);
+                if last {
+                    return out;
+                }
             }
             Err(ReadError::Idle) => continue,
             Err(e) => {
-                out.push(Event::End(format!("{e:?}")));
+                out.push(ended(format!("{e:?}")));
                 return out;
             }
         }
+    }
+}
+
+fn event(e: StreamEvent) -> Event {
+    match e {
+        StreamEvent::Open(header) => Event::Open(header),
+        StreamEvent::Stanza(stanza) => Event::Stanza(stanza),
+        StreamEvent::Close => Event::Close,
     }
 }
 
@@ -127,46 +174,18 @@ enum Seen {
     End(String),
 }
 
-/// The events of a read with the stanzas classified.
-fn classified(events: Vec<Event>, ns: &str) -> Vec<Seen> {
-    events
-        .into_iter()
-        .map(|e| match e {
-            Event::Open(h) => Seen::Open(h),
-            Event::Stanza(s) => Seen::Stanza(publish::classify(&s, ns)),
-            Event::Close => Seen::Close,
-            Event::End(why) => Seen::End(why),
-        })
-        .collect()
+fn seen(e: Event, ns: &str) -> Seen {
+    match e {
+        Event::Open(h) => Seen::Open(h),
+        Event::Stanza(s) => Seen::Stanza(publish::classify(&s, ns)),
+        Event::Close => Seen::Close,
+        Event::End(why) => Seen::End(why),
+    }
 }
 
-/// What the XMPP thread's loop reads: publishes in the quick shape straight into their
-/// fields (`StanzaReader::next_inbound`), anything else as trees, classified.
-fn inbound(stream: &[u8], chunk: usize, ns: &str) -> Vec<Seen> {
-    let mut reader = StanzaReader::new(Trickle {
-        data: stream,
-        chunk,
-        block_next: false,
-    });
-    let mut out = Vec::new();
-    loop {
-        match reader.next_inbound(ns) {
-            Ok(Next::Publish(h, p)) => out.push(Seen::Stanza(Inbound::Publish(h, p))),
-            Ok(Next::Event(StreamEvent::Open(header))) => out.push(Seen::Open(header)),
-            Ok(Next::Event(StreamEvent::Stanza(s))) => {
-                out.push(Seen::Stanza(publish::classify(&s, ns)))
-            }
-            Ok(Next::Event(StreamEvent::Close)) => {
-                out.push(Seen::Close);
-                return out;
-            }
-            Err(ReadError::Idle) => continue,
-            Err(e) => {
-                out.push(Seen::End(format!("{e:?}")));
-                return out;
-            }
-        }
-    }
+/// The events of a read with the stanzas classified.
+fn classified(events: Vec<Event>, ns: &str) -> Vec<Seen> {
+    events.into_iter().map(|e| seen(e, ns)).collect()
 }
 
 /// What the session loop does with one stanza, minus the dispatcher and the socket.
@@ -174,7 +193,10 @@ fn handle(stanza: &Element, ns: &str, seen: &mut RecentItems) {
     let _ = reply::loggable(stanza);
     match publish::classify(stanza, ns) {
         Inbound::Publish(h, p) => {
-            assert!(!p.node.as_str().is_empty(), "a publish without a node was accepted");
+            assert!(
+                !p.node.as_str().is_empty(),
+                "a publish without a node was accepted"
+            );
             let _ = jid_domain(&h.from);
             check_reply(&reply::iq_result(&h, ""), &h, ns);
             check_reply(&reply::unsupported(&h), &h, ns);
@@ -186,7 +208,10 @@ fn handle(stanza: &Element, ns: &str, seen: &mut RecentItems) {
         Inbound::Ping(h) => check_reply(&reply::iq_result(&h, ""), &h, ns),
         Inbound::Unsupported(h) => check_reply(&reply::unsupported(&h), &h, ns),
         Inbound::Event { node, item_id, .. } => {
-            assert!(!node.as_str().is_empty(), "an event without a node was accepted");
+            assert!(
+                !node.as_str().is_empty(),
+                "an event without a node was accepted"
+            );
             if let Some(item) = item_id {
                 let first = seen.insert(node.as_str(), &item);
                 assert!(first || !seen.insert(node.as_str(), &item));

@@ -27,11 +27,11 @@
 //! blocking HTTP calls; at start a short-lived `wns-warm` gets the token and opens the
 //! first connections ([`WnsPool::warm_up`]), joined at stop. A job waiting for a retry
 //! sits in a shared heap; each worker waits on the channel only until the earliest
-//! retry is due, so no worker sleeps and no extra timer thread exists. The pool owns the channel's only sender: dropping it
-//! at [`WnsPool::stop`] ends every worker once the queue is drained, and each is
-//! joined. Outcomes are handed back through each job's [`Reply`], which must not block
-//! for long. Locks: `delayed`, `paused_until`, `stop_by` and the token cache's, each
-//! briefly, never across HTTP. The token is kept through [`token::TokenVault`], the
+//! retry is due, so no worker sleeps and no extra timer thread exists. The pool owns
+//! the channel's only sender: dropping it at [`WnsPool::stop`] ends every worker once
+//! the queue is drained, and each is joined. Outcomes are handed back through each
+//! job's [`Reply`], which must not block for long. Locks: `delayed`, `paused_until`,
+//! `stop_by` and the token cache's, each briefly, never across HTTP. The token is kept through [`token::TokenVault`], the
 //! only storage this module knows.
 
 pub mod client;

@@ -186,18 +186,13 @@ pub(super) fn summary_of(form: &Element) -> Summary {
 /// with the same `var` wins. Counts that are missing or not numbers are 0, empty texts
 /// none.
 pub(super) fn apply_summary_field(summary: &mut Summary, var: Option<&str>, value: Option<String>) {
-    let count = || {
-        value
-            .as_deref()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    let text = || value.clone().filter(|v| !v.is_empty());
+    let count = |v: Option<String>| v.and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+    let text = |v: Option<String>| v.filter(|v| !v.is_empty());
     match var {
-        Some("message-count") => summary.message_count = count(),
-        Some("pending-subscription-count") => summary.pending_subscription_count = count(),
-        Some("last-message-sender") => summary.last_message_sender = text(),
-        Some("last-message-body") => summary.last_message_body = text(),
+        Some("message-count") => summary.message_count = count(value),
+        Some("pending-subscription-count") => summary.pending_subscription_count = count(value),
+        Some("last-message-sender") => summary.last_message_sender = text(value),
+        Some("last-message-body") => summary.last_message_body = text(value),
         _ => {}
     }
 }

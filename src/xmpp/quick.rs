@@ -191,6 +191,20 @@ enum Role<'a> {
     Other,
 }
 
+/// Whether this child is the first `wanted` one its parent has (`seen` remembers).
+fn first(seen: &mut bool, wanted: bool) -> bool {
+    wanted && !std::mem::replace(seen, true)
+}
+
+/// `role` for the first wanted child (see [`first`]); any other child is of no interest.
+fn first_child<'a>(seen: &mut bool, wanted: bool, role: Role<'a>) -> Role<'a> {
+    if first(seen, wanted) {
+        role
+    } else {
+        Role::Other
+    }
+}
+
 impl<'a> Sink<'a> for Fields<'a, '_> {
     type Open = Role<'a>;
 
@@ -202,7 +216,6 @@ impl<'a> Sink<'a> for Fields<'a, '_> {
         _declared: bool,
         attrs: Vec<(&'a str, Cow<'a, str>)>,
     ) -> Option<Role<'a>> {
-        let first = |seen: &mut bool, wanted: bool| wanted && !std::mem::replace(seen, true);
         let Some(parent) = parent else {
             let attr = |name: &str| attrs.iter().find(|(a, _)| *a == name).map(|(_, v)| v);
             let id = attr("id").filter(|id| !id.is_empty())?;
@@ -237,42 +250,44 @@ impl<'a> Sink<'a> for Fields<'a, '_> {
                     self.node = Some(node?.1).filter(|n| !n.is_empty());
                     self.node.as_ref()?;
                     Role::Publish { item: false }
-                } else if first(options, name == "publish-options" && ns == NS_PUBSUB) {
-                    Role::Options { form: false }
                 } else {
-                    Role::Other
+                    let wanted = name == "publish-options" && ns == NS_PUBSUB;
+                    first_child(options, wanted, Role::Options { form: false })
                 }
             }
-            Role::Publish { item } => match first(item, name == "item" && ns == NS_PUBSUB) {
-                true => Role::Item {
+            Role::Publish { item } => first_child(
+                item,
+                name == "item" && ns == NS_PUBSUB,
+                Role::Item {
                     notification: false,
                 },
-                false => Role::Other,
-            },
-            Role::Item { notification } => {
-                match first(notification, name == "notification" && ns == NS_PUSH) {
-                    true => Role::Notification { form: false },
-                    false => Role::Other,
-                }
-            }
-            Role::Notification { form } => match first(form, name == "x" && ns == NS_DATA) {
-                true => Role::Form { secret: false },
-                false => Role::Other,
-            },
-            Role::Options { form } => match first(form, name == "x" && ns == NS_DATA) {
-                true => Role::Form { secret: true },
-                false => Role::Other,
-            },
+            ),
+            Role::Item { notification } => first_child(
+                notification,
+                name == "notification" && ns == NS_PUSH,
+                Role::Notification { form: false },
+            ),
+            Role::Notification { form } => first_child(
+                form,
+                name == "x" && ns == NS_DATA,
+                Role::Form { secret: false },
+            ),
+            Role::Options { form } => first_child(
+                form,
+                name == "x" && ns == NS_DATA,
+                Role::Form { secret: true },
+            ),
             Role::Form { secret } if name == "field" && ns == NS_DATA => Role::Field {
                 secret: *secret,
                 var: attrs.into_iter().find(|(a, _)| *a == "var").map(|(_, v)| v),
                 value: None,
                 seen: false,
             },
-            Role::Field { seen, .. } => match first(seen, name == "value" && ns == NS_DATA) {
-                true => Role::Value(String::new()),
-                false => Role::Other,
-            },
+            Role::Field { seen, .. } => first_child(
+                seen,
+                name == "value" && ns == NS_DATA,
+                Role::Value(String::new()),
+            ),
             _ => Role::Other,
         };
         Some(role)

@@ -94,7 +94,7 @@ pub(super) struct Session<'a> {
     last_ping: Option<Instant>,
     draining: Option<Instant>,
     /// Push outcomes since `tally_since`, by [`PublishResult`], for the summary line.
-    tally: [u64; PublishResult::COUNT],
+    tally: [u64; PublishResult::LABELS.len()],
     tally_since: Instant,
     /// Stanzas to write, in order.
     pub out: String,
@@ -126,7 +126,7 @@ impl<'a> Session<'a> {
             seq: 0,
             next_timers: now,
             next_removed: now,
-            tally: [0; PublishResult::COUNT],
+            tally: [0; PublishResult::LABELS.len()],
             tally_since: now,
             last_heard: now,
             last_ping: None,
@@ -311,19 +311,19 @@ impl<'a> Session<'a> {
     /// The push outcomes since the last summary, in one line ("push: 4998 publishes
     /// in the last 10 s: 4996 delivered, 2 channel_gone"), and starts counting again;
     /// `None` if there were none.
-    pub fn summary(&mut self, now: Instant) -> Option<String> {
+    fn summary(&mut self, now: Instant) -> Option<String> {
         let secs = now.saturating_duration_since(self.tally_since).as_secs();
         self.tally_since = now;
-        let tally = std::mem::replace(&mut self.tally, [0; PublishResult::COUNT]);
+        let tally = std::mem::replace(&mut self.tally, [0; PublishResult::LABELS.len()]);
         let total: u64 = tally.iter().sum();
         if total == 0 {
             return None;
         }
         let parts: Vec<String> = tally
             .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, n)| format!("{n} {}", PublishResult::label(i)))
+            .zip(PublishResult::LABELS)
+            .filter(|(n, _)| **n > 0)
+            .map(|(n, label)| format!("{n} {label}"))
             .collect();
         Some(format!(
             "push: {total} publishes in the last {secs} s: {}",

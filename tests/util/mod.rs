@@ -298,13 +298,19 @@ impl Server {
     /// Whether `needle` shows up in the server's log within a few seconds (the log is
     /// read from a pipe by another thread, so a line may trail the answer it explains).
     pub fn log_shows(&self, needle: &str) -> bool {
+        self.log_shows_any(&[needle]).is_some()
+    }
+
+    /// The first of `needles` the log shows, waiting up to 10 s for one to appear.
+    pub fn log_shows_any<'n>(&self, needles: &[&'n str]) -> Option<&'n str> {
         let end = Instant::now() + Duration::from_secs(10);
         loop {
-            if self.log_text().contains(needle) {
-                return true;
+            let log = self.log_text();
+            if let Some(found) = needles.iter().find(|n| log.contains(**n)) {
+                return Some(found);
             }
             if Instant::now() > end {
-                return false;
+                return None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
