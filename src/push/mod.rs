@@ -235,8 +235,10 @@ impl Dispatcher {
         Decision::Later(ticket)
     }
 
-    /// Sends trailing pushes whose coalescing window ended.
+    /// Sends trailing pushes whose coalescing window ended, and lets go of a stale
+    /// lookup snapshot.
     pub fn tick(&mut self, now: Instant) {
+        self.store.end_stale_read();
         let due: Vec<Trailing> = match &mut self.windows {
             Windows::Local(c) => c.due(now),
             Windows::Shared { owed, .. } => {

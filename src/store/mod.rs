@@ -312,9 +312,27 @@ impl Store {
         backend!(self.device(device))
     }
 
-    /// The push target behind a node, if the node exists (the publish hot path).
+    /// The push target behind a node, if the node exists (the publish hot path). On
+    /// SQLite the lookups share one read snapshot for up to 100 ms, which ends early
+    /// when this process writes; another process's changes show within that.
     pub fn node_target(&self, node: &Node) -> Result<Option<NodeTarget>, StoreError> {
         backend!(self.node_target(node))
+    }
+
+    /// Lets go of SQLite's lookup snapshot once it is stale, so an idle server keeps
+    /// none open (the XMPP thread's timer calls this). Nothing to do on PostgreSQL.
+    pub fn end_stale_read(&self) {
+        if let Backend::Sqlite(b) = &self.backend {
+            b.end_read(true);
+        }
+    }
+
+    /// Lets go of SQLite's lookup snapshot now (the XMPP stream ended: no lookups
+    /// for a while).
+    pub fn end_read(&self) {
+        if let Backend::Sqlite(b) = &self.backend {
+            b.end_read(false);
+        }
     }
 
     /// The accounts of one device, ordered by key.

@@ -351,6 +351,8 @@ impl Io<'_> {
             reader,
         );
         self.waiter.unwatch(reader.get_ref().tcp());
+        // No lookups until the next stream: hold no read snapshot meanwhile.
+        self.s.store.end_read();
         end
     }
 }

@@ -71,6 +71,10 @@ pub struct Batcher {
     pub batches: AtomicU64,
     /// Jobs run.
     pub jobs: AtomicU64,
+    /// Batches ended (committed or not), counted before any of their writers hears
+    /// back: a read snapshot taken before the latest count may miss a write whose
+    /// writer was told it is stored (`snapshot`).
+    pub ended: AtomicU64,
 }
 
 impl Batcher {
@@ -113,7 +117,11 @@ impl Batcher {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-        run_batch(&mut guard, batch.into_iter().map(|p| p.job).collect());
+        run_batch(
+            &mut guard,
+            batch.into_iter().map(|p| p.job).collect(),
+            &self.ended,
+        );
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -173,7 +181,7 @@ where
 /// Runs `jobs` in one transaction, a savepoint each, commits, then delivers results.
 /// Every job is answered: with its own result, with the COMMIT's error, or, if the
 /// batch never got to run it, with the error that stopped the batch.
-fn run_batch(conn: &mut Connection, jobs: Vec<Job>) {
+fn run_batch(conn: &mut Connection, jobs: Vec<Job>, ended: &AtomicU64) {
     let total = jobs.len();
     let mut delivers = Vec::with_capacity(total);
     let mut jobs = jobs.into_iter();
@@ -196,6 +204,7 @@ fn run_batch(conn: &mut Connection, jobs: Vec<Job>) {
         tx.commit()?;
         Ok(())
     })();
+    ended.fetch_add(1, Ordering::Release);
     let error = outcome.err();
     match &error {
         Some(StoreError::Busy) => log::error!(

@@ -1,6 +1,8 @@
 //! The SQLite backend: one file, WAL mode, the default for a single instance.
 //!
-//! One `rusqlite::Connection` for writes behind a `Mutex`, and a second one for reads. Reads take the lock for one statement.
+//! One `rusqlite::Connection` for writes behind a `Mutex`, and a second one for reads.
+//! Reads take the lock for one statement; node lookups keep one read transaction open
+//! across calls, ended by this process's next write or after 100 ms (`snapshot`).
 //! Writes go through the `commit` module's group commit: concurrent writes share one transaction
 //! and one fsync, and each write method returns only after the `COMMIT` that holds it,
 //! which is what lets the registration code answer "success" knowing the data is on
@@ -20,13 +22,18 @@ mod commit;
 pub mod export;
 mod listing;
 mod schema;
+mod snapshot;
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+
+use snapshot::Reader;
 
 use super::{AccountRecord, AccountSpec, Counts, DeviceRecord, NodeTarget, StoreError};
 use crate::config::{DbConfig, Synchronous};
@@ -63,9 +70,10 @@ pub struct Sqlite {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
     /// A second connection for reads, so a lookup on the publish path never waits for a
-    /// write transaction (WAL lets readers and the writer run at once). `None` for the
-    /// in-memory database, which a second connection could not see.
-    read: Option<Mutex<Connection>>,
+    /// write transaction (WAL lets readers and the writer run at once); node lookups
+    /// hold one read snapshot across calls (`snapshot`). `None` for the in-memory
+    /// database, which a second connection could not see.
+    read: Option<Mutex<Reader>>,
     batcher: commit::Batcher,
 }
 
@@ -92,7 +100,7 @@ impl Sqlite {
         read.pragma_update(None, "mmap_size", mmap_size as i64)?;
         read.pragma_update(None, "cache_size", -((cache_size / 1024) as i64))?;
         read.set_prepared_statement_cache_capacity(32);
-        store.read = Some(Mutex::new(read));
+        store.read = Some(Mutex::new(Reader::new(read)));
         Ok(store)
     }
 
@@ -130,11 +138,33 @@ impl Sqlite {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The read connection (or the only one, in memory).
-    fn reader(&self) -> MutexGuard<'_, Connection> {
+    /// The read connection (or the only one, in memory), its snapshot ended if this
+    /// process wrote since or it is too old.
+    fn reader(&self) -> ReadGuard<'_> {
         match &self.read {
-            Some(r) => r.lock().unwrap_or_else(|p| p.into_inner()),
-            None => self.lock(),
+            Some(r) => {
+                let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+                r.end_stale(self.writes(), Instant::now());
+                ReadGuard::Own(r)
+            }
+            None => ReadGuard::Shared(self.lock()),
+        }
+    }
+
+    fn writes(&self) -> u64 {
+        self.batcher.ended.load(Ordering::Acquire)
+    }
+
+    /// Ends the lookup connection's read snapshot: if it is stale (`stale_only`; the
+    /// XMPP thread's timer, so an idle server holds none for long), or at once.
+    pub fn end_read(&self, stale_only: bool) {
+        if let Some(r) = &self.read {
+            let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
+            if stale_only {
+                r.end_stale(self.writes(), Instant::now());
+            } else {
+                r.end();
+            }
         }
     }
 
@@ -212,7 +242,11 @@ impl Sqlite {
     /// The push target behind a node, if the node exists (the publish hot path: one
     /// indexed join).
     pub fn node_target(&self, node: &Node) -> Result<Option<NodeTarget>, StoreError> {
-        let conn = self.reader();
+        let writes = self.writes();
+        let mut conn = self.reader();
+        if let ReadGuard::Own(r) = &mut conn {
+            r.hold(writes, Instant::now());
+        }
         let row = conn
             .prepare_cached(
                 "SELECT a.device_id, a.account_key, a.domain, a.secret, d.channel_uri, d.version, d.account_form, d.last_seen_at
@@ -233,8 +267,11 @@ impl Sqlite {
                     last_seen_at: r.get(7)?,
                 })
             })
-            .optional()?;
-        Ok(row)
+            .optional();
+        if let (Err(_), ReadGuard::Own(r)) = (&row, &mut conn) {
+            r.end();
+        }
+        Ok(row?)
     }
 
     /// The accounts of one device, ordered by key.
@@ -468,6 +505,25 @@ impl Sqlite {
             .unwrap_or_else(|p| p.into_inner());
         conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
         conn.close().map_err(|(_, e)| StoreError::from(e))
+    }
+}
+
+/// The read connection as the read methods take it.
+enum ReadGuard<'a> {
+    /// The lookup connection of a file database.
+    Own(MutexGuard<'a, Reader>),
+    /// The only connection of an in-memory database.
+    Shared(MutexGuard<'a, Connection>),
+}
+
+impl Deref for ReadGuard<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        match self {
+            Self::Own(r) => r,
+            Self::Shared(c) => c,
+        }
     }
 }
 
