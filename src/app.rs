@@ -33,7 +33,7 @@ use crate::types::{Node, SavedToken};
 use crate::wns::WnsPool;
 use crate::wns::token::TokenVault;
 use crate::xmpp::pep::Pep;
-use crate::xmpp::{LinkSettings, LinkStatus, Mode, XmppLink};
+use crate::xmpp::{Answers, LinkSettings, LinkStatus, Mode, XmppLink};
 
 /// How long the start waits for WNS to be warm (token, connections) before XMPP.
 const WARM_WAIT: Duration = Duration::from_secs(2);
@@ -304,7 +304,7 @@ impl Parts<'_> {
         peps: crossbeam_channel::Receiver<crate::xmpp::pep::PepRequest>,
         status: Arc<LinkStatus>,
     ) -> Result<XmppLink, StartError> {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let answers = Arc::new(Answers::new(waiter.wake()));
         let dispatcher = Dispatcher::new(
             DispatchSettings {
                 store: self.store.clone(),
@@ -314,9 +314,8 @@ impl Parts<'_> {
                 deadline: self.config.wns.deadline,
                 min_interval: self.config.push.min_interval,
                 require_secret: matches!(mode, Mode::Component(_)),
-                wake: waiter.wake(),
             },
-            tx,
+            answers.clone(),
         );
         let settings = LinkSettings {
             mode,
@@ -329,7 +328,7 @@ impl Parts<'_> {
             settings,
             waiter,
             dispatcher,
-            rx,
+            answers,
             peps,
             status,
             self.shutdown.clone(),

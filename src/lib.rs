@@ -38,13 +38,14 @@
 //!       │              └─ reg-reject (≤ 64, answer "busy" over the cap, then close)
 //!       ├─ xmpp-io         (owns the XMPP socket; sleeps in epoll on it and an eventfd
 //!       │                   the workers and PEP requests wake, reads until it would
-//!       │                   block, answers outcomes, pings, reconnects with backoff)
+//!       │                   block, writes queued replies, pings, reconnects with backoff)
 //!       ├─ wns-warm        (at start: the token and a connection per worker to each
 //!       │                   stored WNS host; the start waits for it at most 2 s)
 //!       ├─ wns-worker-1..K (bounded job channel; blocking HTTPS POST, one TLS record,
 //!       │                   over a shared keep-alive pool; retries wait in a shared
 //!       │                   heap, no timer thread; apply the outcome's store side effects
-//!       │                   through push::effects; a DNS cache miss runs on a
+//!       │                   through push::effects, then write the IQ reply to the
+//!       │                   component socket (xmpp::Answers); a DNS cache miss runs on a
 //!       │                   short-lived wns-resolve thread, not joined)
 //!       ├─ ops-expiry      (hourly sweep of devices unseen for db.device_ttl_days)
 //!       ├─ ops-http        (optional: /health, /metrics)
@@ -52,7 +53,8 @@
 //! Shared: Arc<Store> (a lock held for one statement or one transaction, never across
 //!         I/O), Arc<ConnContext> (read-only), Arc<WnsPool> (owns the job sender: its
 //!         drop ends the workers), Arc<TokenCache>, Arc<Effects>, Arc<net::Wake> (the
-//!         XMPP thread's eventfd), Shutdown (a flag plus a channel that wakes sleepers).
+//!         XMPP thread's eventfd), Arc<xmpp::Answers> (publishes waiting for WNS, and
+//!         the socket's write queue), Shutdown (a flag plus a channel that wakes sleepers).
 //! ```
 //! Every thread is joined at shutdown, in the order `app` documents, and a panic is
 //! logged at its join.

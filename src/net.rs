@@ -36,9 +36,9 @@ impl Socket for TlsStream<TcpStream> {
 }
 
 /// Wakes the XMPP I/O thread out of [`Waiter::wait`] when there is work that did not
-/// come through its socket: a finished push, a PEP request. Cheap when the thread is
-/// busy: only a thread that is parked costs a syscall (an eventfd write) to wake, so
-/// under load the workers hand over outcomes without one.
+/// come through its socket: replies a worker left for it to write, a PEP request.
+/// Cheap when the thread is busy: only a thread that is parked costs a syscall (an
+/// eventfd write) to wake, so under load the workers hand over replies without one.
 #[derive(Debug)]
 pub struct Wake {
     waker: Option<mio::Waker>,
@@ -53,6 +53,15 @@ impl Wake {
             waker: None,
             parked: AtomicBool::new(false),
         })
+    }
+
+    /// Whether no I/O thread is awake to pick work up: it sleeps in [`Waiter::wait`]
+    /// (or is about to, and then sees work sent before this call), or there is none.
+    /// A WNS worker writes a reply itself only then; an awake I/O thread writes it
+    /// together with the others of its batch.
+    pub fn is_idle(&self) -> bool {
+        fence(Ordering::SeqCst);
+        self.waker.is_none() || self.parked.load(Ordering::SeqCst)
     }
 
     /// Call after sending the work (the send must come first: see [`Waiter::wait`]).

@@ -1,15 +1,17 @@
 //! Dispatch: a validated publish → node lookup → secret and domain checks → coalescing
-//! → a WNS job; and the job's outcome → its store side effects ([`effects`]) → back to
-//! the XMPP thread as a [`Completed`] carrying the publish's [`Ticket`].
+//! → a WNS job; and the job's outcome → its store side effects ([`effects`]) → the
+//! publish's [`Answer`], named by its [`Ticket`].
 //!
 //! `push` defines what it consumes ([`Publish`]) and what it answers ([`PushOutcome`]);
-//! `xmpp` builds the one and maps the other to IQ replies, so the dependency runs
+//! and through what it answers ([`Answer`]); `xmpp` builds the one and implements the
+//! other, mapping outcomes to IQ replies, so the dependency runs
 //! `xmpp → push → {store, wns}` and never back.
 //!
 //! Threads: [`Dispatcher`] runs on `xmpp-io` (a store read per publish, microseconds;
 //! never waits on WNS). Job outcomes come back on `wns-worker-*` threads, which apply
-//! the side effects and send a [`Completed`] over a channel. Locks: the store's, for
-//! one query; [`effects::Effects`]'s briefly.
+//! the side effects and hand the outcome to the [`Answer`] (which writes the IQ reply
+//! on that worker). Locks: the store's, for one query; [`effects::Effects`]'s and the
+//! answer's briefly.
 
 pub mod coalesce;
 pub mod effects;
@@ -17,10 +19,7 @@ pub mod effects;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-
 use crate::clock::Clock;
-use crate::net::Wake;
 use crate::store::{NodeTarget, SharedAdmit, Store, StoreError};
 use crate::types::{ClientGeneration, Node, Summary, jid_domain};
 use crate::wns::{Finished, Job, Outcome, WnsPool, payload};
@@ -73,13 +72,16 @@ impl Ticket {
     }
 }
 
-/// A job's outcome on its way back to the XMPP thread.
-#[derive(Debug)]
-pub struct Completed {
-    /// The ticket handed out by [`Dispatcher::publish`].
-    pub ticket: Ticket,
-    /// What WNS did (its store side effects are already applied).
-    pub outcome: Outcome,
+/// Where the outcomes of accepted publishes go: the XMPP side, which answers their IQs.
+/// Defined here, by the side that calls it, so that `push` does not depend on `xmpp`.
+/// Both calls must be quick and never block on I/O.
+pub trait Answer: Send + Sync {
+    /// A job for `ticket` is about to be queued (called on the dispatching thread,
+    /// before [`Dispatcher::publish`] returns the ticket).
+    fn expect(&self, ticket: Ticket);
+    /// The job's outcome, its store side effects applied. Called on the WNS worker that
+    /// got it, or on the dispatching thread for a job refused at once.
+    fn finished(&self, ticket: Ticket, outcome: Outcome);
 }
 
 /// Whether the reply can be sent now or must wait for WNS.
@@ -87,7 +89,7 @@ pub struct Completed {
 pub enum Decision {
     /// Reply now with this outcome.
     Now(PushOutcome),
-    /// Reply when [`Completed`] with this ticket arrives.
+    /// The job is queued: its outcome goes to the [`Answer`] under this ticket.
     Later(Ticket),
 }
 
@@ -118,22 +120,8 @@ pub struct Dispatcher {
     deadline: Duration,
     require_secret: bool,
     windows: Windows,
-    outcomes: Arc<Return>,
+    answers: Arc<dyn Answer>,
     next_ticket: u64,
-}
-
-/// The way back to the XMPP thread: its outcome channel, and the wake that gets it out
-/// of its sleep once the outcome is in the channel.
-struct Return {
-    tx: Sender<Completed>,
-    wake: Arc<Wake>,
-}
-
-impl Return {
-    fn send(&self, done: Completed) {
-        let _ = self.tx.send(done);
-        self.wake.wake();
-    }
 }
 
 /// What a [`Dispatcher`] needs besides its outcome channel.
@@ -153,13 +141,11 @@ pub struct DispatchSettings {
     /// True in component mode (the publish-options carry the secret); false in client
     /// mode (PEP forwards none; the node name is the capability).
     pub require_secret: bool,
-    /// Called after each outcome is sent, to wake the XMPP thread.
-    pub wake: Arc<Wake>,
 }
 
 impl Dispatcher {
-    /// A dispatcher that sends outcomes of the publishes it accepts to `outcomes`.
-    pub fn new(s: DispatchSettings, outcomes: Sender<Completed>) -> Self {
+    /// A dispatcher that hands the outcomes of the publishes it accepts to `answers`.
+    pub fn new(s: DispatchSettings, answers: Arc<dyn Answer>) -> Self {
         let shared = s.store.is_shared() && !s.min_interval.is_zero();
         Self {
             store: s.store,
@@ -176,10 +162,7 @@ impl Dispatcher {
             } else {
                 Windows::Local(Coalescer::new(s.min_interval))
             },
-            outcomes: Arc::new(Return {
-                tx: outcomes,
-                wake: s.wake,
-            }),
+            answers,
             next_ticket: 0,
         }
     }
@@ -231,6 +214,7 @@ impl Dispatcher {
         };
         self.next_ticket += 1;
         let ticket = Ticket(self.next_ticket);
+        self.answers.expect(ticket);
         self.submit(push, Some(ticket), now);
         Decision::Later(ticket)
     }
@@ -274,7 +258,7 @@ impl Dispatcher {
         let t = push.target;
         let generation = ClientGeneration::of(t.version, t.account_form);
         let body = payload::push(generation, t.account_key.as_str(), &push.summary);
-        let outcomes = self.outcomes.clone();
+        let answers = self.answers.clone();
         let effects = self.effects.clone();
         let touch = t.last_seen_at < self.clock.unix_now() - 3600;
         pool.submit(Job::new(
@@ -285,10 +269,7 @@ impl Dispatcher {
             Box::new(move |f: Finished| {
                 effects.apply(&f, touch);
                 match ticket {
-                    Some(ticket) => outcomes.send(Completed {
-                        ticket,
-                        outcome: f.outcome,
-                    }),
+                    Some(ticket) => answers.finished(ticket, f.outcome),
                     None => log::debug!(
                         "push: trailing push to device {}: {}",
                         f.device.short(),

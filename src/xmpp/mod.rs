@@ -1,5 +1,6 @@
-//! The XMPP side: one I/O thread holds the connection to the XMPP server, reads
-//! publishes, and writes their replies once WNS has answered.
+//! The XMPP side: one I/O thread holds the connection to the XMPP server and reads
+//! publishes; their replies are written once WNS has answered, by the WNS worker that
+//! got the answer.
 //!
 //! - [`reader`]: incremental stanza reader with size and depth caps; `quick`: its
 //!   one-pass path for stanzas whole in the buffer, in the plain shape servers write,
@@ -9,20 +10,25 @@
 //! - [`reply`]: outcome → IQ reply (THE mapping table), disco, ping, stream errors.
 //! - [`pep`]: client mode's PEP nodes; `lease`: client mode's login lease (one
 //!   instance at a time); [`srv`]: DNS SRV and dialling every address.
-//! - `session`: one stream's state, no I/O; `stream`: the component connection and
-//!   how a broken stream is explained; `reconnect`: when to try again.
+//! - `session`: one stream's state, no I/O; [`Answers`]: the publishes waiting for
+//!   WNS, answered on the worker, and the one queue every write to the socket goes
+//!   through; `stream`: the component connection and how a broken stream is
+//!   explained; `reconnect`: when to try again.
 //!
 //! Threads: `xmpp-io` owns the socket. This module is its I/O loop: connect, log in,
 //! then read until the socket would block, hand each stanza and the current time to
-//! the session, answer what WNS finished, write what the session queued, and sleep in
-//! [`Waiter::wait`] (epoll) until the socket has input, a WNS worker or registration
-//! thread calls [`net::Wake`], or the session's next timer is due. No polling interval:
-//! a reply leaves as soon as its outcome arrives. It never waits on WNS. It reconnects forever with exponential
+//! the session, write what the session queued (and replies the workers left queued),
+//! and sleep in [`Waiter::wait`] (epoll) until the socket has input, a WNS worker or
+//! registration thread calls [`crate::net::Wake`], or the session's next timer is due.
+//! No polling interval: a reply leaves as soon as its outcome arrives, from the worker
+//! while this thread sleeps, or with this thread's next write while it is awake or
+//! many publishes are in flight. It never waits on WNS. It reconnects forever with exponential
 //! backoff (1 s to 60 s, with jitter, sleeping on the shutdown signal) and logs every
 //! state change. One failure is not a failure: a `<conflict/>` stream error means that
 //! another instance holds the component (Prosody keeps one connection per component),
 //! and this instance waits as a standby, retrying every few seconds (`reconnect`).
 
+mod answers;
 pub mod client;
 pub mod component;
 mod lease;
@@ -45,10 +51,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
+pub use answers::Answers;
+
 use crate::config::{ClientConfig, ComponentConfig};
 use crate::metrics::METRICS;
-use crate::net::{self, Socket, Waiter};
-use crate::push::{Completed, Dispatcher};
+use crate::net::{Socket, Waiter};
+use crate::push::Dispatcher;
 use crate::shutdown::{Shutdown, join_logged};
 use crate::store::Store;
 use component::connect_component;
@@ -142,13 +150,14 @@ pub struct XmppLink {
 }
 
 impl XmppLink {
-    /// Starts the `xmpp-io` thread. `peps` carries client mode's node requests;
-    /// whoever sends on `outcomes` or `peps` calls the `waiter`'s [`net::Wake`] after.
+    /// Starts the `xmpp-io` thread. `answers` is the one the `dispatcher` hands its
+    /// outcomes to; `peps` carries client mode's node requests, and whoever sends on it
+    /// calls the `waiter`'s [`crate::net::Wake`] after.
     pub fn start(
         settings: LinkSettings,
         waiter: Waiter,
         dispatcher: Dispatcher,
-        outcomes: Receiver<Completed>,
+        answers: Arc<Answers>,
         peps: Receiver<PepRequest>,
         status: Arc<LinkStatus>,
         shutdown: Shutdown,
@@ -160,7 +169,7 @@ impl XmppLink {
                 let mut io = Io {
                     s: &settings,
                     dispatcher,
-                    outcomes: &outcomes,
+                    answers,
                     peps: &peps,
                     shutdown: &shutdown,
                     lease: LoginLease::default(),
@@ -200,7 +209,8 @@ enum End {
 struct Io<'a> {
     s: &'a LinkSettings,
     dispatcher: Dispatcher,
-    outcomes: &'a Receiver<Completed>,
+    /// The publishes waiting for WNS, and every write to the socket.
+    answers: Arc<Answers>,
     peps: &'a Receiver<PepRequest>,
     shutdown: &'a Shutdown,
     /// Client mode: the lease that makes this the one instance logged in.
@@ -333,7 +343,7 @@ impl Io<'_> {
             timing,
             &self.s.store,
             &mut self.dispatcher,
-            (self.outcomes, self.peps),
+            (&self.answers, self.peps),
             Instant::now(),
         );
         for stanza in held {
@@ -343,13 +353,23 @@ impl Io<'_> {
         if let Err(e) = self.waiter.watch(tcp) {
             return End::Lost(format!("cannot watch the socket: {e}"));
         }
+        // Component mode: WNS workers write their IQ replies to the socket themselves.
+        // (Without a second handle they queue them for this thread instead.)
+        self.answers.begin(if id.client {
+            None
+        } else {
+            tcp.try_clone().ok()
+        });
         let end = pump(
             &mut self.waiter,
             &mut self.lease,
             self.shutdown,
             &mut session,
             reader,
+            &self.answers,
         );
+        drop(session);
+        self.answers.end();
         self.waiter.unwatch(reader.get_ref().tcp());
         // No lookups until the next stream: hold no read snapshot meanwhile.
         self.s.store.end_read();
@@ -357,15 +377,17 @@ impl Io<'_> {
     }
 }
 
-/// The session's loop: read until the socket would block, answer what WNS has
-/// finished, run the timers, write, then sleep until the socket, a [`net::Wake`] or the
-/// next timer needs the thread.
+/// The session's loop: read until the socket would block, run the timers, write what
+/// the session and the workers queued, then sleep until the socket, a
+/// [`crate::net::Wake`] or the next timer needs the thread. (Replies to publishes that
+/// WNS finished are written by the workers: see `answers`.)
 fn pump<S: Socket>(
     waiter: &mut Waiter,
     lease: &mut LoginLease,
     shutdown: &Shutdown,
     session: &mut Session,
     reader: &mut StanzaReader<S>,
+    answers: &Answers,
 ) -> End {
     let mut next_lease_check = Instant::now() + LEASE_STEP;
     // Whether the socket may have input (edge-triggered: until a read would block).
@@ -407,7 +429,6 @@ fn pump<S: Socket>(
             }
         }
         let now = Instant::now();
-        session.drain_outcomes();
         session.drain_peps();
         if let Err(why) = session.tick(now) {
             return End::Lost(why);
@@ -423,13 +444,17 @@ fn pump<S: Socket>(
         }
         if session.is_drained(now) {
             session.finish_shutdown();
-            let _ = net::write_all(reader.get_mut(), session.out.as_bytes(), WRITE_TIMEOUT);
+            let _ = answers.flush(&session.out, reader.get_mut(), WRITE_TIMEOUT);
             return End::Shutdown;
         }
-        if !session.out.is_empty() {
-            log::trace!("xmpp: -> {}", session.out);
-            if let Err(e) = net::write_all(reader.get_mut(), session.out.as_bytes(), WRITE_TIMEOUT)
-            {
+        if let Some(why) = answers.failed() {
+            return End::Lost(format!("write failed: {why}"));
+        }
+        if !session.out.is_empty() || answers.needs_io() {
+            if !session.out.is_empty() {
+                log::trace!("xmpp: -> {}", session.out);
+            }
+            if let Err(e) = answers.flush(&session.out, reader.get_mut(), WRITE_TIMEOUT) {
                 return End::Lost(format!("write failed: {e}"));
             }
             session.out.clear();

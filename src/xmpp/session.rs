@@ -16,11 +16,12 @@ use crossbeam_channel::Receiver;
 use minidom::Element;
 
 use super::Identity;
+use super::answers::{Answers, Pending};
 use super::pep::{self, PepRequest};
 use super::publish::{self, Inbound, IqHeader};
 use super::reply;
-use crate::metrics::{METRICS, PublishResult};
-use crate::push::{Completed, Decision, Dispatcher, Publish, PushOutcome, Ticket};
+use crate::metrics::PublishResult;
+use crate::push::{Decision, Dispatcher, Publish, PushOutcome, Ticket};
 use crate::store::Store;
 use crate::types::Node;
 use crate::wns::Outcome;
@@ -64,21 +65,15 @@ enum PepStep {
     Delete(Node),
 }
 
-/// A publish waiting for its WNS outcome; client mode's have no IQ to answer.
-struct Pending {
-    header: Option<IqHeader>,
-    since: Instant,
-}
-
 /// The state of one stream (see the module docs).
 pub(super) struct Session<'a> {
     id: &'a Identity,
     timing: Timing,
     store: &'a Store,
     dispatcher: &'a mut Dispatcher,
-    outcomes: &'a Receiver<Completed>,
+    /// The publishes waiting for WNS, answered by the workers.
+    answers: &'a Answers,
     peps: &'a Receiver<PepRequest>,
-    pending: HashMap<Ticket, Pending>,
     /// Deadlines in arrival order (all publishes get the same budget), so expiry is a
     /// look at the front, not a scan; entries of answered IQs are skipped.
     deadlines: VecDeque<(Instant, Ticket)>,
@@ -93,8 +88,7 @@ pub(super) struct Session<'a> {
     last_heard: Instant,
     last_ping: Option<Instant>,
     draining: Option<Instant>,
-    /// Push outcomes since `tally_since`, by [`PublishResult`], for the summary line.
-    tally: [u64; PublishResult::LABELS.len()],
+    /// Since when [`Answers`] counts push outcomes for the summary line.
     tally_since: Instant,
     /// Stanzas to write, in order.
     pub out: String,
@@ -107,18 +101,17 @@ impl<'a> Session<'a> {
         timing: Timing,
         store: &'a Store,
         dispatcher: &'a mut Dispatcher,
-        channels: (&'a Receiver<Completed>, &'a Receiver<PepRequest>),
+        links: (&'a Answers, &'a Receiver<PepRequest>),
         now: Instant,
     ) -> Self {
-        let (outcomes, peps) = channels;
+        let (answers, peps) = links;
         Self {
             id,
             timing,
             store,
             dispatcher,
-            outcomes,
+            answers,
             peps,
-            pending: HashMap::new(),
             deadlines: VecDeque::new(),
             pep_steps: HashMap::new(),
             deleting: HashSet::new(),
@@ -126,7 +119,6 @@ impl<'a> Session<'a> {
             seq: 0,
             next_timers: now,
             next_removed: now,
-            tally: [0; PublishResult::LABELS.len()],
             tally_since: now,
             last_heard: now,
             last_ping: None,
@@ -137,7 +129,8 @@ impl<'a> Session<'a> {
 
     /// How long the I/O thread may sleep when nothing arrives: until the first IQ
     /// deadline or coalesced push is due (not before the timers may run again), at
-    /// most [`IDLE_WAIT`]. Finished pushes and PEP requests wake it early.
+    /// most [`IDLE_WAIT`]. PEP requests, and bytes a worker could not write, wake it
+    /// early.
     pub fn next_wake(&self, now: Instant) -> Duration {
         let mut due = now + IDLE_WAIT;
         if let Some((deadline, _)) = self.deadlines.front() {
@@ -149,9 +142,9 @@ impl<'a> Session<'a> {
         due.max(self.next_timers).saturating_duration_since(now)
     }
 
-    /// Whether finished pushes or PEP requests wait in the channels.
+    /// Whether PEP requests wait, or bytes or a broken stream that the workers left.
     pub fn has_work(&self) -> bool {
-        !self.outcomes.is_empty() || !self.peps.is_empty()
+        !self.peps.is_empty() || self.answers.needs_io()
     }
 
     /// The stream's default namespace (what `classify` expects of a stanza).
@@ -236,7 +229,8 @@ impl<'a> Session<'a> {
         match self.dispatcher.publish(from, p, now) {
             Decision::Now(outcome) => self.answer(from.unwrap_or("pep"), header.as_ref(), &outcome),
             Decision::Later(ticket) => {
-                self.pending.insert(ticket, Pending { header, since: now });
+                self.answers
+                    .register(ticket, Pending { header, since: now });
                 self.deadlines
                     .push_back((now + self.timing.deadline, ticket));
             }
@@ -245,20 +239,10 @@ impl<'a> Session<'a> {
 
     /// Logs and counts a push outcome, and answers its IQ if it has one.
     fn answer(&mut self, from: &str, header: Option<&IqHeader>, outcome: &PushOutcome) {
-        self.tally[log_outcome(from, outcome) as usize] += 1;
+        self.answers.count(from, outcome);
         if let Some(h) = header {
             self.out
                 .push_str(&reply::iq_reply(h, reply::for_outcome(outcome)));
-        }
-    }
-
-    /// Answers publishes whose WNS outcome arrived.
-    pub fn drain_outcomes(&mut self) {
-        while let Ok(done) = self.outcomes.try_recv() {
-            if let Some(p) = self.pending.remove(&done.ticket) {
-                METRICS.publish_latency.observe(p.since.elapsed());
-                self.answer_pending(p, &PushOutcome::Wns(done.outcome));
-            }
         }
     }
 
@@ -314,7 +298,7 @@ impl<'a> Session<'a> {
     fn summary(&mut self, now: Instant) -> Option<String> {
         let secs = now.saturating_duration_since(self.tally_since).as_secs();
         self.tally_since = now;
-        let tally = std::mem::replace(&mut self.tally, [0; PublishResult::LABELS.len()]);
+        let tally = self.answers.take_tally();
         let total: u64 = tally.iter().sum();
         if total == 0 {
             return None;
@@ -366,11 +350,11 @@ impl<'a> Session<'a> {
             let Some((_, ticket)) = self.deadlines.pop_front() else {
                 break;
             };
-            if let Some(p) = self.pending.remove(&ticket) {
+            if let Some(p) = self.answers.take(ticket) {
                 self.answer_pending(p, &PushOutcome::TimedOut);
             }
         }
-        if self.pending.is_empty() {
+        if self.answers.waiting() == 0 {
             self.deadlines.clear();
         }
     }
@@ -446,7 +430,7 @@ impl<'a> Session<'a> {
         if self.draining.is_none() {
             log::info!(
                 "xmpp: shutting down; {} publishes wait for WNS",
-                self.pending.len()
+                self.answers.waiting()
             );
             self.draining = Some(now);
         }
@@ -455,14 +439,13 @@ impl<'a> Session<'a> {
     /// Whether the drain is over: nothing is waiting, or the grace ran out.
     pub fn is_drained(&self, now: Instant) -> bool {
         self.draining.is_some_and(|since| {
-            self.pending.is_empty() || now.duration_since(since) >= self.timing.grace
+            self.answers.waiting() == 0 || now.duration_since(since) >= self.timing.grace
         })
     }
 
     /// Answers what is left with `wait`, fails PEP requests, and closes the stream.
     pub fn finish_shutdown(&mut self) {
-        let left: Vec<Pending> = self.pending.drain().map(|(_, p)| p).collect();
-        for p in left {
+        for p in self.answers.take_all() {
             self.answer_pending(p, &shutting_down());
         }
         for (_, step) in self.pep_steps.drain() {
@@ -490,32 +473,6 @@ fn shutting_down() -> PushOutcome {
 /// The bare part of a JID, lowercased.
 fn bare(jid: &str) -> String {
     jid.split('/').next().unwrap_or("").to_lowercase()
-}
-
-/// One line and one count per push outcome; no secrets, no user JIDs (`from` is a
-/// server, or `pep`). Delivered and coalesced pushes are debug lines (the info log sums
-/// them up every [`SUMMARY_EVERY`]); every other outcome is an info line.
-fn log_outcome(from: &str, outcome: &PushOutcome) -> PublishResult {
-    use PublishResult as R;
-    let result = match outcome {
-        PushOutcome::Wns(Outcome::Delivered) => R::Delivered,
-        PushOutcome::Coalesced => R::Coalesced,
-        PushOutcome::Wns(Outcome::ChannelGone) => R::ChannelGone,
-        PushOutcome::Wns(Outcome::Transient(_)) | PushOutcome::TimedOut => R::Transient,
-        PushOutcome::Wns(Outcome::Misconfigured(_) | Outcome::OurBug(_))
-        | PushOutcome::NoWns
-        | PushOutcome::Internal(_) => R::Misconfigured,
-        PushOutcome::UnknownNode => R::UnknownNode,
-        PushOutcome::BadSecret | PushOutcome::ForeignDomain => R::BadSecret,
-    };
-    METRICS.publish(result);
-    match outcome {
-        PushOutcome::Wns(Outcome::Delivered) | PushOutcome::Coalesced => {
-            log::debug!("push: from {from} {outcome:?}")
-        }
-        other => log::info!("push: from {from} not delivered: {other:?}"),
-    }
-    result
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use crossbeam_channel::unbounded;
 use super::*;
 use crate::clock::Clock;
 use crate::push::effects::Effects;
-use crate::push::{DispatchSettings, Dispatcher};
+use crate::push::{Answer, DispatchSettings, Dispatcher};
 use crate::xmpp::component::NS_COMPONENT;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -33,13 +33,13 @@ struct Rig {
     id: Identity,
     store: Arc<Store>,
     dispatcher: Dispatcher,
-    outcomes: (crossbeam_channel::Sender<Completed>, Receiver<Completed>),
+    answers: Arc<Answers>,
     peps: Receiver<PepRequest>,
 }
 
 fn rig() -> Rig {
     let store = Arc::new(Store::open_in_memory().unwrap());
-    let (tx, rx) = unbounded();
+    let answers = Arc::new(Answers::new(crate::net::Wake::none()));
     let dispatcher = Dispatcher::new(
         DispatchSettings {
             store: store.clone(),
@@ -48,16 +48,15 @@ fn rig() -> Rig {
             clock: Clock::manual(0),
             deadline: timing().deadline,
             min_interval: Duration::ZERO,
-            wake: crate::net::Wake::none(),
             require_secret: true,
         },
-        tx.clone(),
+        answers.clone(),
     );
     Rig {
         id: identity(),
         store,
         dispatcher,
-        outcomes: (tx, rx),
+        answers,
         peps: unbounded().1,
     }
 }
@@ -69,7 +68,7 @@ impl Rig {
             timing(),
             &self.store,
             &mut self.dispatcher,
-            (&self.outcomes.1, &self.peps),
+            (&self.answers, &self.peps),
             now,
         )
     }
@@ -86,7 +85,7 @@ fn header(id: &str) -> IqHeader {
 /// Puts a publish in the waiting state, as a `Decision::Later` would.
 fn waiting(s: &mut Session<'_>, ticket: u64, id: &str, now: Instant) {
     let ticket = Ticket::for_tests(ticket);
-    s.pending.insert(
+    s.answers.register(
         ticket,
         Pending {
             header: Some(header(id)),
@@ -194,7 +193,6 @@ fn with_several_instances_any_inbound_stanza_keeps_the_stream_alive() {
 #[test]
 fn a_publish_wns_does_not_answer_in_time_gets_wait_at_its_deadline() {
     let mut r = rig();
-    let done = r.outcomes.0.clone();
     let t0 = Instant::now();
     let mut s = r.session(t0);
     waiting(&mut s, 1, "slow", t0);
@@ -215,19 +213,16 @@ fn a_publish_wns_does_not_answer_in_time_gets_wait_at_its_deadline() {
         s.out
     );
     assert!(!s.out.contains("id='fast'"));
-    // The other one's outcome arrives in time: answered `result`, and its deadline
-    // later passes without a second answer.
+    // The other one's outcome arrives in time (on a worker): answered `result` (queued:
+    // this answers has no socket), and its deadline later passes without a second
+    // answer.
     s.out.clear();
-    done.send(Completed {
-        ticket: Ticket::for_tests(2),
-        outcome: Outcome::Delivered,
-    })
-    .unwrap();
-    s.drain_outcomes();
-    assert!(s.out.contains("id='fast'") && s.out.contains("type='result'"));
-    s.out.clear();
+    s.answers.finished(Ticket::for_tests(2), Outcome::Delivered);
+    let queued = s.answers.queued();
+    assert!(queued.contains("id='fast'") && queued.contains("type='result'"));
+    assert!(!queued.contains("id='slow'"), "{queued}");
     s.tick(t0 + 7 * SEC).unwrap();
-    assert!(s.out.is_empty() && s.pending.is_empty() && s.deadlines.is_empty());
+    assert!(s.out.is_empty() && s.answers.waiting() == 0 && s.deadlines.is_empty());
     assert_eq!(s.next_wake(t0 + 7 * SEC), IDLE_WAIT);
 }
 
@@ -278,7 +273,7 @@ fn replies_to_requests_we_did_not_send_are_ignored_quietly() {
         s.on_stanza(&stanza(&xml), t0 + SEC);
     }
     assert!(s.out.is_empty(), "{}", s.out);
-    assert!(s.pending.is_empty() && s.pep_steps.is_empty());
+    assert!(s.answers.waiting() == 0 && s.pep_steps.is_empty());
     assert_eq!(s.tick(t0 + SEC), Ok(()));
 }
 
