@@ -74,6 +74,9 @@ struct State {
     writing: bool,
     /// A worker's write failed: the stream is broken.
     failed: Option<String>,
+    /// Counts streams begun and ended: a worker that wrote outside the lock while the
+    /// stream changed drops what it has left instead of queueing it for the next one.
+    stream: u64,
 }
 
 /// The publishes of the current stream that wait for WNS, and the one way bytes reach
@@ -110,6 +113,7 @@ impl Answers {
         st.socket = socket.map(Arc::new);
         st.queued.clear();
         st.failed = None;
+        st.stream += 1;
     }
 
     /// The stream ended: what is still waiting can no longer be answered on it.
@@ -118,6 +122,7 @@ impl Answers {
         st.slots.clear();
         st.socket = None;
         st.queued.clear();
+        st.stream += 1;
     }
 
     /// The session registers the IQ of an accepted publish; answered at once if its
@@ -249,11 +254,16 @@ impl Answers {
             return self.wake.wake();
         };
         st.writing = true;
+        let stream = st.stream;
         loop {
             let bytes = std::mem::take(&mut st.queued);
             drop(st);
             let (sent, error) = write_some(&socket, &bytes);
             st = self.lock();
+            if st.stream != stream {
+                // That stream is gone: its bytes and its errors with it.
+                break;
+            }
             if sent < bytes.len() {
                 // A partial stanza goes back in front: the next writer finishes it first.
                 let later = std::mem::replace(&mut st.queued, bytes[sent..].to_vec());
