@@ -323,7 +323,7 @@ impl Store {
     /// none open (the XMPP thread's timer calls this). Nothing to do on PostgreSQL.
     pub fn end_stale_read(&self) {
         if let Backend::Sqlite(b) = &self.backend {
-            b.end_read(true);
+            b.end_stale_read();
         }
     }
 
@@ -331,7 +331,7 @@ impl Store {
     /// for a while).
     pub fn end_read(&self) {
         if let Backend::Sqlite(b) = &self.backend {
-            b.end_read(false);
+            b.end_read();
         }
     }
 

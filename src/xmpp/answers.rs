@@ -153,20 +153,14 @@ impl Answers {
         }
     }
 
-    /// Takes every registered publish out (the shutdown drain's end).
+    /// Takes every registered publish out (the shutdown drain's end; outcomes that
+    /// come later find nothing to answer).
     pub(super) fn take_all(&self) -> Vec<Pending> {
-        let mut st = self.lock();
-        let tickets: Vec<Ticket> = st
-            .slots
-            .iter()
-            .filter(|(_, s)| matches!(s, Slot::Waiting(_)))
-            .map(|(t, _)| *t)
-            .collect();
-        tickets
-            .into_iter()
-            .filter_map(|t| match st.slots.remove(&t) {
-                Some(Slot::Waiting(p)) => Some(p),
-                _ => None,
+        std::mem::take(&mut self.lock().slots)
+            .into_values()
+            .filter_map(|s| match s {
+                Slot::Waiting(p) => Some(p),
+                Slot::Dispatched | Slot::Done(_) => None,
             })
             .collect()
     }
@@ -195,14 +189,9 @@ impl Answers {
         st.failed.is_some() || (!st.writing && !st.queued.is_empty())
     }
 
-    /// Why a worker's write failed, if one did.
-    pub(super) fn failed(&self) -> Option<String> {
-        self.lock().failed.clone()
-    }
-
     /// Writes `own` (after whatever is queued) and everything queued meanwhile to
     /// `stream`, blocking up to `timeout` on a server that does not read; on
-    /// `xmpp-io` only.
+    /// `xmpp-io` only. A worker's failed write on this stream is this call's error.
     pub(super) fn flush<S: Socket>(
         &self,
         own: &str,
@@ -210,6 +199,9 @@ impl Answers {
         timeout: Duration,
     ) -> io::Result<()> {
         let mut st = self.lock();
+        if let Some(why) = &st.failed {
+            return Err(io::Error::other(why.clone()));
+        }
         st.queued.extend_from_slice(own.as_bytes());
         loop {
             while st.writing {
@@ -385,6 +377,23 @@ mod tests {
         }
     }
 
+    /// Answers on a fresh stream, as component mode begins it: (answers, our end of
+    /// the socket, the server's end).
+    fn started() -> (Answers, TcpStream, TcpStream) {
+        let (ours, theirs) = pair();
+        let a = Answers::new(Wake::none());
+        a.begin(Some(ours.try_clone().unwrap()));
+        (a, ours, theirs)
+    }
+
+    /// Accepts publish `id` under ticket `n`, as the dispatcher and the session do.
+    fn accept(a: &Answers, n: u64, id: &str) -> Ticket {
+        let t = Ticket::for_tests(n);
+        a.expect(t);
+        a.register(t, pending(id));
+        t
+    }
+
     /// Reads what arrived until `want` has, or 5 s passed.
     fn read_until(s: &mut TcpStream, want: &str) -> String {
         s.set_read_timeout(Some(Duration::from_millis(200)))
@@ -401,12 +410,8 @@ mod tests {
 
     #[test]
     fn a_worker_writes_the_reply_straight_to_the_socket() {
-        let (ours, mut theirs) = pair();
-        let a = Answers::new(Wake::none());
-        a.begin(Some(ours.try_clone().unwrap()));
-        let t = Ticket::for_tests(1);
-        a.expect(t);
-        a.register(t, pending("p1"));
+        let (a, _ours, mut theirs) = started();
+        let t = accept(&a, 1, "p1");
         assert_eq!(a.waiting(), 1);
         a.finished(t, Outcome::Delivered);
         let want = reply_to("p1", Outcome::Delivered);
@@ -418,13 +423,10 @@ mod tests {
 
     #[test]
     fn with_many_publishes_in_flight_replies_wait_for_one_write_by_the_io_thread() {
-        let (ours, mut theirs) = pair();
-        let a = Answers::new(Wake::none());
-        a.begin(Some(ours.try_clone().unwrap()));
+        let (a, ours, mut theirs) = started();
         let n = BATCH_ABOVE as u64 + 3;
         for t in 0..n {
-            a.expect(Ticket::for_tests(t));
-            a.register(Ticket::for_tests(t), pending(&format!("b{t}")));
+            accept(&a, t, &format!("b{t}"));
         }
         a.finished(Ticket::for_tests(0), Outcome::Delivered);
         a.finished(Ticket::for_tests(1), Outcome::Delivered);
@@ -451,9 +453,7 @@ mod tests {
 
     #[test]
     fn an_outcome_before_the_registration_is_answered_at_registration() {
-        let (ours, mut theirs) = pair();
-        let a = Answers::new(Wake::none());
-        a.begin(Some(ours.try_clone().unwrap()));
+        let (a, _ours, mut theirs) = started();
         let t = Ticket::for_tests(7);
         a.expect(t);
         // A job refused at once (queue full) finishes before the session registers it.
@@ -467,14 +467,8 @@ mod tests {
 
     #[test]
     fn outcomes_after_the_deadline_or_of_an_ended_stream_write_nothing() {
-        let (ours, mut theirs) = pair();
-        let a = Answers::new(Wake::none());
-        a.begin(Some(ours.try_clone().unwrap()));
-        let (late, old) = (Ticket::for_tests(1), Ticket::for_tests(2));
-        for t in [late, old] {
-            a.expect(t);
-            a.register(t, pending("x"));
-        }
+        let (a, ours, mut theirs) = started();
+        let (late, old) = (accept(&a, 1, "x"), accept(&a, 2, "x"));
         // The deadline answered `late` (its caller writes that answer).
         assert!(a.take(late).is_some());
         a.finished(late, Outcome::Delivered);
@@ -495,16 +489,12 @@ mod tests {
 
     #[test]
     fn what_a_full_socket_does_not_take_stays_queued_in_order_for_the_io_thread() {
-        let (ours, mut theirs) = pair();
-        let a = Answers::new(Wake::none());
-        a.begin(Some(ours.try_clone().unwrap()));
+        let (a, ours, mut theirs) = started();
         // The server does not read: fill its window with stanzas from the I/O thread's
         // point of view (queued, then written by a worker's attempt).
         let filler = format!("<message>{}</message>", "x".repeat(8192));
         let mut filled = 0;
-        let t = Ticket::for_tests(1);
-        a.expect(t);
-        a.register(t, pending("behind"));
+        let t = accept(&a, 1, "behind");
         while filled < 64 << 20 && a.queued().is_empty() {
             let mut st = a.lock();
             st.queued.extend_from_slice(filler.as_bytes());
@@ -534,13 +524,11 @@ mod tests {
 
     #[test]
     fn replies_from_many_workers_and_the_io_thread_arrive_whole_and_once() {
-        let (ours, mut theirs) = pair();
-        let a = Arc::new(Answers::new(Wake::none()));
-        a.begin(Some(ours.try_clone().unwrap()));
+        let (a, ours, mut theirs) = started();
+        let a = Arc::new(a);
         let (workers, each) = (4u64, 500u64);
         for t in 0..workers * each {
-            a.expect(Ticket::for_tests(t));
-            a.register(Ticket::for_tests(t), pending(&format!("w{t}")));
+            accept(&a, t, &format!("w{t}"));
         }
         let reader = std::thread::spawn(move || read_until(&mut theirs, "<done/>"));
         let threads: Vec<_> = (0..workers)
@@ -591,9 +579,7 @@ mod tests {
     fn client_mode_queues_for_the_io_thread() {
         let a = Answers::new(Wake::none());
         a.begin(None);
-        let t = Ticket::for_tests(3);
-        a.expect(t);
-        a.register(t, pending("q"));
+        let t = accept(&a, 3, "q");
         a.finished(t, Outcome::Delivered);
         assert!(a.queued().contains("id='q'") && a.needs_io());
         let tally = a.take_tally();

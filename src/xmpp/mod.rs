@@ -447,9 +447,7 @@ fn pump<S: Socket>(
             let _ = answers.flush(&session.out, reader.get_mut(), WRITE_TIMEOUT);
             return End::Shutdown;
         }
-        if let Some(why) = answers.failed() {
-            return End::Lost(format!("write failed: {why}"));
-        }
+        // `needs_io` includes a worker's failed write, which `flush` then reports.
         if !session.out.is_empty() || answers.needs_io() {
             if !session.out.is_empty() {
                 log::trace!("xmpp: -> {}", session.out);

@@ -141,10 +141,20 @@ impl Sqlite {
     /// The read connection (or the only one, in memory), its snapshot ended if this
     /// process wrote since or it is too old.
     fn reader(&self) -> ReadGuard<'_> {
+        self.read(false)
+    }
+
+    /// [`Self::reader`]; `hold`: and keep a snapshot from here on (node lookups). The
+    /// write count is read once, before the lock and so before any snapshot is taken.
+    fn read(&self, hold: bool) -> ReadGuard<'_> {
         match &self.read {
             Some(r) => {
+                let (writes, now) = (self.writes(), Instant::now());
                 let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
-                r.end_stale(self.writes(), Instant::now());
+                r.end_stale(writes, now);
+                if hold {
+                    r.hold(writes, now);
+                }
                 ReadGuard::Own(r)
             }
             None => ReadGuard::Shared(self.lock()),
@@ -155,16 +165,16 @@ impl Sqlite {
         self.batcher.ended.load(Ordering::Acquire)
     }
 
-    /// Ends the lookup connection's read snapshot: if it is stale (`stale_only`; the
-    /// XMPP thread's timer, so an idle server holds none for long), or at once.
-    pub fn end_read(&self, stale_only: bool) {
+    /// Ends the lookup connection's read snapshot if it is stale (the XMPP thread's
+    /// timer, so an idle server holds none for long).
+    pub fn end_stale_read(&self) {
+        drop(self.reader());
+    }
+
+    /// Ends the lookup connection's read snapshot now.
+    pub fn end_read(&self) {
         if let Some(r) = &self.read {
-            let mut r = r.lock().unwrap_or_else(|p| p.into_inner());
-            if stale_only {
-                r.end_stale(self.writes(), Instant::now());
-            } else {
-                r.end();
-            }
+            r.lock().unwrap_or_else(|p| p.into_inner()).end();
         }
     }
 
@@ -242,11 +252,7 @@ impl Sqlite {
     /// The push target behind a node, if the node exists (the publish hot path: one
     /// indexed join).
     pub fn node_target(&self, node: &Node) -> Result<Option<NodeTarget>, StoreError> {
-        let writes = self.writes();
-        let mut conn = self.reader();
-        if let ReadGuard::Own(r) = &mut conn {
-            r.hold(writes, Instant::now());
-        }
+        let mut conn = self.read(true);
         let row = conn
             .prepare_cached(
                 "SELECT a.device_id, a.account_key, a.domain, a.secret, d.channel_uri, d.version, d.account_form, d.last_seen_at

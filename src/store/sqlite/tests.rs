@@ -142,16 +142,16 @@ fn the_timer_lets_go_of_a_snapshot_once_it_is_stale_and_a_stream_end_at_once() {
     let node = register(&s, "d1");
     let started = Instant::now();
     s.node_target(&node).unwrap();
-    s.end_read(true);
+    s.end_stale_read();
     if started.elapsed() < snapshot::MAX_AGE / 2 {
         assert!(holds_snapshot(&s), "a fresh snapshot is kept");
     }
     std::thread::sleep(snapshot::MAX_AGE);
-    s.end_read(true);
+    s.end_stale_read();
     assert!(!holds_snapshot(&s));
     s.node_target(&node).unwrap();
     assert!(holds_snapshot(&s));
-    s.end_read(false);
+    s.end_read();
     assert!(!holds_snapshot(&s));
     // With no snapshot held, the WAL can be checkpointed whole.
     let (busy, _, _): (i64, i64, i64) = s
