@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -458,11 +458,22 @@ fn a_flood_of_garbage_and_resets_does_not_take_the_server_down() {
     for t in threads {
         t.join().unwrap();
     }
+    // The flood came from this address too, so until the server has seen every one of
+    // its connections close, the per-address cap may still answer busy. That is the
+    // cap working; a real client retries. Anything else is a failure.
     let c = server.client();
-    assert_eq!(
-        c.send_json(&set_channel(2, "abcd", &channel(2)))["status"],
-        1
-    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let answer = c.send_json(&set_channel(2, "abcd", &channel(2)));
+        let busy = answer["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("Server busy"));
+        if !busy || Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(answer["status"], 1, "{answer}");
     let after = server.dump();
     assert_eq!(after.len(), before.len() + 1);
     assert!(before.iter().all(|row| after.contains(row)));

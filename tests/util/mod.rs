@@ -318,13 +318,28 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Kills the process. When a test fails, prints the tail of the server's log as
+    /// well, so a failure in CI says what the server saw.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::thread::panicking() {
+            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(SERVER_LOG_TAIL)..];
+            eprintln!(
+                "--- the last {} lines of the server's log ---\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
+
+/// How many lines of the server's log a failing test prints.
+const SERVER_LOG_TAIL: usize = 80;
 
 /// A registration client, plain or TLS (trusting the test certificate only).
 #[derive(Clone)]
