@@ -143,12 +143,25 @@ fn every_listed_key_is_read_by_the_loader() {
     }
 }
 
-/// A certificate and key in a temp dir (removed at process exit is not needed: tiny).
+/// A certificate and key in a temp dir of this process, shared by its tests. Nothing
+/// removes it at exit (a static is never dropped), so each process first removes the
+/// ones whose process is gone: one per test process under nextest would add up.
 fn tempfile_pair() -> (String, String) {
     use std::sync::OnceLock;
     static PAIR: OnceLock<(String, String)> = OnceLock::new();
     PAIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("uwpx-config-test-{}", std::process::id()));
+        const PREFIX: &str = "uwpx-config-test-";
+        let tmp = std::env::temp_dir();
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = tmp.join(format!("{PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let (cert, key) = test_pair();
         let c = dir.join("c.pem");
