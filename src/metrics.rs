@@ -150,6 +150,9 @@ pub struct Metrics {
     /// Publishes the XMPP thread read straight into their fields, with no XML tree
     /// (`xmpp::quick`): with a server that writes the plain shape, nearly all of them.
     publishes_without_tree: AtomicU64,
+    /// Publishes decided together with others read in the same batch (PostgreSQL: one
+    /// lookup and one coalescing statement for all of them).
+    publishes_in_batches: AtomicU64,
     /// Time of one WNS HTTP request.
     pub wns_latency: Histogram,
     /// Time from a publish IQ's arrival to its reply.
@@ -169,6 +172,7 @@ impl Metrics {
             token_requests: [const { AtomicU64::new(0) }; 3],
             credentials_rejected: AtomicU64::new(0),
             publishes_without_tree: AtomicU64::new(0),
+            publishes_in_batches: AtomicU64::new(0),
             wns_latency: Histogram::new(),
             publish_latency: Histogram::new(),
         }
@@ -182,6 +186,12 @@ impl Metrics {
     /// Counts a publish read without a tree.
     pub fn publish_without_tree(&self) {
         self.publishes_without_tree.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `n` publishes decided together.
+    pub fn publishes_in_batch(&self, n: usize) {
+        self.publishes_in_batches
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Counts a publish outcome.
@@ -234,6 +244,11 @@ impl Metrics {
             out,
             "# HELP uwpx_publishes_read_without_tree_total Publishes read straight into their fields (the quick path); the rest were read as XML trees.\n# TYPE uwpx_publishes_read_without_tree_total counter\nuwpx_publishes_read_without_tree_total {}",
             self.publishes_without_tree.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP uwpx_publishes_decided_in_batches_total Publishes decided together with others read at the same time (PostgreSQL: one lookup and one coalescing statement for all).\n# TYPE uwpx_publishes_decided_in_batches_total counter\nuwpx_publishes_decided_in_batches_total {}",
+            self.publishes_in_batches.load(Ordering::Relaxed)
         );
         out.push_str("# HELP uwpx_wns_responses_total WNS answers by HTTP status (\"transport\": none).\n# TYPE uwpx_wns_responses_total counter\n");
         for (i, code) in WNS_CODES.iter().enumerate() {
@@ -299,6 +314,7 @@ mod tests {
         m.publish(PublishResult::ChannelGone);
         m.publish_without_tree();
         m.publish_without_tree();
+        m.publishes_in_batch(3);
         m.wns_response(Some(410));
         m.wns_response(Some(418));
         m.wns_response(None);
@@ -311,6 +327,7 @@ mod tests {
         assert!(out.contains("uwpx_registrations_total{action=\"invalid\",result=\"rejected\"} 0"));
         assert!(out.contains("uwpx_publishes_total{outcome=\"channel_gone\"} 1"));
         assert!(out.contains("\nuwpx_publishes_read_without_tree_total 2\n"));
+        assert!(out.contains("\nuwpx_publishes_decided_in_batches_total 3\n"));
         assert!(out.contains("uwpx_wns_responses_total{status=\"410\"} 1"));
         assert!(out.contains("uwpx_wns_responses_total{status=\"other\"} 1"));
         assert!(out.contains("uwpx_wns_responses_total{status=\"transport\"} 1"));

@@ -228,6 +228,96 @@ fn bursts_are_coalesced_into_one_push_now_and_one_trailing_push() {
     assert_eq!(r.wns.fake.channel_requests("burst").len(), 2, "and no more");
 }
 
+/// Publishes that arrive in one read are decided together: on PostgreSQL with one node
+/// lookup and one coalescing statement for all (a node that comes again in a further
+/// one, after its earlier publish). Each gets its own answer, the same as one after
+/// another: the checks, the coalescing window and its one trailing push.
+#[test]
+fn publishes_read_together_each_get_their_own_answer() {
+    let mut r = rig(json!({
+        "push": {"min_interval_ms": 2000},
+        "metrics": {"listen": "127.0.0.1:0"},
+    }));
+    let (a, sa) = register(&r, 2, "ba01", "ta", json!({"account_id": "a"}));
+    let (b, sb) = register(&r, 2, "ba02", "tb", json!({"account_id": "b"}));
+    let (d, sd) = register(&r, 1, "ba03", "td", json!({"bare_jid": "x@example.org"}));
+    let (a, b, d) = (a.as_str(), b.as_str(), d.as_str());
+    let (sa, sb, sd) = (Some(sa.as_str()), Some(sb.as_str()), Some(sd.as_str()));
+    let cases = [
+        ("p1", "localhost", a, sa, "result"),
+        (
+            "p2",
+            "localhost",
+            "no-such-node",
+            sa,
+            "cancel/item-not-found",
+        ),
+        ("p3", "localhost", b, Some("wrong"), "auth/forbidden"),
+        ("p4", "localhost", b, sb, "result"),
+        ("p5", "localhost", a, sa, "result"),
+        ("p6", "evil.org", d, sd, "auth/forbidden"),
+        ("p7", "example.org", d, sd, "result"),
+        ("p8", "localhost", a, sa, "result"),
+    ];
+    let burst: String = cases
+        .iter()
+        .zip(1..)
+        .map(|((id, from, node, secret, _), count)| prosody_publish(id, from, node, *secret, count))
+        .collect();
+    r.conn.send(&burst);
+    let mut verdicts = std::collections::HashMap::new();
+    let end = std::time::Instant::now() + Duration::from_secs(15);
+    while verdicts.len() < cases.len() && std::time::Instant::now() < end {
+        if let Some(e) = r.conn.next(Duration::from_millis(500))
+            && let Some(id) = e.attr("id").filter(|id| id.starts_with('p'))
+        {
+            verdicts.insert(id.to_owned(), verdict(&e));
+        }
+    }
+    for (id, _, _, _, expected) in &cases {
+        assert_eq!(
+            verdicts.get(*id).map(String::as_str),
+            Some(*expected),
+            "{id}"
+        );
+    }
+    // p1 went to WNS before its reply; p5 and p8 fell in its window: one trailing push
+    // when the window ends, with the latest summary (p8's message count), and no more.
+    assert_eq!(
+        r.wns.fake.channel_requests("ta").len(),
+        1,
+        "one push at once"
+    );
+    assert_eq!(
+        r.wns.fake.wait_for("tb", 1, Duration::from_secs(5)).len(),
+        1
+    );
+    assert_eq!(
+        r.wns.fake.wait_for("td", 1, Duration::from_secs(5)).len(),
+        1
+    );
+    let pushes = r.wns.fake.wait_for("ta", 2, Duration::from_secs(5));
+    let counts: Vec<Value> = pushes
+        .iter()
+        .map(|p| serde_json::from_slice::<Value>(&p.body).unwrap()["message_count"].clone())
+        .collect();
+    assert_eq!(counts, [json!(1), json!(8)]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        r.wns.fake.channel_requests("ta").len(),
+        2,
+        "one trailing push"
+    );
+    assert_eq!(r.wns.fake.channel_requests("tb").len(), 1);
+    // Decided together on PostgreSQL; on SQLite, where a lookup is local, one by one.
+    let together = r.server.metric("uwpx_publishes_decided_in_batches_total");
+    if on_postgres() {
+        assert_eq!(together, cases.len() as f64);
+    } else {
+        assert_eq!(together, 0.0);
+    }
+}
+
 #[test]
 fn disco_ping_and_other_iqs_are_answered_and_messages_ignored() {
     let mut r = rig(json!({}));

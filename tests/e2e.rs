@@ -244,14 +244,9 @@ fn full_path(kind: Kind) {
     // The server's publishes were read straight into their fields (the XMPP thread's
     // quick path), not as XML trees: all of them here (7 from ejabberd, 8 or 9 from
     // Prosody), give or take one that arrived split between two reads.
-    let metrics = w.server.http_get("/metrics");
-    let without_tree: u64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("uwpx_publishes_read_without_tree_total "))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
+    let without_tree = w.server.metric("uwpx_publishes_read_without_tree_total");
     assert!(
-        without_tree >= 6,
+        without_tree >= 6.0,
         "{kind:?}: {without_tree} publishes read without a tree"
     );
 

@@ -7,8 +7,9 @@
 //! other, mapping outcomes to IQ replies, so the dependency runs
 //! `xmpp → push → {store, wns}` and never back.
 //!
-//! Threads: [`Dispatcher`] runs on `xmpp-io` (a store read per publish, microseconds;
-//! never waits on WNS). Job outcomes come back on `wns-worker-*` threads, which apply
+//! Threads: [`Dispatcher`] runs on `xmpp-io` (a store read per publish on SQLite,
+//! microseconds; on PostgreSQL one round trip per batch of publishes read together,
+//! [`Dispatcher::publish_batch`]; never waits on WNS). Job outcomes come back on `wns-worker-*` threads, which apply
 //! the side effects and hand the outcome to the [`Answer`] (which writes the IQ reply
 //! on that worker). Locks: the store's, for one query; [`effects::Effects`]'s and the
 //! answer's briefly.
@@ -170,53 +171,113 @@ impl Dispatcher {
     /// Decides a publish from `from` (the user's server; client mode knows it only
     /// where the event names its publisher, and skips the domain check otherwise).
     pub fn publish(&mut self, from: Option<&str>, p: &Publish, now: Instant) -> Decision {
-        let target = match self.store.node_target(&p.node) {
-            Ok(Some(t)) => t,
-            Ok(None) => return Decision::Now(PushOutcome::UnknownNode),
-            Err(e) => return Decision::Now(PushOutcome::Internal(e)),
+        let mut decisions = self.publish_batch(&[(from, p)], now);
+        decisions.pop().unwrap_or_else(|| {
+            let bug = StoreError::Internal("a publish was left without a decision".into());
+            Decision::Now(PushOutcome::Internal(bug))
+        })
+    }
+
+    /// Decides publishes read together, each with who sent it, and answers in their
+    /// order: the same decisions as one [`Dispatcher::publish`] after another, but
+    /// with one node lookup for all of them, and on a shared store one coalescing
+    /// statement, so PostgreSQL costs a round trip or two per batch, not per publish.
+    pub fn publish_batch(
+        &mut self,
+        items: &[(Option<&str>, &Publish)],
+        now: Instant,
+    ) -> Vec<Decision> {
+        let nodes: Vec<&Node> = items.iter().map(|(_, p)| &p.node).collect();
+        let targets = match self.store.node_targets(&nodes) {
+            Ok(targets) => targets,
+            Err(e) => {
+                return items
+                    .iter()
+                    .map(|_| Decision::Now(PushOutcome::Internal(e.clone())))
+                    .collect();
+            }
         };
+        // Every publish that passes the checks is `Coalesced` until its window lets it
+        // through.
+        let mut decisions = Vec::with_capacity(items.len());
+        let mut passed: Vec<(usize, Trailing)> = Vec::new();
+        for (i, (&(from, p), target)) in items.iter().zip(targets).enumerate() {
+            decisions.push(Decision::Now(match self.check(from, p, target) {
+                Ok(target) => {
+                    let summary = p.summary.clone();
+                    passed.push((i, Trailing { target, summary }));
+                    PushOutcome::Coalesced
+                }
+                Err(outcome) => outcome,
+            }));
+        }
+        let mut sends = Vec::with_capacity(passed.len());
+        match &mut self.windows {
+            Windows::Local(c) => {
+                for (i, trailing) in passed {
+                    if let (Admit::Send, Some(push)) = c.admit(&items[i].1.node, trailing, now) {
+                        sends.push((i, push));
+                    }
+                }
+            }
+            Windows::Shared { interval, owed } => {
+                let asks: Vec<(&Node, &Summary)> = passed
+                    .iter()
+                    .map(|(i, _)| (&items[*i].1.node, &items[*i].1.summary))
+                    .collect();
+                // A database that cannot decide is no reason to drop the pushes.
+                let admits = self
+                    .store
+                    .admit_pushes(&asks, *interval)
+                    .unwrap_or_else(|_| vec![SharedAdmit::Send; asks.len()]);
+                for ((i, trailing), admit) in passed.into_iter().zip(admits) {
+                    match admit {
+                        SharedAdmit::Send => sends.push((i, trailing)),
+                        SharedAdmit::Coalesced => {}
+                        SharedAdmit::CoalescedTrailing { due_in } => {
+                            let at = now + due_in;
+                            let k = owed.partition_point(|(t, _, _)| *t <= at);
+                            owed.insert(k, (at, items[i].1.node.clone(), trailing.target));
+                        }
+                    }
+                }
+            }
+        }
+        for (i, push) in sends {
+            self.next_ticket += 1;
+            let ticket = Ticket(self.next_ticket);
+            self.answers.expect(ticket);
+            self.submit(push, Some(ticket), now);
+            decisions[i] = Decision::Later(ticket);
+        }
+        decisions
+    }
+
+    /// The checks a publish must pass before its window is asked: a known node, the
+    /// right secret (component mode), the account's domain (bare_jid clients), and WNS
+    /// configured. Gives the push target, or the outcome to answer at once.
+    fn check(
+        &self,
+        from: Option<&str>,
+        p: &Publish,
+        target: Option<NodeTarget>,
+    ) -> Result<NodeTarget, PushOutcome> {
+        let target = target.ok_or(PushOutcome::UnknownNode)?;
         if self.require_secret {
             let ok = p.secret.as_deref().is_some_and(|s| target.secret.verify(s));
             if !ok {
-                return Decision::Now(PushOutcome::BadSecret);
+                return Err(PushOutcome::BadSecret);
             }
         }
         if let (Some(domain), Some(from)) = (&target.domain, from)
             && jid_domain(from) != *domain
         {
-            return Decision::Now(PushOutcome::ForeignDomain);
+            return Err(PushOutcome::ForeignDomain);
         }
         if self.pool.is_none() {
-            return Decision::Now(PushOutcome::NoWns);
+            return Err(PushOutcome::NoWns);
         }
-        let trailing = Trailing {
-            target,
-            summary: p.summary.clone(),
-        };
-        let push = match &mut self.windows {
-            Windows::Local(c) => match c.admit(&p.node, trailing, now) {
-                (Admit::Send, Some(push)) => push,
-                _ => return Decision::Now(PushOutcome::Coalesced),
-            },
-            Windows::Shared { interval, owed } => {
-                match self.store.admit_push(&p.node, *interval, &p.summary) {
-                    // A database that cannot decide is no reason to drop the push.
-                    Ok(SharedAdmit::Send) | Err(_) => trailing,
-                    Ok(SharedAdmit::Coalesced) => return Decision::Now(PushOutcome::Coalesced),
-                    Ok(SharedAdmit::CoalescedTrailing { due_in }) => {
-                        let at = now + due_in;
-                        let i = owed.partition_point(|(t, _, _)| *t <= at);
-                        owed.insert(i, (at, p.node.clone(), trailing.target));
-                        return Decision::Now(PushOutcome::Coalesced);
-                    }
-                }
-            }
-        };
-        self.next_ticket += 1;
-        let ticket = Ticket(self.next_ticket);
-        self.answers.expect(ticket);
-        self.submit(push, Some(ticket), now);
-        Decision::Later(ticket)
+        Ok(target)
     }
 
     /// Sends trailing pushes whose coalescing window ended, and lets go of a stale

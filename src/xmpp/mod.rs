@@ -392,6 +392,11 @@ fn pump<S: Socket>(
     let mut next_lease_check = Instant::now() + LEASE_STEP;
     // Whether the socket may have input (edge-triggered: until a read would block).
     let mut readable = true;
+    // On a shared store (PostgreSQL) the publishes of one batch are decided together,
+    // with a round trip or two for all; on SQLite a lookup is local, and each publish
+    // goes to WNS as soon as it is read.
+    let batching = session.batches_publishes();
+    let mut publishes = Vec::new();
     loop {
         let mut idle = !readable;
         // A bounded batch, so replies keep flowing under a flood of publishes.
@@ -405,10 +410,18 @@ fn pump<S: Socket>(
             } else {
                 reader.next_inbound(session.stream_ns())
             };
+            // Whatever else comes, the publishes read before it go first.
+            if !publishes.is_empty() && !matches!(next, Ok(Next::Publish(..))) {
+                session.on_publishes(&mut publishes, Instant::now());
+            }
             match next {
                 Ok(Next::Publish(header, publish)) => {
                     METRICS.publish_without_tree();
-                    session.on_inbound(Inbound::Publish(header, publish), Instant::now());
+                    if batching {
+                        publishes.push((header, publish));
+                    } else {
+                        session.on_inbound(Inbound::Publish(header, publish), Instant::now());
+                    }
                 }
                 Ok(Next::Event(StreamEvent::Stanza(e))) if is_stream_error(&e) => {
                     return match reply::error_condition(&e).as_str() {
@@ -427,6 +440,9 @@ fn pump<S: Socket>(
                 Ok(Next::Event(event)) => return End::Lost(stream_ended(event)),
                 Err(e) => return End::Lost(read_failed(reader, e)),
             }
+        }
+        if !publishes.is_empty() {
+            session.on_publishes(&mut publishes, Instant::now());
         }
         let now = Instant::now();
         session.drain_peps();

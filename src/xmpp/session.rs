@@ -20,7 +20,7 @@ use super::answers::{Answers, Pending};
 use super::pep::{self, PepRequest};
 use super::publish::{self, Inbound, IqHeader};
 use super::reply;
-use crate::metrics::PublishResult;
+use crate::metrics::{METRICS, PublishResult};
 use crate::push::{Decision, Dispatcher, Publish, PushOutcome, Ticket};
 use crate::store::Store;
 use crate::types::Node;
@@ -147,6 +147,12 @@ impl<'a> Session<'a> {
         !self.peps.is_empty() || self.answers.needs_io()
     }
 
+    /// Whether publishes read together should be decided together
+    /// ([`Session::on_publishes`]): where a lookup is a round trip to a shared database.
+    pub fn batches_publishes(&self) -> bool {
+        self.store.is_shared() && !self.id.client
+    }
+
     /// The stream's default namespace (what `classify` expects of a stanza).
     pub fn stream_ns(&self) -> &'static str {
         self.id.ns
@@ -226,7 +232,42 @@ impl<'a> Session<'a> {
         p: &Publish,
         now: Instant,
     ) {
-        match self.dispatcher.publish(from, p, now) {
+        let decision = self.dispatcher.publish(from, p, now);
+        self.settle(from, header, decision, now);
+    }
+
+    /// Handles publish IQs read together (component mode), as [`Session::on_inbound`]
+    /// would one after another, but decided in one [`Dispatcher::publish_batch`]: on
+    /// PostgreSQL a round trip or two for all of them. Leaves `batch` empty.
+    pub fn on_publishes(&mut self, batch: &mut Vec<(IqHeader, Publish)>, now: Instant) {
+        if self.draining.is_some() || self.id.client || batch.len() < 2 {
+            for (h, p) in batch.drain(..) {
+                self.on_inbound(Inbound::Publish(h, p), now);
+            }
+            return;
+        }
+        self.last_heard = now;
+        METRICS.publishes_in_batch(batch.len());
+        let items: Vec<(Option<&str>, &Publish)> = batch
+            .iter()
+            .map(|(h, p)| (Some(h.from.as_str()), p))
+            .collect();
+        let decisions = self.dispatcher.publish_batch(&items, now);
+        for ((h, _), decision) in batch.drain(..).zip(decisions) {
+            let from = h.from.clone();
+            self.settle(Some(&from), Some(h), decision, now);
+        }
+    }
+
+    /// Answers a publish decided now, or waits for WNS's outcome until the deadline.
+    fn settle(
+        &mut self,
+        from: Option<&str>,
+        header: Option<IqHeader>,
+        decision: Decision,
+        now: Instant,
+    ) {
+        match decision {
             Decision::Now(outcome) => self.answer(from.unwrap_or("pep"), header.as_ref(), &outcome),
             Decision::Later(ticket) => {
                 self.answers

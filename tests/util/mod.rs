@@ -247,6 +247,16 @@ impl Server {
         Db::open(&self.config_value(), self.dir.path())
     }
 
+    /// The value of an unlabelled series on `/metrics` (the ops endpoint must be on).
+    pub fn metric(&self, name: &str) -> f64 {
+        let metrics = self.http_get("/metrics");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    }
+
     /// A plain HTTP GET to the ops endpoint (`metrics.listen`), whole response.
     pub fn http_get(&self, path: &str) -> String {
         assert!(self.log_shows("ops: health and metrics on http://"));

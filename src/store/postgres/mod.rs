@@ -300,26 +300,36 @@ impl Postgres {
         })
     }
 
-    /// The push target behind a node (the publish hot path: one indexed join).
-    pub fn node_target(&self, node: &Node) -> Result<Option<NodeTarget>, StoreError> {
-        self.with(|c| {
+    /// The push targets behind `nodes`, in their order, in one round trip: under load
+    /// the XMPP thread reads publishes in batches, and a round trip per publish was
+    /// what bounded it on PostgreSQL.
+    pub fn node_targets(&self, nodes: &[&Node]) -> Result<Vec<Option<NodeTarget>>, StoreError> {
+        let keys: Vec<&str> = nodes.iter().map(|n| n.as_str()).collect();
+        let found = self.with(|c| {
             let s = c.statement(
-                "SELECT a.device_id, a.account_key, a.domain, a.secret, d.channel_uri, d.version,
-                        d.account_form, d.last_seen_at
-                 FROM accounts a JOIN devices d USING (device_id) WHERE a.node = $1",
+                "SELECT a.node, a.device_id, a.account_key, a.domain, a.secret, d.channel_uri,
+                        d.version, d.account_form, d.last_seen_at
+                 FROM accounts a JOIN devices d USING (device_id) WHERE a.node = ANY($1)",
             )?;
-            let row = c.client.query_opt(&s, &[&node.as_str()])?;
-            Ok(row.map(|r| NodeTarget {
-                device_id: DeviceId::from_stored(r.get(0)),
-                account_key: AccountKey::from_stored(r.get(1)),
-                domain: r.get(2),
-                secret: Secret::from_stored(r.get(3)),
-                channel_uri: ChannelUri::from_stored(r.get(4)),
-                version: stored_version(r.get(5)),
-                account_form: form_of(r.get(6)),
-                last_seen_at: r.get(7),
-            }))
-        })
+            let rows = c.client.query(&s, &[&keys])?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let target = NodeTarget {
+                        device_id: DeviceId::from_stored(r.get(1)),
+                        account_key: AccountKey::from_stored(r.get(2)),
+                        domain: r.get(3),
+                        secret: Secret::from_stored(r.get(4)),
+                        channel_uri: ChannelUri::from_stored(r.get(5)),
+                        version: stored_version(r.get(6)),
+                        account_form: form_of(r.get(7)),
+                        last_seen_at: r.get(8),
+                    };
+                    (r.get::<_, String>(0), target)
+                })
+                .collect::<HashMap<_, _>>())
+        })?;
+        Ok(keys.iter().map(|k| found.get(*k).cloned()).collect())
     }
 
     /// The accounts of one device, ordered by key.
@@ -395,42 +405,70 @@ impl Postgres {
         })
     }
 
-    /// One statement decides: a closed window (or none) opens anew and says "send"; an
-    /// open one keeps the latest summary and hands the trailing push to the first
-    /// publish that finds it unowned. Times are the database's clock, the one all
-    /// instances share.
-    pub fn admit_push(
+    /// One statement decides for many publishes: a closed window (or none) opens anew
+    /// and says "send"; an open one keeps the latest summary and hands the trailing
+    /// push to the first publish that finds it unowned. Times are the database's clock,
+    /// the one all instances share. A statement may change a row only once, so a node
+    /// that comes again in `items` is decided in a further statement, after its
+    /// earlier publish's: the same decisions, in the same order, as one at a time.
+    pub fn admit_pushes(
         &self,
-        node: &Node,
+        items: &[(&Node, &Summary)],
         interval: Duration,
-        summary: &Summary,
-    ) -> Result<SharedAdmit, StoreError> {
+    ) -> Result<Vec<SharedAdmit>, StoreError> {
         let interval = interval.as_millis() as i64;
-        let summary = serde_json::to_string(summary)
-            .map_err(|e| StoreError::Internal(e.to_string().into()))?;
-        self.with(|c| {
-            let s = c.statement(
-                "INSERT INTO push_windows AS w (node, sent_at, owed, summary, decision)
-                 VALUES ($1, (extract(epoch FROM now()) * 1000)::bigint, false, NULL, 0)
-                 ON CONFLICT (node) DO UPDATE SET
-                   decision = CASE WHEN w.sent_at <= excluded.sent_at - $2 THEN 0
-                                   WHEN w.owed THEN 2 ELSE 1 END,
-                   owed     = w.sent_at > excluded.sent_at - $2,
-                   summary  = CASE WHEN w.sent_at <= excluded.sent_at - $2 THEN NULL ELSE $3 END,
-                   sent_at  = CASE WHEN w.sent_at <= excluded.sent_at - $2
-                                   THEN excluded.sent_at ELSE w.sent_at END
-                 RETURNING decision, sent_at + $2 - (extract(epoch FROM now()) * 1000)::bigint",
-            )?;
-            let row = c
-                .client
-                .query_one(&s, &[&node.as_str(), &interval, &summary])?;
-            let due_in = Duration::from_millis(row.get::<_, i64>(1).max(0) as u64);
-            Ok(match row.get::<_, i16>(0) {
-                0 => SharedAdmit::Send,
-                1 => SharedAdmit::CoalescedTrailing { due_in },
-                _ => SharedAdmit::Coalesced,
-            })
-        })
+        let mut round = vec![0usize; items.len()];
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, (node, _)) in items.iter().enumerate() {
+            let n = seen.entry(node.as_str()).or_default();
+            round[i] = *n;
+            *n += 1;
+        }
+        let mut out = vec![SharedAdmit::Send; items.len()];
+        for r in 0..seen.values().max().copied().unwrap_or(0) {
+            let picked: Vec<usize> = (0..items.len()).filter(|&i| round[i] == r).collect();
+            let nodes: Vec<&str> = picked.iter().map(|&i| items[i].0.as_str()).collect();
+            let summaries = picked
+                .iter()
+                .map(|&i| serde_json::to_string(items[i].1))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| StoreError::Internal(e.to_string().into()))?;
+            let decided: HashMap<String, SharedAdmit> = self.with(|c| {
+                let s = c.statement(
+                    "WITH input AS (SELECT * FROM unnest($1::text[], $3::text[]) AS t(node, summary))
+                     INSERT INTO push_windows AS w (node, sent_at, owed, summary, decision)
+                     SELECT node, (extract(epoch FROM now()) * 1000)::bigint, false, NULL, 0 FROM input
+                     ON CONFLICT (node) DO UPDATE SET
+                       decision = CASE WHEN w.sent_at <= excluded.sent_at - $2 THEN 0
+                                       WHEN w.owed THEN 2 ELSE 1 END,
+                       owed     = w.sent_at > excluded.sent_at - $2,
+                       summary  = CASE WHEN w.sent_at <= excluded.sent_at - $2 THEN NULL
+                                       ELSE (SELECT i.summary FROM input i WHERE i.node = excluded.node) END,
+                       sent_at  = CASE WHEN w.sent_at <= excluded.sent_at - $2
+                                       THEN excluded.sent_at ELSE w.sent_at END
+                     RETURNING node, decision, sent_at + $2 - (extract(epoch FROM now()) * 1000)::bigint",
+                )?;
+                let rows = c.client.query(&s, &[&nodes, &interval, &summaries])?;
+                Ok(rows
+                    .iter()
+                    .map(|row| {
+                        let due_in = Duration::from_millis(row.get::<_, i64>(2).max(0) as u64);
+                        let admit = match row.get::<_, i16>(1) {
+                            0 => SharedAdmit::Send,
+                            1 => SharedAdmit::CoalescedTrailing { due_in },
+                            _ => SharedAdmit::Coalesced,
+                        };
+                        (row.get::<_, String>(0), admit)
+                    })
+                    .collect())
+            })?;
+            for (&i, node) in picked.iter().zip(&nodes) {
+                // Every node sent comes back; a missing one would be a bug of ours, and
+                // the push goes out rather than being dropped.
+                out[i] = decided.get(*node).copied().unwrap_or(SharedAdmit::Send);
+            }
+        }
+        Ok(out)
     }
 
     /// Takes the owed trailing push of `node`, opening a new window.
