@@ -300,3 +300,74 @@ fn push_outcomes_are_summed_up_per_interval() {
         Some("push: 1 publishes in the last 10 s: 1 coalesced")
     );
 }
+
+/// Publishes read together (what the I/O loop hands over on PostgreSQL) get the answers
+/// that one publish after another gets, each to its own IQ, in their order. (The rig has
+/// no WNS pool: a publish that passes every check is answered `wait`.)
+#[test]
+fn publishes_read_together_are_answered_as_one_after_another() {
+    use crate::store::AccountSpec;
+    use crate::types::{
+        AccountForm, AccountKey, ChannelHosts, ChannelUri, DeviceId, ProtocolVersion, Summary,
+    };
+    let mut r = rig();
+    let device = DeviceId::parse("abcd").unwrap();
+    let hosts = ChannelHosts::new(vec!["notify.windows.com".into()]);
+    let uri = ChannelUri::parse("https://a.notify.windows.com/?token=1", &hosts).unwrap();
+    let v2 = ProtocolVersion::V2;
+    r.store.set_channel(&device, &uri, v2, 1).unwrap();
+    let spec = AccountSpec {
+        key: AccountKey::parse("a").unwrap(),
+        domain: None,
+    };
+    let form = Some(AccountForm::AccountId);
+    let account = &r
+        .store
+        .set_accounts(&device, v2, form, &[spec], 1)
+        .unwrap()
+        .unwrap()[0];
+    let (node, secret) = (account.node.clone(), account.secret.expose().to_owned());
+    let other = Node::generate().unwrap();
+    let publish = |id: &str, node: &Node, secret: Option<&str>| {
+        let p = Publish {
+            node: node.clone(),
+            secret: secret.map(str::to_owned),
+            summary: Summary::default(),
+        };
+        (header(id), p)
+    };
+    let burst = || {
+        vec![
+            publish("one", &node, Some(&secret)),
+            publish("two", &other, Some(&secret)),
+            publish("three", &node, Some("wrong")),
+            publish("four", &node, None),
+            publish("five", &node, Some(&secret)),
+        ]
+    };
+    let t0 = Instant::now();
+    let mut s = r.session(t0);
+    let mut batch = burst();
+    s.on_publishes(&mut batch, t0);
+    assert!(batch.is_empty());
+    let together = std::mem::take(&mut s.out);
+    for (h, p) in burst() {
+        s.on_inbound(Inbound::Publish(h, p), t0);
+    }
+    assert_eq!(together, s.out);
+    let answers: Vec<&str> = together.split("</iq>").filter(|a| !a.is_empty()).collect();
+    let expected = [
+        ("one", "type='wait'"),
+        ("two", "item-not-found"),
+        ("three", "forbidden"),
+        ("four", "forbidden"),
+        ("five", "type='wait'"),
+    ];
+    assert_eq!(answers.len(), expected.len(), "{together}");
+    for (answer, (id, what)) in answers.iter().zip(expected) {
+        assert!(
+            answer.contains(&format!("id='{id}'")) && answer.contains(what),
+            "{answer}"
+        );
+    }
+}
