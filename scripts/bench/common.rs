@@ -76,6 +76,33 @@ pub fn process_cpu(pid: u32) -> f64 {
     stat_cpu(&format!("/proc/{pid}/stat"))
 }
 
+/// The parent of a process on this machine, if `pid` is one and its command is
+/// `comm` (a pid from another host would name some unrelated local process).
+pub fn parent_pid(pid: u32, comm: &str) -> Option<u32> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (own.trim() == comm).then(|| ppid(pid)).flatten()
+}
+
+/// The parent of `pid`, from `/proc/PID/stat` (the field after the state).
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = stat.rsplit(')').next()?;
+    after_comm.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU seconds of a master process and its children (nginx's workers, PostgreSQL's
+/// backends) that are alive now.
+pub fn tree_cpu(master: u32) -> f64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return process_cpu(master);
+    };
+    let children = procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| ppid(pid) == Some(master));
+    process_cpu(master) + children.map(process_cpu).sum::<f64>()
+}
+
 /// CPU seconds used so far by this process's threads whose name starts with `prefix`.
 pub fn threads_cpu(prefix: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {

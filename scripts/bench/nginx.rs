@@ -77,25 +77,7 @@ http {{
 
     /// CPU seconds of the master and all its workers.
     pub fn cpu(&self) -> f64 {
-        let master = self.process.pid();
-        let mut total = common::process_cpu(master);
-        if let Ok(procs) = std::fs::read_dir("/proc") {
-            for p in procs.flatten() {
-                let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                    continue;
-                };
-                let stat = std::fs::read_to_string(p.path().join("stat")).unwrap_or_default();
-                let ppid = stat
-                    .rsplit(')')
-                    .next()
-                    .and_then(|rest| rest.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<u32>().ok());
-                if ppid == Some(master) {
-                    total += common::process_cpu(pid);
-                }
-            }
-        }
-        total
+        common::tree_cpu(self.process.pid())
     }
 
     /// L1: wrk's keep-alive POSTs of `body` with the WNS headers, `connections` at

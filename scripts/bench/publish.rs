@@ -26,7 +26,8 @@
 //!
 //! "server CPU/push" is the servers' CPU time (all processes, all their threads) per
 //! reply; "per instance" is each process's CPU time per reply it sent. Under each row:
-//! the load generator's and nginx's CPU per push, and the first server's by thread,
+//! the load generator's, nginx's and (on a local PostgreSQL) PostgreSQL's CPU per
+//! push, and the first server's by thread,
 //! with the threads that ended during the run counted too.
 
 use std::collections::HashMap;
@@ -98,6 +99,14 @@ fn opts() -> Opts {
         workers: a.get("workers", 4),
         min_interval_ms: a.get("min-interval", 0),
     }
+}
+
+/// PostgreSQL's postmaster, when it runs on this machine: the parent of the backend
+/// that serves a connection.
+fn postmaster_pid(url: &str) -> Option<u32> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).ok()?;
+    let backend: i32 = c.query_one("SELECT pg_backend_pid()", &[]).ok()?.get(0);
+    common::parent_pid(u32::try_from(backend).ok()?, "postgres")
 }
 
 /// The same rows as [`devices::populate`], on PostgreSQL (whose schema the first server made),
@@ -186,6 +195,9 @@ struct Measurement {
     wns_us: f64,
     /// CPU µs per reply of the load generator (this process).
     loadgen_us: f64,
+    /// CPU µs per reply of PostgreSQL (its postmaster and backends), when it runs on
+    /// this machine.
+    db_us: Option<f64>,
     /// The first instance's CPU µs and context switches per reply, by thread.
     threads: Vec<(String, f64, f64)>,
 }
@@ -304,6 +316,7 @@ fn measure(
     rate: Option<f64>,
     seq: &mut u64,
     wns: &Wns,
+    postmaster: Option<u32>,
 ) -> Measurement {
     let sent_at: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
     let outstanding = Arc::new(AtomicU64::new(0));
@@ -376,6 +389,7 @@ fn measure(
         .collect();
     let threads0 = common::ThreadSample::take(instances[0].pid);
     let (wns0, loadgen0) = (wns.cpu(), common::process_cpu(std::process::id()));
+    let db0 = postmaster.map(common::tree_cpu);
     let writing_done = AtomicBool::new(false);
     let waker = writer.thread().clone();
     let seen: Vec<Seen> = std::thread::scope(|scope| {
@@ -442,6 +456,7 @@ fn measure(
     let elapsed = o.seconds as f64;
     let threads1 = common::ThreadSample::take(instances[0].pid);
     let (wns1, loadgen1) = (wns.cpu(), common::process_cpu(std::process::id()));
+    let db1 = postmaster.map(common::tree_cpu);
     let cpu: Vec<f64> = instances
         .iter()
         .zip(&cpu0)
@@ -460,6 +475,7 @@ fn measure(
     Measurement {
         wns_us: (wns1 - wns0) * 1e6 / replies,
         loadgen_us: (loadgen1 - loadgen0) * 1e6 / replies,
+        db_us: db0.zip(db1).map(|(a, b)| (b - a) * 1e6 / replies),
         threads: threads0
             .report_with_switches(&threads1)
             .into_iter()
@@ -546,6 +562,7 @@ fn main() {
     };
     let channel = |i: usize| wns.channel(i);
     let pg_url = o.pg_url.as_deref().map(fresh_pg_database);
+    let postmaster = pg_url.as_deref().and_then(postmaster_pid);
     let t = Instant::now();
     if pg_url.is_none() {
         populate(&dir.join("bench.db"), o.devices, &channel);
@@ -621,6 +638,7 @@ fn main() {
         None,
         &mut seq,
         &wns,
+        postmaster,
     );
     println!(
         "publish → WNS → reply through the real binary, {} instance(s) on {}, {} devices, {} WNS workers each, {} s per run, median of {} runs",
@@ -643,7 +661,7 @@ fn main() {
     let rates = o.rates.iter().map(|&r| Some(r as f64));
     for rate in std::iter::once(None).filter(|_| o.window > 0).chain(rates) {
         let mut runs: Vec<Measurement> = (0..o.runs)
-            .map(|_| measure(&mut instances, &o, rate, &mut seq, &wns))
+            .map(|_| measure(&mut instances, &o, rate, &mut seq, &wns, postmaster))
             .collect();
         runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
         let m = &runs[runs.len() / 2];
@@ -665,10 +683,13 @@ fn main() {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        let endpoint = match wns {
+        let mut endpoint = match wns {
             Wns::Fake(_) => "the fake WNS is in the load generator".to_owned(),
             Wns::Nginx(_) => format!("nginx {:.1} µs", m.wns_us),
         };
+        if let Some(db) = m.db_us {
+            endpoint.push_str(&format!(", PostgreSQL {db:.1} µs"));
+        }
         println!(
             "{:>14} CPU per push: load generator {:.1} µs, {endpoint}; server by thread: {}",
             "",
