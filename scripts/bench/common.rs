@@ -76,6 +76,14 @@ pub fn process_cpu(pid: u32) -> f64 {
     stat_cpu(&format!("/proc/{pid}/stat"))
 }
 
+/// PostgreSQL's postmaster, when it runs on this machine: the parent of the backend
+/// that serves a connection to `url`.
+pub fn postmaster_pid(url: &str) -> Option<u32> {
+    let mut c = postgres::Client::connect(url, postgres::NoTls).ok()?;
+    let backend: i32 = c.query_one("SELECT pg_backend_pid()", &[]).ok()?.get(0);
+    parent_pid(u32::try_from(backend).ok()?, "postgres")
+}
+
 /// The parent of a process on this machine, if `pid` is one and its command is
 /// `comm` (a pid from another host would name some unrelated local process).
 pub fn parent_pid(pid: u32, comm: &str) -> Option<u32> {

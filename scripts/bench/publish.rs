@@ -101,14 +101,6 @@ fn opts() -> Opts {
     }
 }
 
-/// PostgreSQL's postmaster, when it runs on this machine: the parent of the backend
-/// that serves a connection.
-fn postmaster_pid(url: &str) -> Option<u32> {
-    let mut c = postgres::Client::connect(url, postgres::NoTls).ok()?;
-    let backend: i32 = c.query_one("SELECT pg_backend_pid()", &[]).ok()?.get(0);
-    common::parent_pid(u32::try_from(backend).ok()?, "postgres")
-}
-
 /// The same rows as [`devices::populate`], on PostgreSQL (whose schema the first server made),
 /// 1000 rows per statement.
 fn populate_pg(url: &str, n: usize, channel: &dyn Fn(usize) -> String) {
@@ -562,7 +554,7 @@ fn main() {
     };
     let channel = |i: usize| wns.channel(i);
     let pg_url = o.pg_url.as_deref().map(fresh_pg_database);
-    let postmaster = pg_url.as_deref().and_then(postmaster_pid);
+    let postmaster = pg_url.as_deref().and_then(common::postmaster_pid);
     let t = Instant::now();
     if pg_url.is_none() {
         populate(&dir.join("bench.db"), o.devices, &channel);

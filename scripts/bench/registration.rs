@@ -184,6 +184,8 @@ struct Measurement {
     p99: Duration,
     /// Server CPU (user + system) per request.
     cpu_us: f64,
+    /// PostgreSQL's CPU (postmaster and backends) per request, when it is local.
+    db_us: Option<f64>,
 }
 
 /// One request on a fresh connection; panics unless the answer has `status` 1.
@@ -221,6 +223,7 @@ fn measure(
     clients: usize,
     seconds: u64,
     rate: Option<f64>,
+    postmaster: Option<u32>,
 ) -> Measurement {
     let stop = Arc::new(AtomicBool::new(false));
     let seq = Arc::new(AtomicU64::new(0));
@@ -254,6 +257,7 @@ fn measure(
         .collect();
     std::thread::sleep(start.saturating_duration_since(Instant::now()));
     let cpu0 = common::process_cpu(pid);
+    let db0 = postmaster.map(common::tree_cpu);
     std::thread::sleep(end.saturating_duration_since(Instant::now()));
     stop.store(true, Ordering::Relaxed);
     let mut all: Vec<Duration> = threads
@@ -262,6 +266,7 @@ fn measure(
         .collect();
     let elapsed = start.elapsed();
     let cpu = common::process_cpu(pid) - cpu0;
+    let db = db0.zip(postmaster.map(common::tree_cpu));
     all.sort();
     let pct = |p| common::percentile(&all, p);
     Measurement {
@@ -269,6 +274,7 @@ fn measure(
         p50: pct(0.50),
         p99: pct(0.99),
         cpu_us: cpu * 1e6 / all.len() as f64,
+        db_us: db.map(|(a, b)| (b - a) * 1e6 / all.len() as f64),
     }
 }
 
@@ -297,6 +303,7 @@ fn main() {
         "{:<6} {:>8} {:>10} {:>12} {:>10} {:>10} {:>14}",
         "mode", "clients", "load", "requests/s", "p50 ms", "p99 ms", "server CPU/req"
     );
+    let postmaster = o.pg_url.as_deref().and_then(common::postmaster_pid);
     for tls in [false, true] {
         let server = start(&dir, tls, &o.sync, o.pg_url.as_deref());
         register_devices(server.addr, tls.then_some(&*connector));
@@ -317,13 +324,17 @@ fn main() {
                         clients,
                         o.seconds,
                         rate,
+                        postmaster,
                     )
                 })
                 .collect();
             runs.sort_by(|a, b| a.rate.total_cmp(&b.rate));
             let m = &runs[runs.len() / 2];
+            let db = m
+                .db_us
+                .map_or(String::new(), |d| format!(" + PostgreSQL {d:.0} µs"));
             println!(
-                "{:<6} {:>8} {:>10} {:>12.0} {:>10.2} {:>10.2} {:>11.0} µs   (runs: {})",
+                "{:<6} {:>8} {:>10} {:>12.0} {:>10.2} {:>10.2} {:>11.0} µs{db}   (runs: {})",
                 if tls { "tls" } else { "plain" },
                 clients,
                 rate.map_or("closed".to_owned(), |r| format!("{r:.0}/s")),
