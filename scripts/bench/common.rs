@@ -59,16 +59,7 @@ pub fn nanos() -> u32 {
 
 /// utime + stime (seconds) from a /proc `stat` file.
 fn stat_cpu(path: &str) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the ")" that closes the command name; utime and stime are 14 and 15.
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+    stat_fields(&std::fs::read_to_string(path).unwrap_or_default()).1
 }
 
 /// CPU seconds used so far by another process (all its threads).
@@ -94,21 +85,43 @@ pub fn parent_pid(pid: u32, comm: &str) -> Option<u32> {
 /// The parent of `pid`, from `/proc/PID/stat` (the field after the state).
 fn ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after_comm = stat.rsplit(')').next()?;
-    after_comm.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(&stat).0
+}
+
+/// The parent and the CPU seconds in one `/proc/PID/stat` text.
+fn stat_fields(stat: &str) -> (Option<u32>, f64) {
+    // Fields after the ")" that closes the command name: ppid is the 2nd, utime and
+    // stime the 12th and 13th.
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ppid = f.get(1).and_then(|v| v.parse().ok());
+    (ppid, (ticks(11) + ticks(12)) / 100.0)
 }
 
 /// CPU seconds of a master process and its children (nginx's workers, PostgreSQL's
-/// backends) that are alive now.
+/// backends) that are alive now: one read of each process's stat.
 pub fn tree_cpu(master: u32) -> f64 {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return process_cpu(master);
     };
-    let children = procs
+    let children: f64 = procs
         .flatten()
-        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| ppid(pid) == Some(master));
-    process_cpu(master) + children.map(process_cpu).sum::<f64>()
+        .filter(|p| {
+            p.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter_map(|p| std::fs::read_to_string(p.path().join("stat")).ok())
+        .map(|stat| stat_fields(&stat))
+        .filter(|(ppid, _)| *ppid == Some(master))
+        .map(|(_, cpu)| cpu)
+        .sum();
+    process_cpu(master) + children
 }
 
 /// CPU seconds used so far by this process's threads whose name starts with `prefix`.

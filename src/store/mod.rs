@@ -395,7 +395,7 @@ impl Store {
     }
 
     /// Coalescing across instances, decided for several publishes in one statement
-    /// (one more for each repeat of a node): where each falls in its node's
+    /// (one more after each repeat of a node): where each falls in its node's
     /// `interval`-long window, keeping its summary as the latest for the trailing push.
     /// The answers are in `items`' order. Only for a shared store.
     pub fn admit_pushes(

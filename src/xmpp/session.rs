@@ -148,9 +148,10 @@ impl<'a> Session<'a> {
     }
 
     /// Whether publishes read together should be decided together
-    /// ([`Session::on_publishes`]): where a lookup is a round trip to a shared database.
+    /// ([`Session::on_publishes`], which itself answers them one by one where that does
+    /// not apply): where a lookup is a round trip to a shared database.
     pub fn batches_publishes(&self) -> bool {
-        self.store.is_shared() && !self.id.client
+        self.store.is_shared()
     }
 
     /// The stream's default namespace (what `classify` expects of a stanza).

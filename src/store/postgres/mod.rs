@@ -405,70 +405,80 @@ impl Postgres {
         })
     }
 
-    /// One statement decides for many publishes: a closed window (or none) opens anew
-    /// and says "send"; an open one keeps the latest summary and hands the trailing
-    /// push to the first publish that finds it unowned. Times are the database's clock,
-    /// the one all instances share. A statement may change a row only once, so a node
-    /// that comes again in `items` is decided in a further statement, after its
-    /// earlier publish's: the same decisions, in the same order, as one at a time.
+    /// Coalescing for many publishes, in their order. A statement may change a row only
+    /// once, so the publishes go in runs of distinct nodes, one statement each: a node
+    /// that comes again is decided after its earlier publish, and the decisions are
+    /// those of one publish at a time.
     pub fn admit_pushes(
         &self,
         items: &[(&Node, &Summary)],
         interval: Duration,
     ) -> Result<Vec<SharedAdmit>, StoreError> {
-        let interval = interval.as_millis() as i64;
-        let mut round = vec![0usize; items.len()];
-        let mut seen: HashMap<&str, usize> = HashMap::new();
-        for (i, (node, _)) in items.iter().enumerate() {
-            let n = seen.entry(node.as_str()).or_default();
-            round[i] = *n;
-            *n += 1;
-        }
-        let mut out = vec![SharedAdmit::Send; items.len()];
-        for r in 0..seen.values().max().copied().unwrap_or(0) {
-            let picked: Vec<usize> = (0..items.len()).filter(|&i| round[i] == r).collect();
-            let nodes: Vec<&str> = picked.iter().map(|&i| items[i].0.as_str()).collect();
-            let summaries = picked
+        let mut out = Vec::with_capacity(items.len());
+        let mut rest = items;
+        while !rest.is_empty() {
+            let mut nodes = std::collections::HashSet::new();
+            let run = rest
                 .iter()
-                .map(|&i| serde_json::to_string(items[i].1))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| StoreError::Internal(e.to_string().into()))?;
-            let decided: HashMap<String, SharedAdmit> = self.with(|c| {
-                let s = c.statement(
-                    "WITH input AS (SELECT * FROM unnest($1::text[], $3::text[]) AS t(node, summary))
-                     INSERT INTO push_windows AS w (node, sent_at, owed, summary, decision)
-                     SELECT node, (extract(epoch FROM now()) * 1000)::bigint, false, NULL, 0 FROM input
-                     ON CONFLICT (node) DO UPDATE SET
-                       decision = CASE WHEN w.sent_at <= excluded.sent_at - $2 THEN 0
-                                       WHEN w.owed THEN 2 ELSE 1 END,
-                       owed     = w.sent_at > excluded.sent_at - $2,
-                       summary  = CASE WHEN w.sent_at <= excluded.sent_at - $2 THEN NULL
-                                       ELSE (SELECT i.summary FROM input i WHERE i.node = excluded.node) END,
-                       sent_at  = CASE WHEN w.sent_at <= excluded.sent_at - $2
-                                       THEN excluded.sent_at ELSE w.sent_at END
-                     RETURNING node, decision, sent_at + $2 - (extract(epoch FROM now()) * 1000)::bigint",
-                )?;
-                let rows = c.client.query(&s, &[&nodes, &interval, &summaries])?;
-                Ok(rows
-                    .iter()
-                    .map(|row| {
-                        let due_in = Duration::from_millis(row.get::<_, i64>(2).max(0) as u64);
-                        let admit = match row.get::<_, i16>(1) {
-                            0 => SharedAdmit::Send,
-                            1 => SharedAdmit::CoalescedTrailing { due_in },
-                            _ => SharedAdmit::Coalesced,
-                        };
-                        (row.get::<_, String>(0), admit)
-                    })
-                    .collect())
-            })?;
-            for (&i, node) in picked.iter().zip(&nodes) {
-                // Every node sent comes back; a missing one would be a bug of ours, and
-                // the push goes out rather than being dropped.
-                out[i] = decided.get(*node).copied().unwrap_or(SharedAdmit::Send);
-            }
+                .position(|(node, _)| !nodes.insert(node.as_str()))
+                .unwrap_or(rest.len());
+            out.extend(self.admit_distinct(&rest[..run], interval)?);
+            rest = &rest[run..];
         }
         Ok(out)
+    }
+
+    /// One statement decides for publishes to distinct nodes: a closed window (or none)
+    /// opens anew and says "send"; an open one keeps the latest summary and hands the
+    /// trailing push to the first publish that finds it unowned. Times are the
+    /// database's clock, the one all instances share.
+    fn admit_distinct(
+        &self,
+        items: &[(&Node, &Summary)],
+        interval: Duration,
+    ) -> Result<Vec<SharedAdmit>, StoreError> {
+        let interval = interval.as_millis() as i64;
+        let nodes: Vec<&str> = items.iter().map(|(node, _)| node.as_str()).collect();
+        let summaries = items
+            .iter()
+            .map(|(_, summary)| serde_json::to_string(summary))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Internal(e.to_string().into()))?;
+        let decided: HashMap<String, SharedAdmit> = self.with(|c| {
+            let s = c.statement(
+                "WITH input AS (SELECT * FROM unnest($1::text[], $3::text[]) AS t(node, summary))
+                 INSERT INTO push_windows AS w (node, sent_at, owed, summary, decision)
+                 SELECT node, (extract(epoch FROM now()) * 1000)::bigint, false, NULL, 0 FROM input
+                 ON CONFLICT (node) DO UPDATE SET
+                   decision = CASE WHEN w.sent_at <= excluded.sent_at - $2 THEN 0
+                                   WHEN w.owed THEN 2 ELSE 1 END,
+                   owed     = w.sent_at > excluded.sent_at - $2,
+                   summary  = CASE WHEN w.sent_at <= excluded.sent_at - $2 THEN NULL
+                                   ELSE (SELECT i.summary FROM input i WHERE i.node = excluded.node) END,
+                   sent_at  = CASE WHEN w.sent_at <= excluded.sent_at - $2
+                                   THEN excluded.sent_at ELSE w.sent_at END
+                 RETURNING node, decision, sent_at + $2 - (extract(epoch FROM now()) * 1000)::bigint",
+            )?;
+            let rows = c.client.query(&s, &[&nodes, &interval, &summaries])?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    let due_in = Duration::from_millis(row.get::<_, i64>(2).max(0) as u64);
+                    let admit = match row.get::<_, i16>(1) {
+                        0 => SharedAdmit::Send,
+                        1 => SharedAdmit::CoalescedTrailing { due_in },
+                        _ => SharedAdmit::Coalesced,
+                    };
+                    (row.get::<_, String>(0), admit)
+                })
+                .collect())
+        })?;
+        // Every node sent comes back; a missing one would be a bug of ours, and the push
+        // goes out rather than being dropped.
+        Ok(nodes
+            .iter()
+            .map(|n| decided.get(*n).copied().unwrap_or(SharedAdmit::Send))
+            .collect())
     }
 
     /// Takes the owed trailing push of `node`, opening a new window.
